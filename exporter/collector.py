@@ -1,0 +1,166 @@
+"""Snapshot -> metric families. The only module where metric names live.
+
+Families are built fresh from the store on every render, so a series whose source disappeared
+(a user who left, a reminder kind no longer seen) disappears from /metrics with it.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from exporter import __version__
+from exporter.snapshot import PortalSnapshot, ReminderTally, SourceState, Store
+
+B24 = "bitrix24"
+PACHCA = "pachca"
+
+
+class SnapshotCollector(Collector):
+    """Yields every metric of the exporter from the current store contents."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def collect(self) -> Iterator[Metric]:
+        states = sorted(self._store.states(), key=lambda s: (s.key.source, s.key.target))
+        yield from _bitrix24([s for s in states if isinstance(s.data, PortalSnapshot)])
+        yield from _pachca([s for s in states if isinstance(s.data, ReminderTally)])
+        yield from _source_health(states)
+        yield from _api_traffic(self._store)
+        info = GaugeMetricFamily("tasks_exporter_build_info", "Version of tasks-exporter, value 1.",
+                                 labels=["version", "python_version"])
+        info.add_metric([__version__, platform.python_version()], 1)
+        yield info
+
+
+def _bitrix24(states: list[SourceState]) -> Iterator[Metric]:
+    tasks = GaugeMetricFamily(
+        "bitrix24_tasks", "Bitrix24 task counter (tasks.task.counters.get) per user, workgroup and role; "
+        "group_id 0 is all groups. Muted tasks are not counted.",
+        labels=["portal", "user_id", "group_id", "role", "counter"])
+    info = GaugeMetricFamily("bitrix24_user_info", "A monitored Bitrix24 user, value 1.",
+                             labels=["portal", "user_id", "name"])
+    users = GaugeMetricFamily("bitrix24_users", "Users monitored in the last good cycle.", labels=["portal"])
+    hidden = GaugeMetricFamily(
+        "bitrix24_users_hidden", "Monitored users whose counters the webhook could not see (empty answer); "
+        "reading other users' counters needs an administrator's webhook.", labels=["portal"])
+    failed = GaugeMetricFamily("bitrix24_commands_failed",
+                               "Batch commands that failed in the last good cycle (their last values are kept).",
+                               labels=["portal"])
+    operating = GaugeMetricFamily(
+        "bitrix24_method_operating_seconds", "Execution time the portal has accounted to a REST method "
+        "in its 10-minute window (time.operating); calls are blocked above the portal's limit.",
+        labels=["portal", "method"])
+    for state in states:
+        data = state.data
+        assert isinstance(data, PortalSnapshot)
+        portal = state.key.target
+        for r in data.readings:
+            tasks.add_metric([portal, str(r.user_id), str(r.group_id), r.role, r.counter], r.value)
+        for u in data.users:
+            info.add_metric([portal, str(u.user_id), u.name], 1)
+        users.add_metric([portal], len(data.users))
+        hidden.add_metric([portal], data.hidden_users)
+        failed.add_metric([portal], data.failed_commands)
+        for method, seconds in sorted(data.operating_seconds.items()):
+            operating.add_metric([portal, method], seconds)
+    yield from (tasks, info, users, hidden, failed, operating)
+
+
+def _pachca(states: list[SourceState]) -> Iterator[Metric]:
+    reminders = GaugeMetricFamily("pachca_reminders", "Pachca reminders by status, kind and priority.",
+                                  labels=["workspace", "status", "kind", "priority"])
+    overdue = GaugeMetricFamily("pachca_reminders_overdue",
+                                "Open (undone) reminders whose due_at is in the past.",
+                                labels=["workspace", "kind", "priority"])
+    due_soon = GaugeMetricFamily("pachca_reminders_due_soon",
+                                 "Open reminders due within the configured due_soon window.",
+                                 labels=["workspace", "kind"])
+    no_due = GaugeMetricFamily("pachca_reminders_without_due_date", "Reminders with no due_at.",
+                               labels=["workspace", "status"])
+    performer = GaugeMetricFamily("pachca_performer_reminders",
+                                  "Reminders per performer (a reminder counts once for each performer).",
+                                  labels=["workspace", "performer_id", "status"])
+    performer_overdue = GaugeMetricFamily("pachca_performer_reminders_overdue",
+                                          "Overdue open reminders per performer.",
+                                          labels=["workspace", "performer_id"])
+    oldest = GaugeMetricFamily("pachca_reminder_oldest_overdue_seconds",
+                               "How long the most overdue open reminder is past its due time (0 if none).",
+                               labels=["workspace"])
+    info = GaugeMetricFamily("pachca_user_info", "A Pachca user seen as a performer, value 1.",
+                             labels=["workspace", "user_id", "name"])
+    for state in states:
+        t = state.data
+        assert isinstance(t, ReminderTally)
+        ws = state.key.target
+        for (status, kind, priority), n in sorted(t.by_status.items()):
+            reminders.add_metric([ws, status, kind, priority], n)
+        for (kind, priority), n in sorted(t.overdue.items()):
+            overdue.add_metric([ws, kind, priority], n)
+        for kind, n in sorted(t.due_soon.items()):
+            due_soon.add_metric([ws, kind], n)
+        for status, n in sorted(t.without_due_date.items()):
+            no_due.add_metric([ws, status], n)
+        for (pid, status), n in sorted(t.performer.items()):
+            performer.add_metric([ws, str(pid), status], n)
+        for pid, n in sorted(t.performer_overdue.items()):
+            performer_overdue.add_metric([ws, str(pid)], n)
+        oldest.add_metric([ws], t.oldest_overdue_seconds)
+        for uid, name in sorted(t.user_names.items()):
+            info.add_metric([ws, str(uid), name], 1)
+    yield from (reminders, overdue, due_soon, no_due, performer, performer_overdue, oldest, info)
+
+
+def _source_health(states: list[SourceState]) -> Iterator[Metric]:
+    labels = ["source", "target"]
+    up = GaugeMetricFamily("tasks_exporter_source_up",
+                           "1 when the source's last collection cycle succeeded.", labels=labels)
+    last = GaugeMetricFamily("tasks_exporter_source_last_success_timestamp_seconds",
+                             "Unix time of the source's last successful cycle.", labels=labels)
+    duration = GaugeMetricFamily("tasks_exporter_source_collection_duration_seconds",
+                                 "Wall time of the source's last collection cycle.", labels=labels)
+    interval = GaugeMetricFamily("tasks_exporter_source_interval_seconds",
+                                 "Configured collection interval.", labels=labels)
+    bound = GaugeMetricFamily(
+        "tasks_exporter_source_cycle_bound_seconds", "Least time the API's rate limit allows for one cycle "
+        "of this size; above the interval, cycles run back to back and data is older than the interval.",
+        labels=labels)
+    failures = CounterMetricFamily("tasks_exporter_source_failures",
+                                   "Failed collection cycles by reason.", labels=[*labels, "reason"])
+    for s in states:
+        key = [s.key.source, s.key.target]
+        up.add_metric(key, 1 if s.up else 0)
+        if s.last_success is not None:
+            last.add_metric(key, s.last_success)
+        if s.last_duration is not None:
+            duration.add_metric(key, s.last_duration)
+        interval.add_metric(key, s.interval)
+        bound.add_metric(key, s.cycle_bound)
+        for reason, n in sorted(s.failures.items()):
+            failures.add_metric([*key, reason], n)
+    yield from (up, last, duration, interval, bound, failures)
+
+
+def _api_traffic(store: Store) -> Iterator[Metric]:
+    labels = ["source", "target"]
+    requests = CounterMetricFamily("tasks_exporter_api_requests", "HTTP requests to the APIs by outcome.",
+                                   labels=[*labels, "method", "outcome"])
+    errors = CounterMetricFamily("tasks_exporter_api_errors",
+                                 "Errors the APIs answered, by API error code (including batch commands).",
+                                 labels=[*labels, "code"])
+    waited = CounterMetricFamily("tasks_exporter_rate_limit_wait_seconds",
+                                 "Time spent waiting for the client-side rate limit or a method pause.",
+                                 labels=labels)
+    for key, telemetry in sorted(store.telemetry().items(), key=lambda kv: (kv[0].source, kv[0].target)):
+        counts, codes, wait = telemetry.copy()
+        base = [key.source, key.target]
+        for (method, outcome), n in sorted(counts.items()):
+            requests.add_metric([*base, method, outcome], n)
+        for code, n in sorted(codes.items()):
+            errors.add_metric([*base, code], n)
+        waited.add_metric(base, wait)
+    yield from (requests, errors, waited)

@@ -1,0 +1,31 @@
+"""`tasks-exporter --demo`: the simulators on loopback, and a config that points at them."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import structlog
+
+from exporter.config import Bitrix24Config, Config, PachcaConfig, Secret
+from exporter.simulator import bitrix24 as b24sim
+from exporter.simulator import pachca as pachcasim
+from exporter.simulator import serve
+
+log = structlog.get_logger()
+
+
+@contextlib.asynccontextmanager
+async def demo_config(interval: float = 15.0, users: int = 40, reminders: int = 300) -> AsyncIterator[Config]:
+    """Start a realistic fake portal and workspace in-process; yield a Config for them."""
+    portal = b24sim.generate_portal(users, drift=True, latency=0.05)
+    workspace = pachcasim.generate_workspace(reminders)
+    async with serve(b24sim.create_app(portal)) as b24_url, serve(pachcasim.create_app(workspace)) as p_url:
+        log.info("demo_simulators", bitrix24=b24_url, pachca=p_url, users=users, reminders=reminders)
+        yield Config(
+            bitrix24=(Bitrix24Config(name="demo-portal",
+                                     webhook_url=Secret(f"{b24_url}{portal.webhook_path}"),
+                                     groups=(0, 1), interval=interval),),
+            pachca=(PachcaConfig(name="demo-workspace", token=Secret(workspace.token),
+                                 base_url=f"{p_url}/api/shared/v1", interval=interval),),
+        )

@@ -1,0 +1,98 @@
+"""One background loop per source: interval, cycle deadline, backoff after failures, keep-last-good."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import structlog
+
+from exporter.errors import SourceFailure
+from exporter.snapshot import PortalSnapshot, ReminderTally, SourceData, SourceKey, Store
+from exporter.sources import Source
+
+log = structlog.get_logger()
+
+
+class SourceLoop:
+    """Runs `source.collect()` every `interval` and records the outcome in the store.
+
+    A failed cycle leaves the last good data in place; consecutive failures stretch the wait
+    (interval x 2^n, capped at `max_backoff`) so a broken API is not hammered.
+    """
+
+    def __init__(self, source: Source, store: Store, *, max_backoff: float = 300.0) -> None:
+        self.source = source
+        self.store = store
+        self.key = SourceKey(source.source, source.target)
+        self.max_backoff = max(max_backoff, source.interval)
+        self.failures = 0
+        self.cycles = 0
+        self._warned_bound = False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            await self.run_once()
+            delay = self._next_delay()
+            remaining = delay - (time.monotonic() - started)
+            if remaining > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), remaining)
+
+    async def run_once(self) -> bool:
+        """One cycle with its deadline; True when it succeeded."""
+        started = time.monotonic()
+        src, key = self.source, self.key
+        try:
+            data = await asyncio.wait_for(src.collect(), src.cycle_timeout)
+        except SourceFailure as exc:
+            self._failed(exc.reason, exc.detail, started)
+            return False
+        except TimeoutError:
+            self._failed("deadline", f"cycle did not finish within {src.cycle_timeout:g}s", started)
+            return False
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug, not an API fault: log it loudly, keep serving
+            log.exception("cycle_crashed", source=key.source, target=key.target, error=repr(exc))
+            self._failed("internal", type(exc).__name__, started, logged=True)
+            return False
+        duration = time.monotonic() - started
+        bound = src.cycle_bound(src.last_calls)
+        self.store.succeeded(key, data, duration, bound)
+        self.failures = 0
+        self.cycles += 1
+        log.info("cycle_done", source=key.source, target=key.target, duration_s=round(duration, 3),
+                 requests=src.last_calls, **_summary(data))
+        if bound > src.interval and not self._warned_bound:
+            self._warned_bound = True
+            log.warning("cycle_bound_exceeds_interval", source=key.source, target=key.target,
+                        bound_s=round(bound, 1), interval_s=src.interval,
+                        hint="the API rate limit makes a cycle longer than the interval; raise the interval")
+        return True
+
+    def _failed(self, reason: str, detail: str, started: float, logged: bool = False) -> None:
+        duration = time.monotonic() - started
+        self.failures += 1
+        self.cycles += 1
+        self.store.failed(self.key, reason, detail, duration)
+        if not logged:
+            log.warning("cycle_failed", source=self.key.source, target=self.key.target, reason=reason,
+                        detail=detail, duration_s=round(duration, 3), consecutive_failures=self.failures)
+
+    def _next_delay(self) -> float:
+        if self.failures == 0:
+            return self.source.interval
+        return float(min(self.max_backoff, self.source.interval * 2 ** (self.failures - 1)))
+
+
+def _summary(data: SourceData) -> dict[str, Any]:
+    if isinstance(data, PortalSnapshot):
+        return {"users": len(data.users), "series": len(data.readings), "hidden_users": data.hidden_users,
+                "failed_commands": data.failed_commands}
+    if isinstance(data, ReminderTally):
+        return {"reminders": data.total, "pages": data.pages}
+    return {}

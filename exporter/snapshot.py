@@ -1,0 +1,163 @@
+"""Immutable results of each source's last good cycle, plus the status of its latest attempt.
+
+Sources produce these values; the collector reads them. Neither side holds Prometheus types or sockets.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+
+# --- Bitrix24 -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CounterReading:
+    """One value of tasks.task.counters.get: a user's counter for a group and role."""
+
+    user_id: int
+    group_id: int
+    role: str
+    counter: str
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class PortalUser:
+    user_id: int
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class PortalSnapshot:
+    """A Bitrix24 portal as seen by one complete cycle."""
+
+    users: tuple[PortalUser, ...]
+    readings: tuple[CounterReading, ...]
+    hidden_users: int  # users whose counters came back as [] (the webhook may not see them)
+    failed_commands: int  # commands whose error cost only themselves this cycle
+    operating_seconds: Mapping[str, float] = field(default_factory=dict)  # method -> time.operating
+
+
+# --- Pachca -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReminderTally:
+    """Counts of one Pachca workspace's reminders, made while walking the pages."""
+
+    by_status: Mapping[tuple[str, str, str], int]  # (status, kind, priority) -> n
+    overdue: Mapping[tuple[str, str], int]  # (kind, priority) -> n
+    due_soon: Mapping[str, int]  # kind -> n
+    without_due_date: Mapping[str, int]  # status -> n
+    performer: Mapping[tuple[int, str], int]  # (performer_id, status) -> n
+    performer_overdue: Mapping[int, int]  # performer_id -> n
+    oldest_overdue_seconds: float  # 0 when nothing is overdue
+    total: int
+    pages: int
+    user_names: Mapping[int, str] = field(default_factory=dict)
+
+
+SourceData = PortalSnapshot | ReminderTally
+
+
+# --- status of every source ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SourceKey:
+    source: str  # "bitrix24" | "pachca"
+    target: str  # the portal or workspace name
+
+
+@dataclass(frozen=True, slots=True)
+class SourceState:
+    """The last good data of one source, and how its latest cycle went."""
+
+    key: SourceKey
+    interval: float
+    data: SourceData | None = None
+    up: bool = False
+    last_success: float | None = None
+    last_duration: float | None = None
+    cycle_bound: float = 0.0  # the least time the API's rate limit allows for one cycle
+    last_error: str = ""
+    failures: Mapping[str, int] = field(default_factory=dict)  # reason -> count
+
+
+class ApiTelemetry:
+    """Counts API requests by method and outcome, and errors by code, for one source target."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: Counter[tuple[str, str]] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.rate_limit_wait_seconds = 0.0
+
+    def request(self, method: str, outcome: str) -> None:
+        with self._lock:
+            self.requests[(method, outcome)] += 1
+
+    def error(self, code: str) -> None:
+        with self._lock:
+            self.errors[code] += 1
+
+    def waited(self, seconds: float) -> None:
+        with self._lock:
+            self.rate_limit_wait_seconds += seconds
+
+    def copy(self) -> tuple[dict[tuple[str, str], int], dict[str, int], float]:
+        with self._lock:
+            return dict(self.requests), dict(self.errors), self.rate_limit_wait_seconds
+
+
+class Store:
+    """Holds the current SourceState of every source; replacing a state notifies the listeners."""
+
+    def __init__(self) -> None:
+        self._states: dict[SourceKey, SourceState] = {}
+        self._telemetry: dict[SourceKey, ApiTelemetry] = {}
+        self._listeners: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+
+    def register(self, key: SourceKey, interval: float) -> ApiTelemetry:
+        with self._lock:
+            self._states[key] = SourceState(key=key, interval=interval)
+            return self._telemetry.setdefault(key, ApiTelemetry())
+
+    def states(self) -> list[SourceState]:
+        with self._lock:
+            return list(self._states.values())
+
+    def telemetry(self) -> dict[SourceKey, ApiTelemetry]:
+        with self._lock:
+            return dict(self._telemetry)
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+    def succeeded(self, key: SourceKey, data: SourceData, duration: float, cycle_bound: float = 0.0) -> None:
+        self._update(key, lambda s: replace(
+            s, data=data, up=True, last_success=time.time(), last_duration=duration,
+            cycle_bound=cycle_bound, last_error=""))
+
+    def failed(self, key: SourceKey, reason: str, detail: str, duration: float) -> None:
+        def apply(s: SourceState) -> SourceState:
+            failures = dict(s.failures)
+            failures[reason] = failures.get(reason, 0) + 1
+            return replace(s, up=False, last_duration=duration, last_error=f"{reason}: {detail}",
+                           failures=failures)
+        self._update(key, apply)
+
+    def ready(self) -> bool:
+        """True once every source has completed at least one cycle, good or bad."""
+        return all(s.last_duration is not None for s in self.states())
+
+    def _update(self, key: SourceKey, change: Callable[[SourceState], SourceState]) -> None:
+        with self._lock:
+            self._states[key] = change(self._states[key])
+        for listener in self._listeners:
+            listener()

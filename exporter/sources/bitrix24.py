@@ -1,0 +1,286 @@
+"""One Bitrix24 collection cycle: resolve users, read every user x group x role counter set via `batch`."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import structlog
+
+from exporter.config import ROLES, Bitrix24Config
+from exporter.errors import ApiError, SourceFailure
+from exporter.ratelimit import LeakyBucket, cycle_bound
+from exporter.snapshot import ApiTelemetry, CounterReading, PortalSnapshot, PortalUser
+from exporter.sources.bitrix24_client import (
+    AUTH_CODES,
+    RATE_LIMIT_CODES,
+    RETRYABLE_COMMAND_CODES,
+    BatchResult,
+    Bitrix24Client,
+    RetryPolicy,
+    chunk,
+    command,
+)
+
+COUNTERS_METHOD = "tasks.task.counters.get"
+PAGE_SIZE = 50
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True, slots=True)
+class CounterQuery:
+    user_id: int
+    group_id: int
+    role: str
+
+
+def parse_counters(result: Any) -> dict[str, float] | None:
+    """Counters of one tasks.task.counters.get answer; None when the webhook may not see the user.
+
+    The key set is dynamic (current portals: expired, new_comments; older: wo_deadline, expired_soon,
+    not_viewed, wait_ctrl) and numbers may arrive as strings. `[]` means no access (FACTS A2).
+    """
+    if isinstance(result, list) and not result:
+        return None
+    if not isinstance(result, dict):
+        raise ApiError("invalid_response", f"counters answer is {type(result).__name__}, not an object")
+    if not result:
+        return None
+    counters: dict[str, float] = {}
+    for name, entry in result.items():
+        raw = entry.get("counter") if isinstance(entry, dict) else entry
+        value = _number(raw)
+        if value is not None:
+            counters[str(name)] = value
+    return counters
+
+
+def _number(raw: Any) -> float | None:
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int | float):
+        value = float(raw)
+    elif isinstance(raw, str):
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def user_name(record: Mapping[str, Any]) -> str:
+    parts = [record.get("NAME"), record.get("LAST_NAME")]
+    name = " ".join(str(p).strip() for p in parts if isinstance(p, str) and p.strip())
+    if not name:
+        email = record.get("EMAIL")
+        name = str(email) if isinstance(email, str) and email else ""
+    return name
+
+
+def _user_id(record: Any) -> int | None:
+    if not isinstance(record, dict):
+        return None
+    raw = record.get("ID")
+    try:
+        value = int(str(raw))
+    except ValueError:
+        return None
+    return value if value > 0 else None
+
+
+def _is_inactive(record: Mapping[str, Any]) -> bool:
+    return record.get("ACTIVE") in (False, "N", "false", 0, "0")
+
+
+class Bitrix24Source:
+    """Collects one portal. Keeps the last reading of each query so a failed command keeps its value."""
+
+    source = "bitrix24"
+
+    def __init__(self, config: Bitrix24Config, telemetry: ApiTelemetry, *,
+                 retry: RetryPolicy | None = None, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.config = config
+        self.target = config.name
+        self.interval = config.interval
+        self.cycle_timeout = config.cycle_timeout
+        self._bucket = LeakyBucket(config.rate_limit.requests_per_second, config.rate_limit.burst)
+        self._client = Bitrix24Client(
+            config.webhook_url.reveal(), self._bucket, telemetry, timeout=config.timeout,
+            max_concurrency=config.max_concurrency, retry=retry, transport=transport,
+        )
+        self._last: dict[CounterQuery, dict[str, float]] = {}
+        self.last_calls = 0
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def cycle_bound(self, calls: int) -> float:
+        rate = self.config.rate_limit
+        return cycle_bound(calls, rate.requests_per_second, rate.burst)
+
+    async def collect(self) -> PortalSnapshot:
+        """Run one cycle; raises SourceFailure when it cannot produce a whole snapshot."""
+        calls_before = self._client.calls
+        try:
+            users = await self._resolve_users()
+            readings, hidden, failed = await self._read_counters(users)
+        except ApiError as exc:
+            raise SourceFailure(_reason(exc.code), str(exc)) from None
+        finally:
+            self.last_calls = self._client.calls - calls_before
+        return PortalSnapshot(
+            users=tuple(users), readings=tuple(readings), hidden_users=hidden, failed_commands=failed,
+            operating_seconds=dict(self._client.operating),
+        )
+
+    # --- users ----------------------------------------------------------------------------------
+
+    async def _resolve_users(self) -> list[PortalUser]:
+        if self.config.users is not None:
+            return await self._named(self.config.users)
+        return await self._active_employees()
+
+    async def _active_employees(self) -> list[PortalUser]:
+        """Every active employee: the first page directly, the rest as batched `start` offsets."""
+        params: dict[str, Any] = {"FILTER": {"ACTIVE": True}, "start": 0}
+        first = await self._client.call("user.get", params)
+        records = list(_records(first))
+        total, nxt = first.get("total"), first.get("next")
+        if isinstance(nxt, int) and not isinstance(nxt, bool) and nxt > 0:
+            if isinstance(total, int) and total > nxt:
+                records.extend(await self._pages_batched(params, list(range(nxt, total, PAGE_SIZE))))
+            else:
+                records.extend(await self._pages_following(params, nxt))
+        users: dict[int, PortalUser] = {}
+        for record in records:
+            uid = _user_id(record)
+            if uid is not None and not _is_inactive(record):
+                users[uid] = PortalUser(uid, user_name(record))
+        return sorted(users.values(), key=lambda u: u.user_id)
+
+    async def _pages_batched(self, params: dict[str, Any], starts: list[int]) -> list[Any]:
+        commands = {f"p{start}": command("user.get", {**params, "start": start}) for start in starts}
+        results = await asyncio.gather(*(self._client.batch(call, pause_key="user.get")
+                                         for call in chunk(commands)))
+        records: list[Any] = []
+        missing: list[int] = []
+        for start in starts:
+            page = next((r.results[f"p{start}"] for r in results if f"p{start}" in r.results), None)
+            if isinstance(page, list):
+                records.extend(page)
+            else:
+                missing.append(start)
+        for start in missing:  # a portal (or proxy) that refuses user.get inside batch: ask directly
+            records.extend(_records(await self._client.call("user.get", {**params, "start": start})))
+        return records
+
+    async def _pages_following(self, params: dict[str, Any], start: int) -> list[Any]:
+        records: list[Any] = []
+        seen: set[int] = set()
+        while start not in seen:
+            seen.add(start)
+            page = await self._client.call("user.get", {**params, "start": start})
+            records.extend(_records(page))
+            nxt = page.get("next")
+            if not isinstance(nxt, int) or isinstance(nxt, bool) or nxt <= start:
+                break
+            start = nxt
+        return records
+
+    async def _named(self, ids: tuple[int, ...]) -> list[PortalUser]:
+        """An explicit user list: names come from user.get by ID; a failed lookup leaves the name empty."""
+        commands = {f"u{uid}": command("user.get", {"ID": uid}) for uid in ids}
+        names: dict[int, str] = {}
+        try:
+            for result in await asyncio.gather(*(self._client.batch(c, pause_key="user.get")
+                                                 for c in chunk(commands))):
+                for key, page in result.results.items():
+                    for record in page if isinstance(page, list) else []:
+                        if _user_id(record) == int(key[1:]):
+                            names[int(key[1:])] = user_name(record)
+        except ApiError as exc:
+            if exc.code in AUTH_CODES:
+                raise
+            log.warning("bitrix24_user_names_failed", portal=self.target, code=exc.code)
+        return [PortalUser(uid, names.get(uid, "")) for uid in ids]
+
+    # --- counters -------------------------------------------------------------------------------
+
+    async def _read_counters(self, users: list[PortalUser]) -> tuple[list[CounterReading], int, int]:
+        queries = [CounterQuery(u.user_id, g, r) for u in users for g in self.config.groups
+                   for r in self.config.roles]
+        keyed = {f"c{i}": q for i, q in enumerate(queries)}
+        answers, errors = await self._run_commands(keyed)
+        retry = {k: keyed[k] for k, (code, _) in errors.items() if code in RETRYABLE_COMMAND_CODES}
+        if retry:
+            more, errors_again = await self._run_commands(retry)
+            answers.update(more)
+            errors = {k: v for k, v in errors.items() if k not in retry} | errors_again
+        readings: list[CounterReading] = []
+        hidden_users: set[int] = set()
+        fresh: dict[CounterQuery, dict[str, float]] = {}
+        invalid = 0
+        for key, query in keyed.items():
+            if key in answers:
+                try:
+                    counters = parse_counters(answers[key])
+                except ApiError:
+                    invalid += 1
+                    counters = self._last.get(query)
+                if counters is None:
+                    hidden_users.add(query.user_id)
+                    continue
+            elif query in self._last:  # this command failed: keep its last good values
+                counters = self._last[query]
+            else:
+                continue
+            fresh[query] = counters
+            readings.extend(CounterReading(query.user_id, query.group_id, query.role, name, value)
+                            for name, value in counters.items())
+        self._last = fresh
+        for key, (code, description) in errors.items():
+            log.debug("bitrix24_command_failed", portal=self.target, command=keyed[key], code=code,
+                      description=description)
+        return readings, len(hidden_users), len(errors) + invalid
+
+    async def _run_commands(self, keyed: Mapping[str, CounterQuery]
+                            ) -> tuple[dict[str, Any], dict[str, tuple[str, str]]]:
+        commands = {key: command(COUNTERS_METHOD, {"userId": q.user_id, "groupId": q.group_id,
+                                                   "type": ROLES[q.role]})
+                    for key, q in keyed.items()}
+        results: list[BatchResult] = await asyncio.gather(
+            *(self._client.batch(call, pause_key=COUNTERS_METHOD) for call in chunk(commands)))
+        answers: dict[str, Any] = {}
+        errors: dict[str, tuple[str, str]] = {}
+        for result in results:
+            answers.update((k, v) for k, v in result.results.items() if k in keyed)
+            errors.update((k, v) for k, v in result.errors.items() if k in keyed)
+        for key in keyed:
+            if key not in answers and key not in errors:
+                errors[key] = ("missing", "the batch answer has no entry for this command")
+        return answers, errors
+
+
+def _records(body: Any) -> list[Any]:
+    result = body.get("result") if isinstance(body, dict) else None
+    if not isinstance(result, list):
+        raise ApiError("invalid_response", "user.get result is not a list")
+    return result
+
+
+def _reason(code: str) -> str:
+    if code in AUTH_CODES:
+        return "auth"
+    if code in RATE_LIMIT_CODES or code == "OPERATION_TIME_LIMIT":
+        return "rate_limited"
+    if code in ("timeout", "network_error", "invalid_response"):
+        return code
+    if code.startswith("http_5") or code in ("INTERNAL_SERVER_ERROR", "ERROR_UNEXPECTED_ANSWER"):
+        return "server_error"
+    return "api_error"

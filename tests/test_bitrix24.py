@@ -1,0 +1,192 @@
+"""The Bitrix24 source against the fake portal over loopback HTTP."""
+
+from __future__ import annotations
+
+import pytest
+
+from exporter.errors import SourceFailure
+from exporter.simulator.bitrix24 import LEGACY_KEYS
+from exporter.snapshot import PortalSnapshot
+
+
+def readings_by_key(data: PortalSnapshot) -> dict[tuple[int, int, str, str], float]:
+    return {(r.user_id, r.group_id, r.role, r.counter): r.value for r in data.readings}
+
+
+async def test_batch_packs_600_commands_into_12_calls(portal_factory):
+    server = await portal_factory(users=120)
+    source = server.source()
+    data = await source.collect()
+    assert len(data.users) == 120
+    assert server.sim.calls["batch"] - 1 == 12  # one more batch carries user.get pages 2-3
+    assert server.sim.commands == 600 + 2
+    assert server.sim.max_batch == 50
+    assert server.sim.calls["tasks.task.counters.get"] == 0  # never one call per command
+
+
+async def test_readings_match_the_portal_for_every_user_group_and_role(portal_factory):
+    server = await portal_factory(users=12, groups=2)
+    source = server.source(groups=(0, 1, 2))
+    data = await source.collect()
+    got = readings_by_key(data)
+    expected = {}
+    roles = {"all": "view_all", "responsible": "view_role_responsible", "accomplice": "view_role_accomplice",
+             "auditor": "view_role_auditor", "originator": "view_role_originator"}
+    for user in server.sim.users:
+        if not user.active:
+            continue
+        for group in (0, 1, 2):
+            for role, kind in roles.items():
+                for counter, value in server.sim.counters(user.user_id, group, kind).items():
+                    expected[(user.user_id, group, role, counter)] = float(value)
+    assert got == expected
+
+
+async def test_user_names_come_from_user_get(portal_factory):
+    server = await portal_factory(users=3)
+    data = await source_collect(server)
+    names = {u.user_id: u.name for u in data.users}
+    assert names == {u.user_id: f"{u.name} {u.last_name}" for u in server.sim.users if u.active}
+
+
+async def source_collect(server, **overrides):
+    return await server.source(**overrides).collect()
+
+
+async def test_inactive_users_are_not_monitored(portal_factory):
+    server = await portal_factory(users=5, inactive=2)
+    data = await source_collect(server)
+    assert {u.user_id for u in data.users} == {1, 2, 3, 4, 5}
+
+
+async def test_explicit_user_list_is_used_with_names(portal_factory):
+    server = await portal_factory(users=8)
+    data = await source_collect(server, users=(2, 5))
+    assert [(u.user_id, u.name) for u in data.users] == [
+        (uid, f"{u.name} {u.last_name}") for uid in (2, 5) for u in server.sim.users if u.user_id == uid]
+    assert {r.user_id for r in data.readings} == {2, 5}
+
+
+async def test_legacy_portal_counters_are_emitted_as_returned(portal_factory):
+    server = await portal_factory(users=2, legacy=True)
+    data = await source_collect(server)
+    by_role: dict[str, set[str]] = {}
+    for r in data.readings:
+        by_role.setdefault(r.role, set()).add(r.counter)
+    assert by_role["responsible"] == set(LEGACY_KEYS["view_role_responsible"])
+    assert by_role["auditor"] == {"expired"}
+    assert by_role["all"] == {"wo_deadline", "expired", "expired_soon", "not_viewed", "wait_ctrl"}
+
+
+async def test_string_numbers_are_read_as_numbers(portal_factory):
+    server = await portal_factory(users=2, string_numbers=True)
+    server.sim.overrides[(1, 0, "view_all")] = {"expired": 7, "new_comments": 3}
+    data = await source_collect(server, roles=("all",))
+    got = readings_by_key(data)
+    assert got[(1, 0, "all", "expired")] == 7.0
+    assert got[(1, 0, "all", "new_comments")] == 3.0
+
+
+async def test_hidden_user_gets_no_series_and_is_counted(portal_factory):
+    server = await portal_factory(users=6, hidden=2)
+    data = await source_collect(server)
+    assert data.hidden_users == 2
+    hidden = server.sim.hidden
+    assert hidden and not {r.user_id for r in data.readings} & hidden
+    assert {u.user_id for u in data.users} >= hidden  # still listed as monitored users
+
+
+async def test_error_in_one_command_costs_only_that_command(portal_factory):
+    server = await portal_factory(users=4)
+    server.sim.command_errors[3] = "ERROR_CORE"
+    data = await source_collect(server)
+    assert data.failed_commands == 5  # five roles of user 3
+    assert {r.user_id for r in data.readings} == {1, 2, 4}
+
+
+async def test_failed_command_keeps_its_last_good_values(portal_factory):
+    server = await portal_factory(users=3)
+    source = server.source()
+    first = readings_by_key(await source.collect())
+    server.sim.command_errors[2] = "ERROR_CORE"
+    second = readings_by_key(await source.collect())
+    assert {k: v for k, v in second.items() if k[0] == 2} == {k: v for k, v in first.items() if k[0] == 2}
+
+
+async def test_removed_user_disappears_from_the_snapshot(portal_factory):
+    server = await portal_factory(users=4)
+    source = server.source()
+    await source.collect()
+    server.sim.users[1].active = False  # user 2 is dismissed
+    data = await source.collect()
+    assert 2 not in {u.user_id for u in data.users}
+    assert 2 not in {r.user_id for r in data.readings}
+
+
+async def test_pacing_meets_no_rate_limit_answer_in_steady_state(portal_factory):
+    # a scaled-down bucket (20/s, burst 10) so the test runs in about a second: 26 calls per cycle
+    server = await portal_factory(users=250, rate=20.0, burst=10, latency=0.005)
+    source = server.source(max_concurrency=8)
+    for _ in range(2):
+        data = await source.collect()
+        assert len(data.users) == 250
+    assert server.sim.rejected == 0
+    assert server.sim.calls["batch"] >= 2 * 26
+
+
+async def test_rate_limit_answer_is_retried(portal_factory):
+    # the portal's bucket is smaller than the client believes: some calls get QUERY_LIMIT_EXCEEDED
+    server = await portal_factory(users=100, rate=50.0, burst=3)
+    from exporter.config import RateLimit
+
+    source = server.source(rate_limit=RateLimit(1000.0, 50), max_concurrency=10)
+    data = await source.collect()
+    assert server.sim.rejected > 0
+    assert len({r.user_id for r in data.readings}) == 100
+    requests, errors, _ = server.store.telemetry()[next(iter(server.store.telemetry()))].copy()
+    assert errors["QUERY_LIMIT_EXCEEDED"] == server.sim.rejected
+    assert requests[("batch", "rate_limited")] + requests.get(("user.get", "rate_limited"), 0) == server.sim.rejected
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_rate_limit_is_recognised_by_error_code_not_status(portal_factory, status):
+    server = await portal_factory(users=60, rate=50.0, burst=2, status_for_rate_limit=status)
+    from exporter.config import RateLimit
+
+    data = await server.source(rate_limit=RateLimit(1000.0, 50), max_concurrency=6).collect()
+    assert server.sim.rejected > 0
+    assert len(data.users) == 60
+
+
+async def test_operation_time_limit_pauses_the_method_until_reset(portal_factory):
+    server = await portal_factory(users=2)
+    source = server.source()
+    server.sim.fault = "operation_time_limit"
+    server.sim.fault_retry_after = 0.3
+    import asyncio
+
+    async def lift() -> None:
+        await asyncio.sleep(0.1)
+        server.sim.fault = None
+
+    lifter = asyncio.create_task(lift())
+    data = await source.collect()
+    await lifter
+    assert len(data.users) == 2
+
+
+async def test_bad_webhook_secret_fails_the_cycle_as_auth(portal_factory):
+    server = await portal_factory(users=2)
+    server.sim.secret = "rotated"
+    with pytest.raises(SourceFailure) as failure:
+        await source_collect(server)
+    assert failure.value.reason == "auth"
+    assert "simsecret" not in str(failure.value)
+
+
+async def test_html_answer_fails_the_cycle_cleanly(portal_factory):
+    server = await portal_factory(users=2)
+    server.sim.fault = "html"
+    with pytest.raises(SourceFailure) as failure:
+        await source_collect(server)
+    assert failure.value.reason == "invalid_response"

@@ -1,0 +1,126 @@
+"""The running exporter over HTTP: /metrics from the snapshot, keep-last-good, stale series, endpoints."""
+
+from __future__ import annotations
+
+import subprocess
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.app import running
+from exporter.config import Config
+from tests.conftest import eventually, promtool
+
+UP = 'tasks_exporter_source_up{source="bitrix24",target="acme"}'
+
+
+def samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name:
+                out[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+async def scrape(url: str, **kwargs) -> str:
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"{url}/metrics", **kwargs)
+        response.raise_for_status()
+        return response.text
+
+
+async def test_metrics_serve_counters_user_info_and_health(portal_factory):
+    server = await portal_factory(users=3)
+    config = Config(bitrix24=(server.config(name="acme"),))
+    async with running(config) as exp:
+        await eventually(lambda: exp.store.ready())
+        text = await eventually(lambda: _when(scrape(exp.url), "bitrix24_tasks{"))
+    tasks = samples(text, "bitrix24_tasks")
+    expected = server.sim.counters(1, 0, "view_all")["expired"]
+    key = (("counter", "expired"), ("group_id", "0"), ("portal", "acme"), ("role", "all"), ("user_id", "1"))
+    assert tasks[key] == expected
+    assert len(tasks) == 3 * 5 * 2
+    info = samples(text, "bitrix24_user_info")
+    user = server.sim.users[0]
+    assert info[(("name", f"{user.name} {user.last_name}"), ("portal", "acme"), ("user_id", "1"))] == 1
+    up = samples(text, "tasks_exporter_source_up")
+    assert up == {(("source", "bitrix24"), ("target", "acme")): 1.0}
+    assert samples(text, "tasks_exporter_source_last_success_timestamp_seconds")
+    assert samples(text, "tasks_exporter_api_requests_total")[
+        (("method", "batch"), ("outcome", "success"), ("source", "bitrix24"), ("target", "acme"))] >= 1
+    assert any(k for k in samples(text, "tasks_exporter_build_info"))
+
+
+async def _when(coro, needle: str):
+    text = await coro
+    return text if needle in text else None
+
+
+async def test_failed_cycle_keeps_last_good_data_and_reports_down(portal_factory):
+    server = await portal_factory(users=2)
+    config = Config(bitrix24=(server.config(name="acme", interval=0.2),))
+    async with running(config, max_backoff=0.4) as exp:
+        good = await eventually(lambda: _when(scrape(exp.url), "bitrix24_tasks{"))
+        server.sim.fault = "http_500"
+        failing = await eventually(lambda: _when(scrape(exp.url), f"{UP} 0.0"))
+        assert samples(failing, "bitrix24_tasks") == samples(good, "bitrix24_tasks")
+        failures = samples(failing, "tasks_exporter_source_failures_total")
+        assert failures[(("reason", "server_error"), ("source", "bitrix24"), ("target", "acme"))] >= 1
+        server.sim.fault = None
+        await eventually(lambda: _when(scrape(exp.url), f"{UP} 1.0"))
+
+
+async def test_removed_users_series_disappear_from_metrics(portal_factory):
+    server = await portal_factory(users=3)
+    config = Config(bitrix24=(server.config(name="acme", interval=0.2),))
+    async with running(config) as exp:
+        await eventually(lambda: _when(scrape(exp.url), 'user_id="3"'))
+        server.sim.users[2].active = False
+        text = await eventually(lambda: _when_not(scrape(exp.url), 'user_id="3"'))
+    assert samples(text, "bitrix24_tasks")
+    assert 'user_id="3"' not in text
+
+
+async def _when_not(coro, needle: str):
+    text = await coro
+    return text if needle not in text else None
+
+
+async def test_gzip_is_served_when_asked(portal_factory):
+    server = await portal_factory(users=2)
+    async with running(Config(bitrix24=(server.config(),))) as exp:
+        await eventually(lambda: exp.store.ready())
+        async with httpx.AsyncClient() as client:
+            raw = await client.get(f"{exp.url}/metrics", headers={"Accept-Encoding": "gzip"})
+            plain = await client.get(f"{exp.url}/metrics", headers={"Accept-Encoding": "identity"})
+    assert raw.headers["content-encoding"] == "gzip"
+    assert "content-encoding" not in plain.headers
+    assert "bitrix24_tasks" in raw.text  # httpx decoded the (multi-member) gzip stream
+    assert raw.num_bytes_downloaded < len(plain.content) / 2
+
+
+async def test_endpoints_landing_health_ready_and_unknown(portal_factory):
+    server = await portal_factory(users=2)
+    server.sim.latency = 0.3
+    async with running(Config(bitrix24=(server.config(),))) as exp, httpx.AsyncClient() as client:
+        assert (await client.get(f"{exp.url}/healthz")).status_code == 200
+        assert (await client.get(f"{exp.url}/ready")).status_code == 503  # first cycle still running
+        await eventually(lambda: exp.store.ready())
+        assert (await client.get(f"{exp.url}/ready")).status_code == 200
+        landing = await client.get(f"{exp.url}/")
+        assert 'href="metrics"' in landing.text
+        assert server.sim.secret not in landing.text and "/rest/1/***" in landing.text
+        assert (await client.get(f"{exp.url}/nope")).status_code == 404
+        assert (await client.post(f"{exp.url}/metrics", content=b"x")).status_code == 405
+        assert (await client.head(f"{exp.url}/metrics")).status_code == 200
+
+
+async def test_metrics_pass_promtool_check_metrics(portal_factory):
+    tool = promtool()
+    server = await portal_factory(users=5, hidden=1, legacy=True)
+    async with running(Config(bitrix24=(server.config(name="acme"),))) as exp:
+        text = await eventually(lambda: _when(scrape(exp.url), "bitrix24_tasks{"))
+    result = subprocess.run([tool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stdout + result.stderr
