@@ -45,16 +45,21 @@ def _addresses(config: Config) -> list[tuple[str, str, str]]:
 
 
 class Exporter:
-    """The running exporter. `async with Exporter(...) as exp:` serves on `exp.url` until the block ends."""
+    """The running exporter. `async with Exporter(...) as exp:` serves on `exp.url` until the block ends.
+
+    `sources` replaces the ones built from `config` (tests inject sources with fast retry policies;
+    they must be registered in the same `store`, so pass `store` too).
+    """
 
     def __init__(self, config: Config, host: str = "0.0.0.0", port: int = DEFAULT_PORT,
-                 web_config: WebConfig | None = None, *, max_backoff: float = 300.0) -> None:
+                 web_config: WebConfig | None = None, *, max_backoff: float = 300.0,
+                 sources: list[Source] | None = None, store: Store | None = None) -> None:
         self.config = config
         self.host = host
         self.port = port
         self.web_config = web_config
-        self.store = Store()
-        self.sources = build_sources(config, self.store)
+        self.store = store or Store()
+        self.sources = build_sources(config, self.store) if sources is None else sources
         self.loops = [SourceLoop(s, self.store, max_backoff=max_backoff) for s in self.sources]
         registry = CollectorRegistry(auto_describe=False)
         registry.register(SnapshotCollector(self.store))

@@ -60,6 +60,7 @@ class RetryPolicy:
     base_delay: float = 0.5
     max_delay: float = 30.0
     default_operation_pause: float = 60.0
+    min_operation_pause: float = 1.0
     max_operation_pause: float = 600.0
 
 
@@ -246,7 +247,7 @@ class Bitrix24Client:
 
     def _pause(self, key: str, retry_after: float | None) -> None:
         delay = retry_after if retry_after is not None else self._retry.default_operation_pause
-        delay = min(max(delay, 1.0), self._retry.max_operation_pause)
+        delay = min(max(delay, self._retry.min_operation_pause), self._retry.max_operation_pause)
         self._paused_until[key] = time.time() + delay
         log.warning("bitrix24_operation_time_limit", method=key, pause_seconds=round(delay, 1))
 
