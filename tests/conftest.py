@@ -21,7 +21,8 @@ from exporter.sources.bitrix24 import Bitrix24Source
 from exporter.sources.bitrix24_client import RetryPolicy
 
 FAST_RETRY = RetryPolicy(attempts=3, rate_limit_attempts=20, base_delay=0.01, max_delay=0.05,
-                         default_operation_pause=0.2, min_operation_pause=0.02)
+                         default_operation_pause=0.2, min_operation_pause=0.02,
+                         max_operation_pause=0.3)
 
 
 @pytest.fixture(autouse=True)

@@ -190,3 +190,30 @@ async def test_html_answer_fails_the_cycle_cleanly(portal_factory):
     with pytest.raises(SourceFailure) as failure:
         await source_collect(server)
     assert failure.value.reason == "invalid_response"
+
+
+async def test_commands_blocked_by_operation_limit_are_retried_after_the_pause(portal_factory):
+    import asyncio
+
+    server = await portal_factory(users=3)
+    server.sim.command_errors[2] = "OPERATION_TIME_LIMIT"
+    source = server.source()
+
+    async def lift() -> None:
+        await asyncio.sleep(0.05)
+        del server.sim.command_errors[2]
+
+    lifter = asyncio.create_task(lift())
+    data = await source.collect()
+    await lifter
+    assert 2 in {r.user_id for r in data.readings}
+    assert data.failed_commands == 0
+    assert server.sim.calls["batch"] == 2  # the first pass, then the retry of the five blocked commands
+
+
+async def test_operating_seconds_are_reported_per_method(portal_factory):
+    server = await portal_factory(users=2, operating_per_command=0.5)
+    source = server.source()
+    await source.collect()
+    data = await source.collect()
+    assert data.operating_seconds["tasks.task.counters.get"] >= 0.5 * 10

@@ -127,6 +127,7 @@ class Bitrix24Source:
     async def collect(self) -> PortalSnapshot:
         """Run one cycle; raises SourceFailure when it cannot produce a whole snapshot."""
         calls_before = self._client.calls
+        self._client.operating.clear()  # the portal's window value as of this cycle, not a maximum ever seen
         try:
             users = await self._resolve_users()
             readings, hidden, failed = await self._read_counters(users)

@@ -10,7 +10,7 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
@@ -178,10 +178,14 @@ class Bitrix24Client:
             raise ValueError(f"a batch holds at most {BATCH_LIMIT} commands, got {len(call.commands)}")
         body = await self.call("batch", {"halt": 0, "cmd": dict(call.commands)}, pause_key=pause_key)
         result = parse_batch(body)
-        for key, block in result.times.items():
-            self._note_operating(pause_key, block, key)
+        for block in result.times.values():
+            self._note_operating(pause_key, block)
         for code, _ in result.errors.values():
             self._telemetry.error(code)
+        if any(code == OPERATION_LIMIT for code, _ in result.errors.values()):
+            # commands blocked inside a batch: pause their method until the window resets (FACTS A4)
+            resets = [_reset_in({"time": block}) for block in result.times.values()]
+            self._pause(pause_key, max((r for r in resets if r is not None), default=None))
         return result
 
     async def _attempt(self, method: str, params: Mapping[str, Any]) -> Any:
@@ -226,10 +230,10 @@ class Bitrix24Client:
                            retryable=response.status_code >= 500 or response.status_code < 400)
         self._telemetry.request(method, "success")
         if isinstance(body.get("time"), dict):
-            self._note_operating(method, body["time"], method)
+            self._note_operating(method, body["time"])
         return body
 
-    def _note_operating(self, method: str, block: Mapping[str, Any], _key: str) -> None:
+    def _note_operating(self, method: str, block: Mapping[str, Any]) -> None:
         operating = block.get("operating")
         if isinstance(operating, int | float) and not isinstance(operating, bool):
             self.operating[method] = max(self.operating.get(method, 0.0), float(operating))
@@ -280,5 +284,3 @@ def _content_hint(response: httpx.Response) -> str:
     return f"HTTP {response.status_code}, {kind}, not a JSON object"
 
 
-def command_keys(prefix: str, items: Sequence[Any]) -> list[str]:
-    return [f"{prefix}{i}" for i in range(len(items))]
