@@ -1,0 +1,392 @@
+"""A fake Pachca API (GET /tasks, GET /users) that behaves like the real one, quirks included.
+
+Mirrors ../shared/api/FACTS.md part B: cursors are never null (since 2026-05-06 the last page still
+carries a `next_page`, with `has_next: false`), `limit` is 1-50, 401/403 answer the OAuthError shape,
+400/429 the ApiError shape, and 429 carries Retry-After. Tests and the fault-injection suite change the
+`PachcaSimulator` state while the app runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+
+PREFIX = "/api/shared/v1"
+DEMO_TOKEN = "pachca-demo-token"
+FULL_SCOPES = frozenset({"tasks:read", "users:read"})
+MAX_LIMIT = 50
+FAULTS = frozenset({
+    "http_500", "http_502", "http_503", "html", "truncated_json", "wrong_types", "unauthorized",
+    "insufficient_scope", "rate_limit_storm", "reset", "timeout",
+})
+KINDS = ("call", "meeting", "reminder", "event", "email")
+SCOPE_OF = {"/tasks": "tasks:read", "/users": "users:read"}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class SimRequest:
+    """One request the fake received, for tests to assert on."""
+
+    path: str  # "/tasks" or "/users" (without the /api/shared/v1 prefix)
+    query: dict[str, str]
+    token: str | None
+    status: int  # 0 when the fake answered nothing (reset, timeout)
+    at: float  # time.monotonic() when it arrived
+
+
+@dataclass(slots=True)
+class Workspace:
+    reminders: list[dict[str, Any]]
+    users: list[dict[str, Any]]
+
+
+class PachcaSimulator:
+    """The mutable state behind the fake: data, accepted tokens, quirks, faults and a request log.
+
+    Quirks (all off by default, which is how the real API behaves):
+      omit_has_next  meta.paginate carries no has_next/has_prev (clients must follow the cursor)
+      short_pages    some pages mid-stream hold a third of `limit` although more data follows
+      repeat_cursor  the last page says has_next: true and hands back the cursor that fetched it
+      endless        past the end the pages wrap around with fresh cursors forever
+    """
+
+    def __init__(self, reminders: list[Any] | None = None,
+                 users: list[Any] | None = None, *,
+                 tokens: dict[str, frozenset[str]] | None = None) -> None:
+        self.reminders: list[Any] = reminders if reminders is not None else []
+        self.users: list[Any] = users if users is not None else []
+        self.tokens: dict[str, frozenset[str]] = dict(tokens) if tokens else {DEMO_TOKEN: FULL_SCOPES}
+        self.latency = 0.0  # seconds added to every answer
+        self.rate_limit: float | None = None  # requests per second per token before 429; None = no limit
+        self.retry_after: float | None = None  # Retry-After of every 429; None = 1 s (limit) / 3600 s (storm)
+        self.hang_seconds = 60.0  # how long the "timeout" fault holds a request
+        self.omit_has_next = False
+        self.short_pages = False
+        self.repeat_cursor = False
+        self.endless = False
+        self.requests: list[SimRequest] = []
+        self._fault: str | None = None
+        self._epoch = 0
+        self.fault_times: int | None = None  # requests the fault still applies to; None = until changed
+        self._windows: dict[str, deque[float]] = {}
+
+    @property
+    def token(self) -> str:
+        """The first accepted token (the demo token unless `tokens` was given)."""
+        return next(iter(self.tokens))
+
+    @property
+    def fault(self) -> str | None:
+        return self._fault
+
+    @fault.setter
+    def fault(self, mode: str | None) -> None:
+        if mode is not None and mode not in FAULTS:
+            raise ValueError(f"unknown fault {mode!r} (expected one of: {', '.join(sorted(FAULTS))})")
+        self._fault = mode
+        self.fault_times = None
+        self._epoch += 1  # releases requests held by the "timeout" fault
+
+    def inject(self, mode: str | None, times: int | None = None) -> None:
+        """Switch a fault on for the next `times` requests (None: until switched off)."""
+        self.fault = mode
+        self.fault_times = times
+
+    def count(self, path: str | None = None) -> int:
+        """Requests received so far, optionally only those to `path` ("/tasks" or "/users")."""
+        return sum(1 for r in self.requests if path is None or r.path == path)
+
+    def _take_fault(self) -> str | None:
+        mode = self._fault
+        if mode is not None and self.fault_times is not None:
+            self.fault_times -= 1
+            if self.fault_times <= 0:
+                self._fault, self.fault_times = None, None
+        return mode
+
+    def _over_limit(self, token: str) -> bool:
+        if self.rate_limit is None:
+            return False
+        now = time.monotonic()
+        window = self._windows.setdefault(token, deque())
+        while window and window[0] <= now - 1.0:
+            window.popleft()
+        if len(window) >= self.rate_limit:
+            return True
+        window.append(now)
+        return False
+
+
+def create_app(sim: PachcaSimulator) -> web.Application:
+    """The aiohttp app serving /api/shared/v1/tasks and /api/shared/v1/users from `sim`."""
+    app = web.Application()
+    app.router.add_get(f"{PREFIX}/tasks", _endpoint(sim, "/tasks", lambda: sim.reminders))
+    app.router.add_get(f"{PREFIX}/users", _endpoint(sim, "/users", lambda: sim.users))
+    app.router.add_route("*", "/{tail:.*}", _not_found)
+    return app
+
+
+def _endpoint(sim: PachcaSimulator, path: str, records: Callable[[], list[Any]]) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        token = _bearer(request)
+        arrived = time.monotonic()
+        status = 0
+        try:
+            if sim.latency > 0:
+                await asyncio.sleep(sim.latency)
+            response = await _answer(sim, request, path, token, records())
+            transport = request.transport
+            status = 0 if transport is None or transport.is_closing() else response.status
+            return response
+        finally:
+            sim.requests.append(SimRequest(path, dict(request.query), token, status, arrived))
+    return handle
+
+
+async def _answer(sim: PachcaSimulator, request: web.Request, path: str, token: str | None,
+                  records: list[Any]) -> web.StreamResponse:
+    fault = sim._take_fault()
+    if fault is not None and fault not in ("wrong_types", "html", "truncated_json"):
+        return await _fault_answer(sim, request, fault)
+    if token is None or token not in sim.tokens:
+        return _oauth_error(401, "invalid_token", "Access token is missing" if token is None
+                            else "Access token is invalid")
+    if SCOPE_OF[path] not in sim.tokens[token]:
+        return _oauth_error(403, "insufficient_scope", f"Token lacks the {SCOPE_OF[path]} scope")
+    if sim._over_limit(token):
+        return _rate_limited(sim.retry_after if sim.retry_after is not None else 1.0)
+    limit, cursor, problem = _paging_params(request)
+    if problem is not None:
+        return problem
+    body = _page(sim, records, limit, cursor)
+    if fault == "wrong_types":
+        body["data"] = [_corrupt(record, i) for i, record in enumerate(body["data"])]
+    text = json.dumps(body, ensure_ascii=False)
+    if fault == "html":
+        return web.Response(status=200, text=_HTML, content_type="text/html")
+    if fault == "truncated_json":
+        return web.Response(status=200, text=text[: max(1, len(text) // 2)], content_type="application/json")
+    return web.Response(status=200, text=text, content_type="application/json")
+
+
+async def _fault_answer(sim: PachcaSimulator, request: web.Request, fault: str) -> web.StreamResponse:
+    if fault == "http_500":  # body shape of 5xx is undocumented (FACTS B2); the SDK assumes JSON
+        return _api_error(500, "unhandled", "Internal server error", key="server")
+    if fault in ("http_502", "http_503"):  # what a proxy in front of the API answers
+        return web.Response(status=int(fault[5:]), text=_HTML, content_type="text/html")
+    if fault == "unauthorized":
+        return _oauth_error(401, "invalid_token", "Access token is invalid")
+    if fault == "insufficient_scope":
+        return _oauth_error(403, "insufficient_scope", "Token lacks the required scope")
+    if fault == "rate_limit_storm":
+        return _rate_limited(sim.retry_after if sim.retry_after is not None else 3600.0)
+    if fault == "reset":
+        request.protocol.force_close()
+        if request.transport is not None:
+            request.transport.abort()
+        return web.Response(status=500)  # never reaches the client
+    # "timeout": hold the request until the client gives up (or the fault is switched)
+    deadline, epoch = time.monotonic() + sim.hang_seconds, sim._epoch
+    while sim._epoch == epoch and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    return _api_error(504, "timeout", "Gateway timeout", key="server")
+
+
+def _paging_params(request: web.Request) -> tuple[int, int, web.Response | None]:
+    raw_limit = request.query.get("limit", str(MAX_LIMIT))
+    try:
+        limit = int(raw_limit)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= MAX_LIMIT:
+        return 0, 0, _api_error(400, "invalid", f"limit must be between 1 and {MAX_LIMIT}",
+                                key="limit", value=raw_limit)
+    raw_cursor = request.query.get("cursor")
+    if raw_cursor is None:
+        return limit, 0, None
+    offset = decode_cursor(raw_cursor)
+    if offset is None:
+        return 0, 0, _api_error(400, "invalid", "cursor is invalid", key="cursor", value=raw_cursor)
+    return limit, offset, None
+
+
+def _page(sim: PachcaSimulator, records: list[Any], limit: int, offset: int) -> dict[str, Any]:
+    size = limit
+    if sim.short_pages and (offset // limit) % 2 == 0 and offset + limit < len(records):
+        size = max(1, limit // 3)
+    if sim.endless and records:
+        data = [records[(offset + i) % len(records)] for i in range(size)]
+    else:
+        data = records[offset: offset + size]
+    end = offset + len(data)
+    has_next = (sim.endless and bool(records)) or end < len(records)
+    next_page = encode_cursor(end if data else offset)  # never null, even past the end (FACTS B1)
+    if sim.repeat_cursor and not has_next and data:
+        has_next, next_page = True, encode_cursor(offset)
+    paginate: dict[str, Any] = {"next_page": next_page, "prev_page": encode_cursor(offset, "desc")}
+    if not sim.omit_has_next:
+        paginate["has_next"] = has_next
+        paginate["has_prev"] = offset > 0
+    return {"data": data, "meta": {"paginate": paginate}}
+
+
+def encode_cursor(offset: int, direction: str = "asc") -> str:
+    """An opaque-looking cursor like the real ones (base64 of a small JSON object)."""
+    raw = json.dumps({"offset": offset, "dir": direction}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int | None:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        value = json.loads(raw)
+    except (binascii.Error, ValueError):
+        return None
+    offset = value.get("offset") if isinstance(value, dict) else None
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        return None
+    return offset
+
+
+def _bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
+
+
+def _oauth_error(status: int, code: str, description: str) -> web.Response:
+    return web.json_response({"error": code, "error_description": description}, status=status)
+
+
+def _api_error(status: int, code: str, message: str, *, key: str, value: str | None = None,
+               headers: dict[str, str] | None = None) -> web.Response:
+    item = {"key": key, "value": value, "message": message, "code": code, "payload": None}
+    return web.json_response({"errors": [item]}, status=status, headers=headers)
+
+
+def _rate_limited(retry_after: float) -> web.Response:
+    return _api_error(429, "rate_limit", "Too many requests", key="token",
+                      headers={"Retry-After": f"{retry_after:g}"})
+
+
+async def _not_found(request: web.Request) -> web.Response:
+    return _api_error(404, "not_found", f"No route for {request.method} {request.path}", key="path")
+
+
+_HTML = "<html><head><title>Service unavailable</title></head><body><h1>Please try later</h1></body></html>\n"
+
+_CORRUPTIONS: tuple[Callable[[dict[str, Any]], Any], ...] = (
+    lambda r: {**r, "due_at": 1717171717},
+    lambda r: {**r, "due_at": "next tuesday"},
+    lambda r: {**r, "priority": "high"},
+    lambda r: {**r, "priority": None},
+    lambda r: {**r, "status": 7},
+    lambda r: {**r, "kind": ["call"]},
+    lambda r: {**r, "performer_ids": "12"},
+    lambda r: {**r, "performer_ids": ["a", None, True, 3]},
+    lambda r: {**r, "id": "abc"},
+    lambda r: "not a reminder",
+)
+
+
+def _corrupt(record: Any, i: int) -> Any:
+    """The "wrong_types" fault: each record gets one field of the wrong type (or is not an object)."""
+    if not isinstance(record, dict):
+        return record
+    return _CORRUPTIONS[i % len(_CORRUPTIONS)](record)
+
+
+# --- a realistic workspace ----------------------------------------------------------------------
+
+_FIRST = ("Oleg", "Anna", "Ivan", "Maria", "Pavel", "Olga", "Sergey", "Elena", "Dmitry", "Irina")
+_LAST = ("Petrov", "Ivanova", "Smirnov", "Kuznetsova", "Popov", "Volkova", "Sokolov", "Lebedeva")
+_CONTENT = ("Call the client back", "Prepare the quarterly report", "Team sync", "Send the invoice",
+            "Pick up 21 orders from the warehouse", "Review the contract", "Product demo")
+
+
+def generate_workspace(n: int = 500, *, seed: int = 0, now: float | None = None, users: int = 12,
+                       tokens: dict[str, frozenset[str]] | None = None) -> PachcaSimulator:
+    """A simulator serving a realistic workspace (see `generate`), accepting DEMO_TOKEN by default."""
+    ws = generate(n, seed=seed, now=now, users=users)
+    return PachcaSimulator(ws.reminders, ws.users, tokens=tokens)
+
+
+def generate(n: int = 500, *, seed: int = 0, now: float | None = None, users: int = 12) -> Workspace:
+    """A deterministic workspace of `n` reminders and `users` users around `now` (unix seconds).
+
+    All kinds, priorities 1-3, ~40 % done, ~15 % without due_at, ~20 % of the dated ones all-day (due at
+    midnight UTC of the day, as the API gives them), one to three performers each, due dates from a
+    month ago to a month ahead with a cluster in the next day. Users include a registered-later invitee
+    (first_name null), one with an empty last name and a bot.
+    """
+    rng = random.Random(seed)
+    now_dt = datetime.fromtimestamp(time.time() if now is None else now, UTC)
+    people = [_user(i, rng, now_dt) for i in range(1, users + 1)]
+    ids = [u["id"] for u in people]
+    reminders = [_reminder(22283 + i, rng, now_dt, ids) for i in range(n)]
+    return Workspace(reminders=reminders, users=people)
+
+
+def _user(i: int, rng: random.Random, now: datetime) -> dict[str, Any]:
+    uid = 10 + i
+    first: str | None = _FIRST[i % len(_FIRST)]
+    last: str | None = _LAST[i % len(_LAST)]
+    bot = False
+    if i % 7 == 0:
+        first, last = None, None  # invited, not registered yet: only the nickname is known
+    elif i % 5 == 0:
+        last = ""
+    if i == 4:
+        first, last, bot = "Reminder", "Bot", True
+    return {
+        "id": uid, "first_name": first, "last_name": last, "nickname": f"user{uid}",
+        "email": f"user{uid}@example.com", "phone_number": None, "department": "Sales", "title": "",
+        "role": "admin" if i == 1 else "user", "suspended": False,
+        "invite_status": "sent" if first is None else "confirmed", "inviter_id": None, "list_tags": [],
+        "custom_properties": [], "user_status": None, "bot": bot, "sso": False,
+        "created_at": _iso(now - timedelta(days=400 - i)), "last_activity_at": _iso(now - timedelta(hours=i)),
+        "time_zone": "Europe/Moscow", "image_url": None,
+    }
+
+
+def _reminder(rid: int, rng: random.Random, now: datetime, user_ids: list[int]) -> dict[str, Any]:
+    kind = rng.choice(KINDS)
+    priority = rng.choices((1, 2, 3), weights=(6, 3, 1))[0]
+    status = "done" if rng.random() < 0.4 else "undone"
+    all_day = False
+    due: datetime | None = None
+    if rng.random() >= 0.15:
+        days = rng.uniform(0, 1) if rng.random() < 0.2 else rng.uniform(-30, 30)  # a fifth due within a day
+        due = (now + timedelta(days=days)).replace(microsecond=rng.choice((0, 500000)))
+        if rng.random() < 0.2:
+            all_day = True
+            due = due.replace(hour=0, minute=0, second=0, microsecond=0)
+    creator = rng.choice(user_ids)
+    performers = rng.sample(user_ids, k=min(len(user_ids), rng.choice((1, 1, 2, 3))))
+    created = (due or now) - timedelta(days=rng.uniform(1, 20))
+    props = [] if rng.random() < 0.7 else [{"id": 78, "name": "Place", "data_type": "string",
+                                           "value": "Blue warehouse"}]
+    return {
+        "id": rid, "kind": kind, "content": rng.choice(_CONTENT), "due_at": _iso(due) if due else None,
+        "priority": priority, "user_id": creator, "chat_id": rng.choice((None, 334, 335)),
+        "status": status, "created_at": _iso(created), "performer_ids": performers, "all_day": all_day,
+        "custom_properties": props,
+    }
+
+
+def _iso(moment: datetime) -> str:
+    """YYYY-MM-DDThh:mm:ss.sssZ, the API's format."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"

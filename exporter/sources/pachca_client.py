@@ -1,0 +1,246 @@
+"""Pachca REST client: bearer auth, client-side pacing, retries by status, cursor walk, both error shapes.
+
+The rules come from ../shared/api/FACTS.md part B: ~50 req/s per token; 429 carries Retry-After (a long
+one means the token is banned for a while, so the SDK gives up instead of sleeping); 5xx is retried with
+backoff 1 s, 2 s, 4 s x jitter 0.5-1.5; 401/403 answer the OAuthError shape {error, error_description},
+other 4xx the ApiError shape {errors: [{code, ...}]}; cursors are never null, `has_next: false` ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import math
+import random
+import time
+from collections.abc import AsyncGenerator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import structlog
+
+from exporter.config import Secret
+from exporter.errors import ApiError
+from exporter.ratelimit import LeakyBucket
+from exporter.snapshot import ApiTelemetry
+
+REQUESTS_PER_SECOND = 50  # "all other API methods", per token (FACTS B2)
+NETWORK_CODES = frozenset({"timeout", "network_error", "invalid_response"})
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    attempts: int = 4  # tries of one request on 5xx, network faults, timeouts and unreadable bodies
+    rate_limit_attempts: int = 4  # tries of one request answered 429
+    base_delay: float = 1.0  # backoff base_delay * 2^(n-1), x jitter 0.5-1.5
+    max_delay: float = 30.0
+    max_retry_after: float = 60.0  # a longer Retry-After fails the cycle and pauses requests instead
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a list method, with the pagination fields read leniently."""
+
+    data: list[Any]
+    next_page: str | None  # None when missing, null or not a string
+    has_next: bool | None  # None when missing (older API) or not a boolean
+
+
+def parse_page(body: Mapping[str, Any]) -> Page:
+    """Read `meta.paginate` of a 200 answer whose `data` is already known to be a list."""
+    meta = body.get("meta")
+    paginate = meta.get("paginate") if isinstance(meta, dict) else None
+    if not isinstance(paginate, dict):
+        paginate = {}
+    cursor = paginate.get("next_page")
+    has_next = paginate.get("has_next")
+    return Page(data=body["data"], next_page=cursor if isinstance(cursor, str) and cursor else None,
+                has_next=has_next if isinstance(has_next, bool) else None)
+
+
+def failure_reason(exc: ApiError) -> str:
+    """The SourceFailure reason for an ApiError that ended a cycle."""
+    if exc.code in NETWORK_CODES:
+        return exc.code
+    if exc.status in (401, 403):
+        return "auth"
+    if exc.status == 429 or exc.code == "rate_limit":
+        return "rate_limited"
+    if exc.status is not None and exc.status >= 500:
+        return "server_error"
+    return "api_error"
+
+
+class PachcaClient:
+    """GETs list methods of one workspace with its token; every request passes a 50 req/s bucket."""
+
+    def __init__(self, base_url: str, token: Secret, telemetry: ApiTelemetry, *, timeout: float,
+                 retry: RetryPolicy | None = None, transport: httpx.AsyncBaseTransport | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._base = base_url.rstrip("/")
+        self._telemetry = telemetry
+        self._retry = retry or RetryPolicy()
+        self._clock = clock
+        self._bucket = LeakyBucket(REQUESTS_PER_SECOND, REQUESTS_PER_SECOND)
+        self._paused_until = 0.0
+        self.calls = 0
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout), transport=transport, follow_redirects=False,
+            headers={"Accept": "application/json", "User-Agent": "tasks-exporter",
+                     "Authorization": f"Bearer {token.reveal()}"},
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def walk(self, path: str, *, limit: int, max_pages: int) -> AsyncGenerator[list[Any], None]:
+        """Yield the `data` of every page of a list method, following `next_page`.
+
+        Ends on `has_next: false`, an empty page, a missing cursor or a cursor already followed; a walk
+        that reaches `max_pages` stops there with a warning instead of looping forever.
+        """
+        cursor: str | None = None
+        followed: set[str] = set()
+        for number in range(1, max_pages + 1):
+            params = {"limit": str(limit)} if cursor is None else {"limit": str(limit), "cursor": cursor}
+            page = parse_page(await self.get(path, params))
+            yield page.data
+            if not page.data or page.has_next is False or page.next_page is None:
+                return
+            if page.next_page in followed:
+                log.warning("pachca_cursor_repeated", path=path, pages=number)
+                return
+            followed.add(page.next_page)
+            cursor = page.next_page
+        log.warning("pachca_page_cap_reached", path=path, max_pages=max_pages,
+                    hint="more pages follow; raise max_pages if the workspace is really this large")
+
+    async def get(self, path: str, params: Mapping[str, str]) -> dict[str, Any]:
+        """GET one list page; retries 429 (Retry-After), 5xx, network faults and unreadable bodies."""
+        method = f"GET {path}"
+        failures = 0
+        rate_limited = 0
+        while True:
+            self._check_pause(path)
+            try:
+                return await self._attempt(method, path, params)
+            except ApiError as exc:
+                if exc.status == 429:
+                    rate_limited += 1
+                    delay = self._rate_limit_delay(exc, rate_limited, path)
+                else:
+                    failures += 1
+                    if not exc.retryable or failures >= self._retry.attempts:
+                        raise
+                    delay = self._backoff(failures)
+                log.debug("pachca_retry", path=path, code=exc.code, delay_s=round(delay, 3))
+                await asyncio.sleep(delay)
+
+    async def _attempt(self, method: str, path: str, params: Mapping[str, str]) -> dict[str, Any]:
+        waited = await self._bucket.acquire()
+        if waited:
+            self._telemetry.waited(waited)
+        self.calls += 1
+        try:
+            response = await self._http.get(self._base + path, params=dict(params))
+        except httpx.TimeoutException:
+            self._telemetry.request(method, "timeout")
+            raise ApiError("timeout", "request timed out", retryable=True) from None
+        except httpx.HTTPError as exc:
+            self._telemetry.request(method, "network_error")
+            raise ApiError("network_error", type(exc).__name__, retryable=True) from None
+        return self._decode(method, response)
+
+    def _decode(self, method: str, response: httpx.Response) -> dict[str, Any]:
+        status = response.status_code
+        try:
+            body = json.loads(response.content)
+        except (ValueError, UnicodeDecodeError):  # HTML from a proxy, a truncated answer
+            body = None
+        if 200 <= status < 300:
+            if isinstance(body, dict) and isinstance(body.get("data"), list):
+                self._telemetry.request(method, "success")
+                return body
+            self._telemetry.request(method, "invalid_response")
+            self._telemetry.error("invalid_response")
+            raise ApiError("invalid_response", _shape_hint(response, body), status=status, retryable=True)
+        code, message = error_of(body, status, response)
+        self._telemetry.error(code)
+        retry_after = None
+        if status == 429:
+            outcome, retryable = "rate_limited", True
+            retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+        elif status in (401, 403):
+            outcome, retryable = "auth_error", False
+        elif status >= 500:
+            outcome, retryable = "server_error", True
+        else:
+            outcome, retryable = "client_error", False
+        self._telemetry.request(method, outcome)
+        raise ApiError(code, message, status=status, retryable=retryable, retry_after=retry_after)
+
+    def _rate_limit_delay(self, exc: ApiError, attempt: int, path: str) -> float:
+        """Seconds to sleep before retrying a 429, or raise when this cycle should give up."""
+        wait = exc.retry_after
+        if wait is not None and wait > self._retry.max_retry_after:
+            # a Retry-After beyond the cap is an overload ban (FACTS B2): hammering it prolongs the ban
+            self._paused_until = self._clock() + wait
+            log.warning("pachca_rate_limit_pause", path=path, retry_after_s=wait)
+            cap = self._retry.max_retry_after
+            raise ApiError(exc.code, f"Retry-After {wait:g}s exceeds the {cap:g}s cap; requests paused until "
+                           "it passes", status=429)
+        if attempt >= self._retry.rate_limit_attempts:
+            raise exc
+        delay = wait * random.uniform(1.0, 1.25) if wait is not None else self._backoff(attempt)
+        self._telemetry.waited(delay)
+        return delay
+
+    def _check_pause(self, path: str) -> None:
+        remaining = self._paused_until - self._clock()
+        if remaining > 0:
+            raise ApiError("rate_limit", f"requests paused {remaining:.0f}s more after a long Retry-After",
+                           status=429)
+
+    def _backoff(self, attempt: int) -> float:
+        delay = min(self._retry.max_delay, self._retry.base_delay * 2 ** (attempt - 1))
+        return float(delay * random.uniform(0.5, 1.5))
+
+
+def error_of(body: Any, status: int, response: httpx.Response) -> tuple[str, str]:
+    """(code, message) of an error answer: OAuthError, ApiError (first item) or just the HTTP status."""
+    if isinstance(body, dict):
+        errors = body.get("errors")
+        if isinstance(body.get("error"), str) and not isinstance(errors, list):
+            return body["error"] or f"http_{status}", str(body.get("error_description") or "")[:200]
+        if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+            first = errors[0]
+            code = first.get("code")
+            if isinstance(code, str) and code:
+                return code, str(first.get("message") or "")[:200]
+    return f"http_{status}", _shape_hint(response, body)
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Retry-After as seconds: delta-seconds (fractions tolerated) or an HTTP date; None if unusable."""
+    if not value:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - time.time()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def _shape_hint(response: httpx.Response, body: Any) -> str:
+    kind = response.headers.get("content-type", "unknown").split(";")[0]
+    if body is None:
+        return f"HTTP {response.status_code}, {kind}, not JSON ({len(response.content)} bytes)"
+    return f"HTTP {response.status_code}, JSON {type(body).__name__} without a data list"

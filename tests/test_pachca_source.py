@@ -1,0 +1,509 @@
+"""PachcaSource against the fake Pachca API over loopback: the tally, the cursor walk, retries, auth, names."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Callable, MutableMapping
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pytest
+from structlog.testing import capture_logs
+
+from exporter.config import PachcaConfig, Secret
+from exporter.errors import SourceFailure
+from exporter.simulator import serve
+from exporter.simulator.pachca import DEMO_TOKEN, PREFIX, PachcaSimulator, create_app, generate_workspace
+from exporter.snapshot import ApiTelemetry, ReminderTally
+from exporter.sources.pachca import PachcaSource
+from exporter.sources.pachca_client import RetryPolicy
+
+NOW = 1_780_000_000.0  # 2026-05-28T20:26:40Z
+DAY = 86400.0
+FAST = RetryPolicy(attempts=3, rate_limit_attempts=3, base_delay=0.001, max_delay=0.005, max_retry_after=1.0)
+
+
+class Clock:
+    """A settable clock for `now` and for the Retry-After pause."""
+
+    def __init__(self, now: float = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def sim() -> PachcaSimulator:
+    return generate_workspace(180, seed=7, now=NOW)
+
+
+@pytest.fixture
+async def base_url(sim: PachcaSimulator) -> AsyncIterator[str]:
+    async with serve(create_app(sim)) as url:
+        yield url + PREFIX
+        sim.fault = None  # release requests the "timeout" fault still holds
+
+
+MakeSource = Callable[..., PachcaSource]
+
+
+@pytest.fixture
+async def make_source(base_url: str) -> AsyncIterator[MakeSource]:
+    """Builds PachcaSources against the fake (or a MockTransport); closes them after the test."""
+    made: list[PachcaSource] = []
+
+    def make(*, token: str = DEMO_TOKEN, telemetry: ApiTelemetry | None = None,
+             transport: httpx.AsyncBaseTransport | None = None, retry: RetryPolicy = FAST,
+             clock: Callable[[], float] | None = None, **config: Any) -> PachcaSource:
+        settings = {"name": "acme", "token": Secret(token), "base_url": base_url, "timeout": 2.0, **config}
+        source = PachcaSource(PachcaConfig(**settings), telemetry or ApiTelemetry(), retry=retry,
+                              transport=transport, clock=clock or Clock())
+        made.append(source)
+        return source
+
+    yield make
+    for source in made:
+        await source.aclose()
+
+
+def mock(answer: Callable[[httpx.Request], httpx.Response]) -> httpx.MockTransport:
+    return httpx.MockTransport(answer)
+
+
+def page(data: list[Any], *, next_page: str | None = "c1", has_next: bool | None = None) -> httpx.Response:
+    paginate: dict[str, Any] = {"next_page": next_page}
+    if has_next is not None:
+        paginate["has_next"] = has_next
+    return httpx.Response(200, json={"data": data, "meta": {"paginate": paginate}})
+
+
+def reminder(rid: int = 1, *, status: str = "undone", kind: str = "call", priority: Any = 1,
+             due_at: str | None = "2026-05-28T10:00:00.000Z", performers: list[Any] | None = None,
+             all_day: bool = False) -> dict[str, Any]:
+    return {"id": rid, "kind": kind, "content": "x", "due_at": due_at, "priority": priority, "user_id": 11,
+            "chat_id": None, "status": status, "created_at": "2026-05-01T10:00:00.000Z",
+            "performer_ids": [11] if performers is None else performers, "all_day": all_day,
+            "custom_properties": []}
+
+
+def events(logs: list[MutableMapping[str, Any]], name: str) -> list[MutableMapping[str, Any]]:
+    return [e for e in logs if e["event"] == name]
+
+
+# --- the expected tally, counted the plain way ------------------------------------------------------
+
+
+def expected_tally(reminders: list[dict[str, Any]], users: list[dict[str, Any]], now: float,
+                   due_soon: float, pages: int) -> ReminderTally:
+    """What the source must report, computed with a plain loop that shares no code with it."""
+    by_status: dict[tuple[str, str, str], int] = {}
+    overdue: dict[tuple[str, str], int] = {}
+    soon: dict[str, int] = {}
+    no_due: dict[str, int] = {}
+    performer: dict[tuple[int, str], int] = {}
+    performer_overdue: dict[int, int] = {}
+    oldest = 0.0
+
+    def bump(counts: dict[Any, int], key: Any) -> None:
+        counts[key] = counts.get(key, 0) + 1
+
+    for r in reminders:
+        status, kind, priority = r["status"], r["kind"], str(r["priority"])
+        bump(by_status, (status, kind, priority))
+        for pid in set(r["performer_ids"]):
+            bump(performer, (pid, status))
+        if r["due_at"] is None:
+            bump(no_due, status)
+            continue
+        due = datetime.strptime(r["due_at"], "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+        if status == "undone" and due < now:
+            bump(overdue, (kind, priority))
+            for pid in set(r["performer_ids"]):
+                bump(performer_overdue, pid)
+            oldest = max(oldest, now - due)
+        elif status == "undone" and due <= now + due_soon:
+            bump(soon, kind)
+    names: dict[int, str] = {}
+    performers = {pid for pid, _ in performer}
+    for u in users:
+        full = " ".join(part for part in (u["first_name"], u["last_name"]) if part)
+        if u["id"] in performers:
+            names[u["id"]] = full or u["nickname"]
+    return ReminderTally(by_status=by_status, overdue=overdue, due_soon=soon, without_due_date=no_due,
+                         performer=performer, performer_overdue=performer_overdue,
+                         oldest_overdue_seconds=oldest, total=len(reminders), pages=pages, user_names=names)
+
+
+# --- the tally --------------------------------------------------------------------------------------
+
+
+async def test_generated_workspace_tally_matches_a_plain_count(sim: PachcaSimulator,
+                                                               make_source: MakeSource) -> None:
+    source = make_source()
+    tally = await source.collect()
+    expected = expected_tally(sim.reminders, sim.users, NOW, DAY, pages=math.ceil(180 / 50))
+    assert tally == expected
+    # the data set exercises every metric, so the equality above pins something in each
+    assert all((tally.by_status, tally.overdue, tally.due_soon, tally.without_due_date, tally.performer,
+                tally.performer_overdue, tally.user_names))
+    assert tally.oldest_overdue_seconds > 0
+
+
+async def test_tally_follows_the_due_soon_setting(sim: PachcaSimulator, make_source: MakeSource) -> None:
+    tally = await make_source(due_soon=3 * DAY).collect()
+    assert tally.due_soon == expected_tally(sim.reminders, sim.users, NOW, 3 * DAY, pages=4).due_soon
+
+
+async def test_null_due_at_is_never_overdue(sim: PachcaSimulator, make_source: MakeSource) -> None:
+    sim.reminders = [reminder(1, due_at=None), reminder(2, due_at=None, status="done")]
+    tally = await make_source().collect()
+    assert tally.overdue == {} and tally.due_soon == {} and tally.performer_overdue == {}
+    assert tally.oldest_overdue_seconds == 0.0
+    assert tally.without_due_date == {"undone": 1, "done": 1}
+
+
+async def test_due_soon_window_bounds(sim: PachcaSimulator, make_source: MakeSource) -> None:
+    def at(offset: float) -> str:
+        return datetime.fromtimestamp(NOW + offset).astimezone().isoformat()
+
+    sim.reminders = [reminder(1, due_at=at(-1)), reminder(2, due_at=at(0), kind="email"),
+                     reminder(3, due_at=at(DAY), kind="email"), reminder(4, due_at=at(DAY + 1), kind="event"),
+                     reminder(5, due_at=at(-5), status="done")]
+    tally = await make_source().collect()
+    assert tally.overdue == {("call", "1"): 1}
+    assert tally.due_soon == {"email": 2}
+    assert tally.oldest_overdue_seconds == 1.0
+
+
+async def test_all_day_reminder_is_due_at_the_given_midnight(sim: PachcaSimulator,
+                                                            make_source: MakeSource) -> None:
+    sim.reminders = [reminder(1, due_at="2026-05-28T00:00:00.000Z", all_day=True),
+                     reminder(2, due_at="2026-05-29T00:00:00.000Z", all_day=True, kind="meeting")]
+    tally = await make_source().collect()
+    assert tally.overdue == {("call", "1"): 1}
+    assert tally.oldest_overdue_seconds == NOW - datetime.fromisoformat("2026-05-28T00:00:00Z").timestamp()
+    assert tally.due_soon == {"meeting": 1}
+
+
+async def test_reminder_with_three_performers_counts_once_for_each(sim: PachcaSimulator,
+                                                                  make_source: MakeSource) -> None:
+    sim.reminders = [reminder(1, performers=[11, 12, 13, 12]), reminder(2, status="done", performers=[12])]
+    tally = await make_source().collect()
+    assert tally.performer == {(11, "undone"): 1, (12, "undone"): 1, (13, "undone"): 1, (12, "done"): 1}
+    assert tally.performer_overdue == {11: 1, 12: 1, 13: 1}
+    assert tally.total == 2
+
+
+async def test_unknown_priority_kind_and_status_are_kept(sim: PachcaSimulator, make_source: MakeSource) -> None:
+    sim.reminders = [reminder(1, priority=7, kind="todo"), reminder(2, priority="2", status="archived"),
+                     reminder(3, priority=0, kind="meeting")]
+    tally = await make_source().collect()
+    assert tally.by_status == {("undone", "todo", "7"): 1, ("archived", "call", "2"): 1,
+                               ("undone", "meeting", "0"): 1}
+    assert tally.overdue == {("todo", "7"): 1, ("meeting", "0"): 1}
+
+
+async def test_wrong_types_cost_only_their_field(sim: PachcaSimulator, make_source: MakeSource) -> None:
+    sim.reminders = [
+        reminder(1, priority="high"), reminder(2, due_at="next tuesday"), {**reminder(3), "status": 7},
+        {**reminder(4), "due_at": 1717171717}, reminder(5, performers=["a", None, True, 12]),
+        {**reminder(6), "performer_ids": "12"}, {**reminder(7), "kind": ["call"]}, "not a reminder", 42,
+    ]
+    with capture_logs() as logs:
+        tally = await make_source().collect()
+    assert tally.total == 7
+    assert tally.by_status == {("undone", "call", "unknown"): 1, ("undone", "call", "1"): 4,
+                               ("unknown", "call", "1"): 1, ("undone", "unknown", "1"): 1}
+    assert tally.without_due_date == {}  # a due_at that cannot be read is not "no due date"
+    assert tally.overdue == {("call", "unknown"): 1, ("call", "1"): 2, ("unknown", "1"): 1}
+    assert tally.performer == {(11, "undone"): 4, (11, "unknown"): 1, (12, "undone"): 1}
+    assert events(logs, "pachca_odd_records")[0]["malformed"] == 9
+
+
+async def test_wrong_types_fault_does_not_fail_the_cycle(sim: PachcaSimulator, make_source: MakeSource) -> None:
+    sim.fault = "wrong_types"
+    tally = await make_source().collect()
+    assert tally.pages == 4
+    assert 0 < tally.total < 180
+
+
+# --- the cursor walk --------------------------------------------------------------------------------
+
+
+async def test_walk_sends_limit_and_stops_on_has_next_false(sim: PachcaSimulator,
+                                                            make_source: MakeSource) -> None:
+    source = make_source(performer_names=False)
+    tally = await source.collect()
+    tasks = [r for r in sim.requests if r.path == "/tasks"]
+    assert len(tasks) == tally.pages == 4  # the last page's non-null cursor is not followed
+    assert all(r.query["limit"] == "50" for r in tasks)
+    assert "cursor" not in tasks[0].query and all("cursor" in r.query for r in tasks[1:])
+    assert source.last_calls == 4 and sim.count("/users") == 0
+
+
+async def test_page_size_is_honoured(sim: PachcaSimulator, make_source: MakeSource) -> None:
+    tally = await make_source(page_size=20, performer_names=False).collect()
+    assert tally.pages == 9 and tally.total == 180
+    assert {r.query["limit"] for r in sim.requests} == {"20"}
+
+
+async def test_missing_has_next_walks_to_the_empty_page(sim: PachcaSimulator, make_source: MakeSource) -> None:
+    sim.omit_has_next = True
+    tally = await make_source(performer_names=False).collect()
+    assert tally.total == 180 and tally.pages == 5  # four with data, then the empty one
+
+
+async def test_short_page_mid_stream_does_not_end_the_walk(sim: PachcaSimulator,
+                                                           make_source: MakeSource) -> None:
+    sim.short_pages = True
+    tally = await make_source(performer_names=False).collect()
+    assert tally == expected_tally(sim.reminders, [], NOW, DAY, pages=tally.pages)
+    assert tally.pages > 4
+
+
+async def test_repeated_cursor_stops_without_counting_twice(sim: PachcaSimulator,
+                                                            make_source: MakeSource) -> None:
+    sim.repeat_cursor = True
+    with capture_logs() as logs:
+        tally = await make_source(performer_names=False).collect()
+    assert tally == expected_tally(sim.reminders, [], NOW, DAY, pages=4)
+    assert sim.count("/tasks") == 4
+    assert events(logs, "pachca_cursor_repeated")
+
+
+async def test_cursor_that_never_ends_stops_at_max_pages(sim: PachcaSimulator, make_source: MakeSource) -> None:
+    sim.endless = True
+    with capture_logs() as logs:
+        tally = await make_source(max_pages=7, performer_names=False).collect()
+    assert tally.pages == 7 and sim.count("/tasks") == 7
+    assert tally.total == 180  # wrapped-around records are not counted again
+    assert events(logs, "pachca_page_cap_reached")[0]["max_pages"] == 7
+
+
+async def test_empty_page_ends_the_walk_even_if_has_next_says_more(make_source: MakeSource) -> None:
+    answers = iter([page([reminder(1)], next_page="a", has_next=True),
+                    page([], next_page="b", has_next=True), page([reminder(2)], next_page="c")])
+    source = make_source(transport=mock(lambda request: next(answers)), performer_names=False)
+    tally = await source.collect()
+    assert (tally.total, tally.pages, source.last_calls) == (1, 2, 2)
+
+
+async def test_null_cursor_of_the_older_api_ends_the_walk(make_source: MakeSource) -> None:
+    source = make_source(transport=mock(lambda request: page([reminder(1)], next_page=None)),
+                         performer_names=False)
+    assert (await source.collect()).pages == 1
+
+
+# --- retries and failures ---------------------------------------------------------------------------
+
+
+async def test_429_honours_retry_after_then_succeeds(sim: PachcaSimulator, make_source: MakeSource) -> None:
+    sim.inject("rate_limit_storm", times=1)
+    sim.retry_after = 0.2
+    telemetry = ApiTelemetry()
+    tally = await make_source(telemetry=telemetry, performer_names=False).collect()
+    assert tally.total == 180
+    first, second = sim.requests[0], sim.requests[1]
+    assert first.status == 429 and second.status == 200
+    assert second.at - first.at >= 0.2
+    requests, errors, waited = telemetry.copy()
+    assert requests == {("GET /tasks", "rate_limited"): 1, ("GET /tasks", "success"): 4}
+    assert errors == {"rate_limit": 1} and waited >= 0.2
+
+
+async def test_retry_after_beyond_the_cap_fails_and_pauses_requests(sim: PachcaSimulator,
+                                                                    make_source: MakeSource) -> None:
+    clock = Clock()
+    source = make_source(clock=clock, performer_names=False)
+    sim.fault = "rate_limit_storm"  # Retry-After: 3600, far above the policy's 1 s cap
+    with pytest.raises(SourceFailure) as failure:
+        await source.collect()
+    assert failure.value.reason == "rate_limited" and sim.count() == 1
+    sim.fault = None
+    with pytest.raises(SourceFailure):  # still inside the Retry-After: no request at all
+        await source.collect()
+    assert sim.count() == 1 and source.last_calls == 0
+    clock.now += 3601
+    assert (await source.collect()).total == 180
+
+
+async def test_429_without_retry_after_backs_off_and_gives_up(make_source: MakeSource) -> None:
+    source = make_source(transport=mock(lambda r: httpx.Response(429, json={"errors": []})))
+    with pytest.raises(SourceFailure) as failure:
+        await source.collect()
+    assert failure.value.reason == "rate_limited" and source.last_calls == FAST.rate_limit_attempts
+
+
+@pytest.mark.parametrize("fault", ["http_500", "http_502", "http_503"])
+async def test_server_error_then_success(sim: PachcaSimulator, make_source: MakeSource, fault: str) -> None:
+    sim.inject(fault, times=2)
+    telemetry = ApiTelemetry()
+    tally = await make_source(telemetry=telemetry, performer_names=False).collect()
+    assert tally.total == 180
+    requests, errors, _ = telemetry.copy()
+    assert requests[("GET /tasks", "server_error")] == 2
+    assert errors == ({"unhandled": 2} if fault == "http_500" else {f"http_{fault[5:]}": 2})
+
+
+async def test_server_errors_past_the_attempts_fail_the_cycle(sim: PachcaSimulator,
+                                                              make_source: MakeSource) -> None:
+    sim.fault = "http_503"
+    with pytest.raises(SourceFailure) as failure:
+        await make_source().collect()
+    assert failure.value.reason == "server_error" and sim.count() == FAST.attempts
+
+
+async def test_connection_reset_is_retried(sim: PachcaSimulator, make_source: MakeSource) -> None:
+    sim.inject("reset", times=1)
+    telemetry = ApiTelemetry()
+    assert (await make_source(telemetry=telemetry, performer_names=False).collect()).total == 180
+    assert telemetry.copy()[0][("GET /tasks", "network_error")] == 1
+
+
+async def test_timeout_is_retried_then_fails_with_reason_timeout(sim: PachcaSimulator,
+                                                                 make_source: MakeSource) -> None:
+    sim.fault = "timeout"
+    telemetry = ApiTelemetry()
+    with pytest.raises(SourceFailure) as failure:
+        await make_source(telemetry=telemetry, timeout=0.05).collect()
+    assert failure.value.reason == "timeout"
+    assert telemetry.copy()[0] == {("GET /tasks", "timeout"): FAST.attempts}
+
+
+@pytest.mark.parametrize("fault", ["html", "truncated_json"])
+async def test_unreadable_body_is_invalid_response_after_retries(sim: PachcaSimulator,
+                                                                 make_source: MakeSource, fault: str) -> None:
+    sim.fault = fault
+    telemetry = ApiTelemetry()
+    with pytest.raises(SourceFailure) as failure:
+        await make_source(telemetry=telemetry).collect()
+    assert failure.value.reason == "invalid_response"
+    assert telemetry.copy()[:2] == ({("GET /tasks", "invalid_response"): FAST.attempts},
+                                    {"invalid_response": FAST.attempts})
+
+
+@pytest.mark.parametrize("body", [{"data": {"id": 1}}, {"result": []}, [1, 2], "data"])
+async def test_body_not_of_the_documented_shape_is_invalid_response(make_source: MakeSource, body: Any) -> None:
+    source = make_source(transport=mock(lambda request: httpx.Response(200, json=body)))
+    with pytest.raises(SourceFailure) as failure:
+        await source.collect()
+    assert failure.value.reason == "invalid_response"
+
+
+async def test_invalid_token_stops_the_cycle_with_reason_auth(sim: PachcaSimulator,
+                                                              make_source: MakeSource) -> None:
+    telemetry = ApiTelemetry()
+    with capture_logs() as logs, pytest.raises(SourceFailure) as failure:
+        await make_source(token="wrong-token-123", telemetry=telemetry).collect()
+    assert failure.value.reason == "auth" and "invalid_token" in failure.value.detail
+    assert sim.count() == 1  # never retried
+    assert telemetry.copy()[:2] == ({("GET /tasks", "auth_error"): 1}, {"invalid_token": 1})
+    assert events(logs, "pachca_auth_failed")[0]["code"] == "invalid_token"
+    assert "wrong-token-123" not in repr(logs) + str(failure.value)
+
+
+async def test_token_lacking_tasks_read_is_insufficient_scope(sim: PachcaSimulator,
+                                                              make_source: MakeSource) -> None:
+    sim.tokens = {DEMO_TOKEN: frozenset({"users:read"})}
+    with pytest.raises(SourceFailure) as failure:
+        await make_source().collect()
+    assert failure.value.reason == "auth" and failure.value.detail.startswith("insufficient_scope")
+
+
+async def test_bad_request_is_an_api_error_without_retries(sim: PachcaSimulator,
+                                                           make_source: MakeSource) -> None:
+    telemetry = ApiTelemetry()
+    with pytest.raises(SourceFailure) as failure:
+        await make_source(page_size=60, telemetry=telemetry).collect()  # the fake allows 1-50
+    assert failure.value.reason == "api_error" and failure.value.detail.startswith("invalid")
+    assert sim.count() == 1 and telemetry.copy()[0] == {("GET /tasks", "client_error"): 1}
+
+
+async def test_bearer_token_is_sent(make_source: MakeSource) -> None:
+    seen: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["Authorization"])
+        return page([], next_page="x")
+
+    await make_source(token="tok-1", transport=mock(answer), performer_names=False).collect()
+    assert seen == ["Bearer tok-1"]
+
+
+# --- performer names --------------------------------------------------------------------------------
+
+
+async def test_names_are_read_once_and_reused(sim: PachcaSimulator, make_source: MakeSource) -> None:
+    source = make_source()
+    first = await source.collect()
+    second = await source.collect()
+    assert first.user_names == second.user_names != {}
+    assert sim.count("/users") == 1
+    assert first.user_names[17] == "user17"  # an invitee without a name falls back to the nickname
+
+
+async def test_names_are_reread_when_a_new_performer_appears(sim: PachcaSimulator,
+                                                             make_source: MakeSource) -> None:
+    source = make_source()
+    await source.collect()
+    sim.users.append({"id": 99, "first_name": "New", "last_name": "Hire", "nickname": "new"})
+    sim.reminders.append(reminder(9999, performers=[99]))
+    tally = await source.collect()
+    assert tally.user_names[99] == "New Hire" and sim.count("/users") == 2
+
+
+async def test_missing_users_scope_turns_names_off_and_keeps_counts(sim: PachcaSimulator,
+                                                                    make_source: MakeSource) -> None:
+    sim.tokens = {DEMO_TOKEN: frozenset({"tasks:read"})}
+    source = make_source()
+    with capture_logs() as logs:
+        first = await source.collect()
+        second = await source.collect()
+    expected = expected_tally(sim.reminders, [], NOW, DAY, pages=4)
+    assert first == second == expected
+    assert sim.count("/users") == 1 and not source.names_enabled
+    assert len(events(logs, "pachca_user_names_off")) == 1
+
+
+async def test_names_true_keeps_trying_and_keeps_the_last_good_names(sim: PachcaSimulator,
+                                                                     make_source: MakeSource) -> None:
+    clock = Clock()
+    source = make_source(performer_names=True, clock=clock)
+    good = (await source.collect()).user_names
+    sim.tokens = {DEMO_TOKEN: frozenset({"tasks:read"})}
+    clock.now += 3 * 3600  # names are due for a refresh
+    with capture_logs() as logs:
+        later = await source.collect()
+    assert later.user_names == good and source.names_enabled
+    assert sim.count("/users") == 2 and events(logs, "pachca_user_names_failed")
+
+
+async def test_users_server_error_never_fails_the_counts(sim: PachcaSimulator, make_source: MakeSource) -> None:
+    answers: dict[str, Callable[[], httpx.Response]] = {
+        "/tasks": lambda: page([reminder(1, performers=[11])], has_next=False),
+        "/users": lambda: httpx.Response(503, text="<html>busy</html>"),
+    }
+    source = make_source(transport=mock(lambda request: answers[request.url.path.removeprefix(PREFIX)]()))
+    tally = await source.collect()
+    assert tally.total == 1 and tally.user_names == {}
+    assert source.last_calls == 1 + FAST.attempts
+
+
+async def test_names_false_never_asks(sim: PachcaSimulator, make_source: MakeSource) -> None:
+    tally = await make_source(performer_names=False).collect()
+    assert tally.user_names == {} and sim.count("/users") == 0
+
+
+# --- scheduler-facing surface -----------------------------------------------------------------------
+
+
+async def test_source_surface_for_the_scheduler(make_source: MakeSource) -> None:
+    source = make_source(interval=30.0, cycle_timeout=120.0)
+    assert (source.source, source.target) == ("pachca", "acme")
+    assert (source.interval, source.cycle_timeout) == (30.0, 120.0)
+    assert source.cycle_bound(100) == 2.0
+    await source.collect()
+    assert source.last_calls == 5  # four pages of tasks, one of users
+
