@@ -93,6 +93,9 @@ def _pachca(states: list[SourceState]) -> Iterator[Metric]:
                                labels=["workspace"])
     info = GaugeMetricFamily("pachca_user_info", "A Pachca user seen as a performer, value 1.",
                              labels=["workspace", "user_id", "name"])
+    malformed = GaugeMetricFamily(
+        "pachca_reminders_malformed", "Reminders in the last cycle with a field that could not be read; "
+        "they are counted with the label value 'unknown' where that field mattered.", labels=["workspace"])
     for state in states:
         t = state.data
         assert isinstance(t, ReminderTally)
@@ -110,9 +113,10 @@ def _pachca(states: list[SourceState]) -> Iterator[Metric]:
         for pid, n in sorted(t.performer_overdue.items()):
             performer_overdue.add_metric([ws, str(pid)], n)
         oldest.add_metric([ws], t.oldest_overdue_seconds)
+        malformed.add_metric([ws], t.malformed)
         for uid, name in sorted(t.user_names.items()):
             info.add_metric([ws, str(uid), name], 1)
-    yield from (reminders, overdue, due_soon, no_due, performer, performer_overdue, oldest, info)
+    yield from (reminders, overdue, due_soon, no_due, performer, performer_overdue, oldest, info, malformed)
 
 
 def _source_health(states: list[SourceState]) -> Iterator[Metric]:

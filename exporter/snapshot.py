@@ -59,6 +59,7 @@ class ReminderTally:
     total: int
     pages: int
     user_names: Mapping[int, str] = field(default_factory=dict)
+    malformed: int = 0  # reminders with a field that could not be read (counted as "unknown" there)
 
 
 SourceData = PortalSnapshot | ReminderTally

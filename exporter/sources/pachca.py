@@ -160,7 +160,7 @@ class TallyBuilder:
             by_status=dict(self.by_status), overdue=dict(self.overdue), due_soon=dict(self.due_soon),
             without_due_date=dict(self.without_due_date), performer=dict(self.performer),
             performer_overdue=dict(self.performer_overdue), oldest_overdue_seconds=oldest,
-            total=self.total, pages=self.pages, user_names=user_names,
+            total=self.total, pages=self.pages, user_names=user_names, malformed=self.malformed,
         )
 
 
