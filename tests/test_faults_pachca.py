@@ -12,8 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter import log
 from exporter.app import Exporter
 from exporter.config import Config, PachcaConfig, Secret
-from exporter.simulator import serve
 from exporter.simulator import pachca as pachcasim
+from exporter.simulator import serve
 from exporter.snapshot import SourceKey
 from exporter.sources.pachca import PachcaSource
 from exporter.sources.pachca_client import RetryPolicy
