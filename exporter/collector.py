@@ -15,8 +15,8 @@ from prometheus_client.registry import Collector
 from exporter import __version__
 from exporter.snapshot import PortalSnapshot, ReminderTally, SourceState, Store
 
-B24 = "bitrix24"
-PACHCA = "pachca"
+FAILURE_REASONS = ("auth", "rate_limited", "server_error", "timeout", "network_error", "invalid_response",
+                   "api_error", "deadline", "internal")
 
 
 class SnapshotCollector(Collector):
@@ -144,7 +144,8 @@ def _source_health(states: list[SourceState]) -> Iterator[Metric]:
             duration.add_metric(key, s.last_duration)
         interval.add_metric(key, s.interval)
         bound.add_metric(key, s.cycle_bound)
-        for reason, n in sorted(s.failures.items()):
+        # every reason is exported from the start, so increase() sees the first failure too
+        for reason, n in sorted({**dict.fromkeys(FAILURE_REASONS, 0), **s.failures}.items()):
             failures.add_metric([*key, reason], n)
     yield from (up, last, duration, interval, bound, failures)
 

@@ -1,0 +1,383 @@
+"""The tasks-exporter Grafana dashboard, built with grafana-foundation-sdk so it is reviewed as code.
+
+Regenerate the committed JSON after any change (tests/test_dashboard.py compares the two):
+
+    python grafana/dashboard.py --write        # or: python grafana/dashboard.py > grafana/tasks-exporter.json
+
+Every query must return at least one series while the exporter runs healthy against its demo simulator.
+Queries over series that exist only after a fault (errors, rate-limit answers, failed cycles) therefore end
+in `or on(...) (0 * <a series that always exists>)`, which draws a zero line instead of "No data".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from grafana_foundation_sdk.builders import bargauge, stat, table, timeseries
+from grafana_foundation_sdk.builders import common as common_b
+from grafana_foundation_sdk.builders import dashboard as dash_b
+from grafana_foundation_sdk.builders import prometheus as prom_b
+from grafana_foundation_sdk.cog.builder import Builder
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common as common_m
+from grafana_foundation_sdk.models import dashboard as dash_m
+from grafana_foundation_sdk.models import prometheus as prom_m
+
+OUTPUT = Path(__file__).with_name("tasks-exporter.json")
+UID = "tasks-exporter"
+TITLE = "Tasks exporter: Bitrix24 tasks and Pachca reminders"
+DATASOURCE = dash_m.DataSourceRef(type_val="prometheus", uid="${datasource}")
+DAY = 86400.0
+
+# --- PromQL building blocks -----------------------------------------------------------------------
+# Variables are only ever used in the plain `label=~"$var"` form, so a test can substitute them.
+
+B24 = 'portal=~"$portal", user_id=~"$user", group_id=~"$group"'
+TASKS = f'bitrix24_tasks{{{B24}, role=~"$role"}}'
+TASKS_ALL_ROLES = f"bitrix24_tasks{{{B24}}}"
+EXPIRED = f'bitrix24_tasks{{{B24}, role=~"$role", counter="expired"}}'
+# Appended to a vector labelled (portal, user_id): adds the user's display name as label `name`.
+WITH_B24_NAME = (' * on(portal, user_id) group_left(name) '
+                 'max by (portal, user_id, name) (bitrix24_user_info{portal=~"$portal"})')
+
+WS = 'workspace=~"$workspace"'
+PERFORMER_OVERDUE = f"sum by (workspace, performer_id) (pachca_performer_reminders_overdue{{{WS}}})"
+# pachca_user_info is keyed by user_id; performers by performer_id. label_replace copies one to the other.
+PACHCA_NAMES = (f"label_replace(max by (workspace, user_id, name) (pachca_user_info{{{WS}}}), "
+                '"performer_id", "$1", "user_id", "(.+)")')
+
+# Series that exist for every configured source/target once it has run; `0 * ...` makes them zero lines.
+ZERO_PER_SOURCE = "(0 * max by (source) (tasks_exporter_source_up))"
+ZERO_PER_TARGET = "(0 * max by (source, target) (tasks_exporter_source_up))"
+ZERO_PER_WORKSPACE = f"(0 * max by (workspace) (pachca_reminder_oldest_overdue_seconds{{{WS}}}))"
+ZERO_PER_PORTAL = '(0 * max by (portal) (bitrix24_users{portal=~"$portal"}))'
+RATE = "[$__rate_interval]"
+REQUESTS = "tasks_exporter_api_requests_total"
+
+
+# --- small builders -------------------------------------------------------------------------------
+
+
+def query(expr: str, legend: str = "__auto", *, ref: str = "A", instant: bool = False,
+          as_table: bool = False) -> prom_b.Dataquery:
+    q = prom_b.Dataquery().expr(expr).ref_id(ref).datasource(DATASOURCE).legend_format(legend)
+    if instant:
+        q = q.instant()
+    if as_table:
+        q = q.format(prom_m.PromQueryFormat.TABLE)
+    return q
+
+
+def steps(*pairs: tuple[float | None, str]) -> dash_b.ThresholdsConfig:
+    """Absolute thresholds; the first pair's value is None (the base colour)."""
+    return (dash_b.ThresholdsConfig().mode(dash_m.ThresholdsMode.ABSOLUTE)
+            .steps([dash_m.Threshold(value=v, color=c) for v, c in pairs]))
+
+
+def override(key: str, value: Any) -> dash_m.DynamicConfigValue:
+    return dash_m.DynamicConfigValue(id_val=key, value=value)
+
+
+def last_value() -> common_b.ReduceDataOptions:
+    return common_b.ReduceDataOptions().values(False).calcs(["lastNotNull"])
+
+
+def graph(title: str, description: str, unit: str, *, w: int, h: int = 8) -> timeseries.Panel:
+    legend = (common_b.VizLegendOptions().show_legend(True).display_mode(common_m.LegendDisplayMode.LIST)
+              .placement(common_m.LegendPlacement.BOTTOM))
+    tooltip = (common_b.VizTooltipOptions().mode(common_m.TooltipDisplayMode.MULTI)
+               .sort(common_m.SortOrder.DESCENDING))
+    return (timeseries.Panel().title(title).description(description).datasource(DATASOURCE).unit(unit)
+            .span(w).height(h).legend(legend).tooltip(tooltip).fill_opacity(10).line_width(1).min(0)
+            .thresholds(steps((None, "green"))))
+
+
+def bars(title: str, description: str, unit: str, *, w: int, h: int = 8) -> bargauge.Panel:
+    return (bargauge.Panel().title(title).description(description).datasource(DATASOURCE).unit(unit)
+            .span(w).height(h).orientation(common_m.VizOrientation.HORIZONTAL)
+            .display_mode(common_m.BarGaugeDisplayMode.GRADIENT).reduce_options(last_value())
+            .show_unfilled(True).min(0))
+
+
+def single(title: str, description: str, unit: str, *, w: int, h: int) -> stat.Panel:
+    return (stat.Panel().title(title).description(description).datasource(DATASOURCE).unit(unit)
+            .span(w).height(h).reduce_options(last_value()).text_mode(common_m.BigValueTextMode.VALUE_AND_NAME)
+            .color_mode(common_m.BigValueColorMode.VALUE).graph_mode(common_m.BigValueGraphMode.NONE))
+
+
+def matrix(title: str, description: str, row_field: str, header: str, *, w: int, h: int) -> table.Panel:
+    """A table of rows (`row_field`) x counters from a long instant table (row label, counter, Value)."""
+    transformations = [
+        dash_m.DataTransformerConfig(id_val="groupingToMatrix", options={
+            "columnField": "counter", "rowField": row_field, "valueField": "Value", "emptyValue": "null"}),
+        dash_m.DataTransformerConfig(id_val="organize", options={
+            "renameByName": {f"{row_field}\\counter": header}}),
+    ]
+    return (table.Panel().title(title).description(description).datasource(DATASOURCE).unit("short")
+            .span(w).height(h).transformations(transformations))
+
+
+# --- variables ------------------------------------------------------------------------------------
+
+# A Prometheus `query_result(...)` option renders each series as `metric{l1="v1",l2="v2"} value ts`, labels in
+# Prometheus' sorted order (..., name, portal, user_id). The named groups make the option's text the user's name
+# and its value the user_id, so panels filter with `user_id=~"$user"` and need no join on names.
+USER_QUERY = 'query_result(bitrix24_user_info{portal=~"$portal"})'
+USER_REGEX = '/[{,]name="(?<text>[^"]*)".*[{,]user_id="(?<value>[^"]*)"/'
+ALL = dash_m.VariableOption(text="All", value="$__all")
+
+
+def label_values(name: str, label: str, selector: str, description: str) -> dash_b.QueryVariable:
+    expr = f"label_values({selector}, {label})"
+    return (dash_b.QueryVariable(name).description(description).datasource(DATASOURCE).query(expr)
+            .definition(expr).refresh(dash_m.VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .sort(dash_m.VariableSort.NATURAL_ASC))
+
+
+def variables() -> list[Builder[dash_m.VariableModel]]:
+    datasource = (dash_b.DatasourceVariable("datasource").label("Data source").type("prometheus")
+                  .description("The Prometheus that scrapes tasks-exporter."))
+    portal = (label_values("portal", "portal", "bitrix24_user_info", "Bitrix24 portals (names from the config).")
+              .label("Portal").multi(True).include_all(True).all_value(".*").current(ALL))
+    user = (dash_b.QueryVariable("user").label("User").datasource(DATASOURCE).query(USER_QUERY)
+            .definition(USER_QUERY).regex(USER_REGEX).refresh(dash_m.VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .sort(dash_m.VariableSort.ALPHABETICAL_CASE_INSENSITIVE_ASC)
+            .multi(True).include_all(True).all_value(".*").current(ALL)
+            .description("Bitrix24 users shown by name; the value is the user_id. The regex takes `name` as "
+                         "text and `user_id` as value from each bitrix24_user_info series of a query_result."))
+    role = (dash_b.CustomVariable("role").label("Role").values("all,responsible,accomplice,auditor,originator")
+            .current(dash_m.VariableOption(text="all", value="all"))
+            .description("Role the Bitrix24 counters are read for; `all` is every role together."))
+    group = (label_values("group", "group_id", 'bitrix24_tasks{portal=~"$portal"}',
+                          "Bitrix24 workgroup id; 0 is all groups together (do not add groups up).")
+             .label("Group").current(dash_m.VariableOption(text="0", value="0")))
+    workspace = (label_values("workspace", "workspace", "pachca_reminders", "Pachca workspaces (config names).")
+                 .label("Workspace").multi(True).include_all(True).all_value(".*").current(ALL))
+    return [datasource, portal, user, role, group, workspace]
+
+
+# --- Bitrix24 -------------------------------------------------------------------------------------
+
+
+def bitrix24_panels() -> list[Builder[Any]]:
+    top = (bars("Top users by expired tasks", "The 10 users with most expired (overdue) tasks for the chosen "
+                "role and group: bitrix24_tasks{counter=\"expired\"}, named via bitrix24_user_info.",
+                "short", w=8, h=9)
+           .thresholds(steps((None, "green"), (3, "yellow"), (10, "red")))
+           .with_target(query(f"topk(10, sum by (portal, user_id) ({EXPIRED}){WITH_B24_NAME})", "{{name}}",
+                              instant=True)))
+    per_user = (matrix("Task counters per user", "Each Bitrix24 counter (columns) per user (rows) for the "
+                       "chosen role and group. Current portals report expired and new_comments; older ones "
+                       "also wo_deadline, expired_soon, not_viewed and wait_ctrl.", "name", "User", w=16, h=9)
+                .thresholds(steps((None, "text"), (1, "yellow"), (10, "red")))
+                .cell_options(common_m.TableColorTextCellOptions())
+                .sort_by([common_b.TableSortByFieldState().display_name("expired").desc(True)])
+                .with_target(query(f"sum by (portal, user_id, counter) ({TASKS}){WITH_B24_NAME}",
+                                   instant=True, as_table=True)))
+    over_time = (graph("Counters over time", "Each Bitrix24 counter summed over the selected users, for the "
+                       "chosen role and group.", "short", w=10)
+                 .with_target(query(f"sum by (counter) ({TASKS})", "{{counter}}")))
+    per_role = (matrix("Totals per role", "Each counter summed over the selected users, one row per role (the "
+                       "role variable is not applied). `all` is what Bitrix24 reports for all roles at once, "
+                       "not the sum of the other rows.", "role", "Role", w=8, h=8)
+                .with_target(query(f"sum by (role, counter) ({TASKS_ALL_ROLES})", instant=True, as_table=True)))
+    coverage = (single("Portal coverage", "Users monitored per portal; users whose counters the webhook could "
+                       "not see (reading other users' counters needs an administrator's webhook); batch "
+                       "commands that failed in the last good cycle.", "short", w=6, h=8)
+                .thresholds(steps((None, "blue")))
+                .with_target(query('sum by (portal) (bitrix24_users{portal=~"$portal"})', "{{portal}} users",
+                                   instant=True))
+                .with_target(query('sum by (portal) (bitrix24_users_hidden{portal=~"$portal"})',
+                                   "{{portal}} hidden", ref="B", instant=True))
+                .with_target(query('sum by (portal) (bitrix24_commands_failed{portal=~"$portal"})',
+                                   "{{portal}} failed commands", ref="C", instant=True))
+                .override_by_query("B", [override("thresholds", steps((None, "green"), (1, "orange")).build())])
+                .override_by_query("C", [override("thresholds", steps((None, "green"), (1, "red")).build())]))
+    return [dash_b.Row("Bitrix24 tasks"), top, per_user, over_time, per_role, coverage]
+
+
+# --- Pachca ---------------------------------------------------------------------------------------
+
+
+def pachca_panels() -> list[Builder[Any]]:
+    by_status = (bars("Reminders by status and kind", "Pachca reminders by status and kind "
+                      "(pachca_reminders summed over priorities).", "short", w=6)
+                 .thresholds(steps((None, "blue")))
+                 .with_target(query(f"sum by (kind, status) (pachca_reminders{{{WS}}})",
+                                    "{{kind}} · {{status}}", instant=True)))
+    trend = (graph("Overdue and due soon", "Open reminders past their due time, and open reminders due within "
+                   "the configured due_soon window, per workspace (a zero line when there are none).",
+                   "short", w=8)
+             .with_target(query(f"sum by (workspace) (pachca_reminders_overdue{{{WS}}}) "
+                                f"or on(workspace) {ZERO_PER_WORKSPACE}", "{{workspace}} overdue"))
+             .with_target(query(f"sum by (workspace) (pachca_reminders_due_soon{{{WS}}}) "
+                                f"or on(workspace) {ZERO_PER_WORKSPACE}", "{{workspace}} due soon", ref="B")))
+    performers = (bars("Overdue by performer", "The 15 performers with most overdue open reminders, named from "
+                       "pachca_user_info; a performer without a known name shows as its id. When nobody is "
+                       "overdue a single 'nobody overdue' bar reads 0.", "short", w=6)
+                  .thresholds(steps((None, "green"), (3, "yellow"), (10, "red")))
+                  .with_target(query(
+                      f"topk(15, ({PERFORMER_OVERDUE} * on(workspace, performer_id) group_left(name) "
+                      f"{PACHCA_NAMES}) or on(workspace, performer_id) {PERFORMER_OVERDUE}) "
+                      'or on() label_replace(vector(0), "name", "nobody overdue", "", "")',
+                      "{{name}} {{performer_id}}", instant=True)))
+    oldest = (single("Oldest overdue reminder", "How long each workspace's most overdue open reminder is past "
+                     "its due time (0 when none). Yellow after a day, red after a week, when the "
+                     "PachcaOverdueReminderTooOld alert fires.", "s", w=4, h=8)
+              .graph_mode(common_m.BigValueGraphMode.AREA)
+              .thresholds(steps((None, "green"), (DAY, "yellow"), (7 * DAY, "red")))
+              .with_target(query(f"max by (workspace) (pachca_reminder_oldest_overdue_seconds{{{WS}}})",
+                                 "{{workspace}}")))
+    return [dash_b.Row("Pachca reminders"), by_status, trend, performers, oldest]
+
+
+# --- exporter health ------------------------------------------------------------------------------
+
+
+def health_state_panels() -> list[Builder[Any]]:
+    up_down = dash_m.ValueMap(options={"0": dash_m.ValueMappingResult(text="DOWN", color="red", index=0),
+                                       "1": dash_m.ValueMappingResult(text="UP", color="green", index=1)})
+    up = (single("Source up", "UP when the source's last collection cycle succeeded (tasks_exporter_source_up). "
+                 "A DOWN source keeps serving its last good data; the failed cycles panel shows why.",
+                 "none", w=4, h=6)
+          .color_mode(common_m.BigValueColorMode.BACKGROUND).mappings([up_down])
+          .thresholds(steps((None, "red"), (1, "green")))
+          .with_target(query("max by (source, target) (tasks_exporter_source_up)", "{{source}} {{target}}",
+                             instant=True)))
+    age = (single("Since last successful cycle", "time() - tasks_exporter_source_last_success_timestamp_seconds"
+                  ": should stay below the interval plus one cycle. Yellow at 3 min, red at 10 min (for the "
+                  "default 60s interval); the TasksExporterDataStale alert fires above 3 intervals.",
+                  "s", w=5, h=6)
+           .graph_mode(common_m.BigValueGraphMode.AREA)
+           .thresholds(steps((None, "green"), (180, "yellow"), (600, "red")))
+           .with_target(query("time() - max by (source, target) "
+                              "(tasks_exporter_source_last_success_timestamp_seconds)", "{{source}} {{target}}")))
+    duration = (graph("Cycle duration", "Wall time of each source's last collection cycle (solid) against its "
+                      "configured interval (dashed); a cycle longer than the interval delays the next one.",
+                      "s", w=5, h=6)
+                .with_target(query("max by (source, target) "
+                                   "(tasks_exporter_source_collection_duration_seconds)", "{{target}}"))
+                .with_target(query("max by (source, target) (tasks_exporter_source_interval_seconds)",
+                                   "{{target}} interval", ref="B"))
+                .override_by_query("B", [override("custom.lineStyle", {"fill": "dash", "dash": [10, 10]})]))
+    bound = (bars("Cycle bound vs interval", "The least time the API's rate limit allows for one cycle of the "
+                  "current size (tasks_exporter_source_cycle_bound_seconds), as a share of the interval. Above "
+                  "100% cycles run back to back and data is older than the interval: lengthen the interval or "
+                  "monitor fewer users, groups or roles.", "percentunit", w=5, h=6)
+             .thresholds(steps((None, "green"), (0.8, "yellow"), (1, "red"))).max(1.5)
+             .with_target(query("max by (source, target) (tasks_exporter_source_cycle_bound_seconds) "
+                                "/ max by (source, target) (tasks_exporter_source_interval_seconds)",
+                                "{{source}} {{target}}", instant=True)))
+    operating = (graph("Bitrix24 method operating time", "Execution time each portal has accounted to a REST "
+                       "method in its 10-minute window (time.operating). Bitrix24 blocks a method above 480 s "
+                       "(dashed line). A zero line for a portal without the data.", "s", w=5, h=6)
+                 .thresholds(steps((None, "green"), (480, "red")))
+                 .thresholds_style(common_b.GraphThresholdsStyleConfig()
+                                   .mode(common_m.GraphThresholdsStyleMode.DASHED))
+                 .with_target(query('max by (portal, method) (bitrix24_method_operating_seconds{portal=~"$portal"})'
+                                    f" or on(portal) {ZERO_PER_PORTAL}", "{{portal}} {{method}}")))
+    return [up, age, duration, bound, operating]
+
+
+def health_traffic_panels() -> list[Builder[Any]]:
+    requests = (graph("API requests by outcome", "Requests per second to the Bitrix24 and Pachca APIs by "
+                      "outcome: success, rate_limited, server_error, client_error, auth_error, timeout, "
+                      "network_error, invalid_response.", "reqps", w=6)
+                .with_target(query(f"sum by (source, outcome) (rate({REQUESTS}{RATE}))", "{{source}} {{outcome}}"))
+                .override_by_regexp(".* success", [override("color", {"mode": "fixed", "fixedColor": "green"})]))
+    errors = (graph("API errors", "Requests per second that did not succeed, by outcome (A), and errors the APIs "
+                    "answered by API error code, batch commands included (B). Zero lines when healthy.",
+                    "reqps", w=6)
+              .with_target(query(f'sum by (source, outcome) (rate({REQUESTS}{{outcome!="success"}}{RATE})) '
+                                 f"or on(source) {ZERO_PER_SOURCE}", "{{source}} {{outcome}}"))
+              .with_target(query(f"sum by (source, code) (rate(tasks_exporter_api_errors_total{RATE})) "
+                                 f"or on(source) {ZERO_PER_SOURCE}", "{{source}} code {{code}}", ref="B")))
+    limited = (graph("Rate limiting", "Requests per second the API answered as rate limited (left axis), and "
+                     "the share of time spent waiting for the client-side rate limit or a method pause (right "
+                     "axis). Waiting is normal; rate-limit answers should be rare.", "reqps", w=6)
+               .with_target(query(f'sum by (source, target) (rate({REQUESTS}{{outcome="rate_limited"}}{RATE})) '
+                                  f"or on(source, target) {ZERO_PER_TARGET}", "{{target}} rate limited"))
+               .with_target(query("sum by (source, target) "
+                                  f"(rate(tasks_exporter_rate_limit_wait_seconds_total{RATE}))",
+                                  "{{target}} waiting", ref="B"))
+               .override_by_query("B", [override("unit", "percentunit"),
+                                        override("custom.axisPlacement", "right")]))
+    failures = (graph("Failed cycles by reason", "Collection cycles that failed per rate interval, by reason: "
+                      "auth, rate_limited, server_error, timeout, network_error, invalid_response, api_error, "
+                      "deadline, internal. A zero line per source when none failed.", "short", w=6)
+                .draw_style(common_m.GraphDrawStyle.BARS).fill_opacity(60)
+                .with_target(query(f"sum by (source, reason) (increase(tasks_exporter_source_failures_total{RATE}))"
+                                   f" or on(source) {ZERO_PER_SOURCE}", "{{source}} {{reason}}")))
+    return [requests, errors, limited, failures]
+
+
+# --- the dashboard --------------------------------------------------------------------------------
+
+
+def build() -> dash_m.Dashboard:
+    board = (dash_b.Dashboard(TITLE).uid(UID).tags(["tasks-exporter", "bitrix24", "pachca"])
+             .description("Bitrix24 task counters and Pachca reminders from tasks-exporter, and the exporter's "
+                          "own health. Generated by grafana/dashboard.py: edit that, not the JSON.")
+             .editable().tooltip(dash_m.DashboardCursorSync.CROSSHAIR).time("now-6h", "now").refresh("1m")
+             .timezone("browser").variables(variables()))
+    rows = [*bitrix24_panels(), *pachca_panels(), dash_b.Row("Exporter health"),
+            *health_state_panels(), *health_traffic_panels()]
+    for item in rows:
+        board = board.with_row(item) if isinstance(item, dash_b.Row) else board.with_panel(item)
+    model = board.build()
+    for panel_id, panel in enumerate(model.panels or [], start=1):
+        panel.id_val = panel_id
+    return model
+
+
+def render() -> str:
+    """The dashboard JSON exactly as committed at grafana/tasks-exporter.json."""
+    return json.dumps(build(), cls=JSONEncoder, indent=2, ensure_ascii=False) + "\n"
+
+
+# --- helpers for tests that run the queries -------------------------------------------------------
+
+
+def panel_queries(board: Mapping[str, Any]) -> Iterator[tuple[str, str, str]]:
+    """(panel title, refId, expr) of every target in a dashboard JSON, row-nested panels included."""
+    for panel in board.get("panels", []):
+        for inner in [panel, *panel.get("panels", [])]:
+            for target in inner.get("targets", []):
+                yield inner.get("title", ""), target.get("refId", ""), target["expr"]
+
+
+def concrete(expr: str, values: Mapping[str, str] | None = None, *, rate_interval: str = "1m") -> str:
+    """The PromQL Grafana would send: dashboard variables replaced by `values` (default `.*`) and
+    `$__rate_interval` by `rate_interval`. `$1` in label_replace is not a variable and stays."""
+    values = values or {}
+    names = {variable.build().name for variable in variables()}
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        if name == "__rate_interval":
+            return rate_interval
+        return values.get(name, ".*") if name in names else match.group(0)
+
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", replace, expr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Print (or --write) the tasks-exporter Grafana dashboard.")
+    parser.add_argument("--write", action="store_true", help=f"write {OUTPUT} instead of printing")
+    args = parser.parse_args(argv)
+    text = render()
+    if args.write:
+        OUTPUT.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

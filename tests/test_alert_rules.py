@@ -1,0 +1,113 @@
+"""The shipped Prometheus rules and example config are valid, unit-tested, and only use metrics the exporter exposes."""
+
+from __future__ import annotations
+
+import ast
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMETHEUS = ROOT / "prometheus"
+ALERTS = PROMETHEUS / "alerts.yml"
+ALERTS_TEST = PROMETHEUS / "alerts_test.yml"
+CONFIG = PROMETHEUS / "prometheus.yml"
+COLLECTOR = ROOT / "exporter" / "collector.py"
+PREFIXES = ("bitrix24_", "pachca_", "tasks_exporter_")
+EXPECTED_ALERTS = {
+    "TasksExporterAbsent", "TasksExporterSourceDown", "TasksExporterDataStale",
+    "TasksExporterCycleBoundExceedsInterval", "TasksExporterRateLimited", "TasksExporterAuthFailure",
+    "Bitrix24UserTooManyExpiredTasks", "PachcaOverdueRemindersPilingUp", "PachcaOverdueReminderTooOld",
+}
+
+
+def _rules() -> list[dict[str, Any]]:
+    groups = yaml.safe_load(ALERTS.read_text(encoding="utf-8"))["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not on PATH (Debian package `prometheus`; the CI installs it)")
+    return subprocess.run([promtool, *args], capture_output=True, text=True, timeout=120, check=False,
+                          cwd=ROOT)
+
+
+def _contract_metric_names() -> set[str]:
+    """Metric names as exposed by exporter/collector.py (counters gain `_total`)."""
+    names = set()
+    for node in ast.walk(ast.parse(COLLECTOR.read_text(encoding="utf-8"))):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.args):
+            continue
+        first = node.args[0]
+        if node.func.id in {"GaugeMetricFamily", "CounterMetricFamily"} and isinstance(first, ast.Constant):
+            names.add(first.value + ("_total" if node.func.id == "CounterMetricFamily" else ""))
+    return names
+
+
+def test_the_expected_alerts_exist() -> None:
+    assert {rule["alert"] for rule in _rules()} == EXPECTED_ALERTS
+
+
+def test_every_alert_has_severity_summary_description_and_runbook() -> None:
+    for rule in _rules():
+        name = rule["alert"]
+        assert rule["labels"]["severity"] in {"critical", "warning", "info"}, name
+        for key in ("summary", "description", "runbook"):
+            assert rule["annotations"].get(key, "").strip(), f"{name}: no {key}"
+        runbook = rule["annotations"]["runbook"]
+        for part in ("Meaning:", "Check:", "Fix:"):
+            assert part in runbook, f"{name}: runbook lacks {part!r}"
+
+
+def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
+    firing: set[str] = set()
+    quiet: set[str] = set()
+    for case in yaml.safe_load(ALERTS_TEST.read_text(encoding="utf-8"))["tests"]:
+        for check in case.get("alert_rule_test", []):
+            (firing if check.get("exp_alerts") else quiet).add(check["alertname"])
+    assert firing == EXPECTED_ALERTS
+    assert quiet == EXPECTED_ALERTS
+
+
+def test_alerts_use_only_metrics_the_exporter_exposes() -> None:
+    contract = _contract_metric_names()
+    for rule in _rules():
+        expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', rule["expr"])
+        used = {n for n in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr) if n.startswith(PREFIXES)}
+        assert used or 'up{job="tasks-exporter"}' in rule["expr"], f"{rule['alert']} uses no exporter metric"
+        assert used <= contract, f"{rule['alert']}: not exposed by the collector: {sorted(used - contract)}"
+
+
+def test_scrape_config_matches_the_rules() -> None:
+    config = yaml.safe_load(CONFIG.read_text(encoding="utf-8"))
+    (job,) = config["scrape_configs"]
+    assert job["job_name"] == "tasks-exporter"
+    assert job["scrape_interval"] == "30s"
+    assert config["rule_files"] == ["alerts.yml"]
+    assert 'job="tasks-exporter"' in next(r["expr"] for r in _rules() if r["alert"] == "TasksExporterAbsent")
+
+
+@pytest.mark.integration
+def test_promtool_check_rules() -> None:
+    result = _promtool("check", "rules", str(ALERTS.relative_to(ROOT)))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(EXPECTED_ALERTS)} rules found" in result.stdout
+
+
+@pytest.mark.integration
+def test_promtool_unit_tests_pass() -> None:
+    result = _promtool("test", "rules", str(ALERTS_TEST.relative_to(ROOT)))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.integration
+def test_promtool_check_config() -> None:
+    result = _promtool("check", "config", str(CONFIG.relative_to(ROOT)))
+    assert result.returncode == 0, result.stdout + result.stderr

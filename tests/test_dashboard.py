@@ -1,0 +1,167 @@
+"""The committed Grafana dashboard is what grafana/dashboard.py builds, and its queries fit the metric contract."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import load_dashboard_generator
+
+pytest.importorskip("grafana_foundation_sdk", reason="grafana-foundation-sdk is in the test/dashboard extras")
+
+ROOT = Path(__file__).resolve().parents[1]
+GENERATOR = ROOT / "grafana" / "dashboard.py"
+COMMITTED = ROOT / "grafana" / "tasks-exporter.json"
+COLLECTOR = ROOT / "exporter" / "collector.py"
+PREFIXES = ("bitrix24_", "pachca_", "tasks_exporter_")
+
+
+generator = load_dashboard_generator()
+
+
+@pytest.fixture(scope="module")
+def board() -> dict[str, Any]:
+    return json.loads(generator.render())
+
+
+def _panels(board: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every non-row panel, including panels nested in collapsed rows."""
+    found = []
+    for panel in board["panels"]:
+        found.extend(p for p in [panel, *panel.get("panels", [])] if p["type"] != "row")
+    return found
+
+
+def contract_metric_names() -> set[str]:
+    """Metric names as exposed by exporter/collector.py (counters gain `_total`)."""
+    names = set()
+    for node in ast.walk(ast.parse(COLLECTOR.read_text(encoding="utf-8"))):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.args):
+            continue
+        first = node.args[0]
+        if node.func.id in {"GaugeMetricFamily", "CounterMetricFamily"} and isinstance(first, ast.Constant):
+            names.add(first.value + ("_total" if node.func.id == "CounterMetricFamily" else ""))
+    return names
+
+
+def referenced_metric_names(expr: str) -> set[str]:
+    without_strings = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    return {name for name in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", without_strings) if name.startswith(PREFIXES)}
+
+
+def test_committed_json_is_what_the_generator_builds() -> None:
+    assert COMMITTED.read_text(encoding="utf-8") == generator.render(), (
+        "grafana/tasks-exporter.json is stale: run `python grafana/dashboard.py --write`")
+
+
+def test_dashboard_uses_a_current_schema(board: dict[str, Any]) -> None:
+    assert board["schemaVersion"] >= 41  # Grafana 12.x
+    assert board["uid"] == "tasks-exporter"
+
+
+def test_every_panel_has_a_description_a_unit_and_queries(board: dict[str, Any]) -> None:
+    for panel in _panels(board):
+        title = panel["title"]
+        assert panel.get("description", "").strip(), f"{title}: no description"
+        assert panel["fieldConfig"]["defaults"].get("unit"), f"{title}: no unit"
+        assert panel.get("targets"), f"{title}: no targets"
+        for target in panel["targets"]:
+            assert target["expr"].strip(), f"{title}: empty expr"
+            assert target["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, title
+
+
+def test_panel_ids_are_unique(board: dict[str, Any]) -> None:
+    ids = [p["id"] for p in board["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+def test_layout_fits_a_24_column_grid_without_overlaps(board: dict[str, Any]) -> None:
+    taken: dict[tuple[int, int], str] = {}
+    for panel in board["panels"]:
+        pos, title = panel["gridPos"], panel["title"]
+        assert pos["x"] + pos["w"] <= 24, title
+        assert pos["h"] <= 10, f"{title} is taller than 10 units"
+        for x in range(pos["x"], pos["x"] + pos["w"]):
+            for y in range(pos["y"], pos["y"] + pos["h"]):
+                assert (x, y) not in taken, f"{title} overlaps {taken.get((x, y))}"
+                taken[(x, y)] = title
+
+
+def test_rows_cover_bitrix24_pachca_and_exporter_health(board: dict[str, Any]) -> None:
+    rows = [p["title"] for p in board["panels"] if p["type"] == "row"]
+    assert rows == ["Bitrix24 tasks", "Pachca reminders", "Exporter health"]
+
+
+def test_variables(board: dict[str, Any]) -> None:
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert set(variables) == {"datasource", "portal", "user", "role", "group", "workspace"}
+    assert variables["datasource"]["query"] == "prometheus"
+    assert variables["portal"]["query"] == "label_values(bitrix24_user_info, portal)"
+    assert variables["workspace"]["query"] == "label_values(pachca_reminders, workspace)"
+    assert "bitrix24_tasks" in variables["group"]["query"] and "group_id" in variables["group"]["query"]
+    assert variables["role"]["query"].split(",") == ["all", "responsible", "accomplice", "auditor", "originator"]
+    for name in ("portal", "user", "workspace"):
+        assert variables[name]["multi"] and variables[name]["includeAll"], name
+        assert variables[name]["allValue"] == ".*", name
+
+
+def test_user_variable_shows_names_and_filters_by_user_id(board: dict[str, Any]) -> None:
+    user = next(v for v in board["templating"]["list"] if v["name"] == "user")
+    js_regex = user["regex"]
+    assert js_regex.startswith("/") and js_regex.endswith("/")
+    pattern = re.compile(js_regex[1:-1].replace("(?<", "(?P<"))
+    # How Grafana renders one series of query_result(): labels in Prometheus' sorted order.
+    option = ('bitrix24_user_info{instance="localhost:9866",job="tasks-exporter",name="Иван Петров",'
+              'portal="main",user_id="17"} 1 1700000000000')
+    found = pattern.search(option)
+    assert found is not None
+    assert (found["text"], found["value"]) == ("Иван Петров", "17")
+    assert user["query"].startswith("query_result(bitrix24_user_info")
+
+
+def test_variables_are_used_only_as_simple_regex_matchers(board: dict[str, Any]) -> None:
+    names = {v["name"] for v in board["templating"]["list"]} - {"datasource"}
+    for title, ref, expr in generator.panel_queries(board):
+        for name in re.findall(r"\$\{?(\w+)", expr):
+            if name in ("__rate_interval", "1"):  # `$1` is label_replace's capture group
+                continue
+            assert name in names, f"{title}/{ref}: unknown variable ${name}"
+            assert f'=~"${name}"' in expr, f"{title}/{ref}: ${name} not used as =~\"${name}\""
+
+
+def test_every_metric_in_the_queries_is_in_the_collector_contract(board: dict[str, Any]) -> None:
+    contract = contract_metric_names()
+    assert "bitrix24_tasks" in contract and "tasks_exporter_api_requests_total" in contract
+    for title, ref, expr in generator.panel_queries(board):
+        unknown = referenced_metric_names(expr) - contract
+        assert not unknown, f"{title}/{ref} uses metrics the collector does not expose: {sorted(unknown)}"
+
+
+def test_concrete_substitutes_variables_and_keeps_capture_groups() -> None:
+    expr = 'label_replace(rate(x{portal=~"$portal"}[$__rate_interval]), "a", "$1", "b", "(.+)")'
+    assert generator.concrete(expr, {"portal": "main"}) == (
+        'label_replace(rate(x{portal=~"main"}[1m]), "a", "$1", "b", "(.+)")')
+
+
+@pytest.mark.integration
+def test_every_query_parses_with_promtool(board: dict[str, Any], tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not on PATH (Debian package `prometheus`; the CI installs it)")
+    queries = list(generator.panel_queries(board))
+    rules = [{"record": f"dashboard:query_{n}", "expr": generator.concrete(expr)}
+             for n, (_, _, expr) in enumerate(queries)]
+    path = tmp_path / "dashboard_rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}), encoding="utf-8")
+    result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(rules)} rules found" in result.stdout
