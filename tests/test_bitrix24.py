@@ -217,3 +217,10 @@ async def test_operating_seconds_are_reported_per_method(portal_factory):
     await source.collect()
     data = await source.collect()
     assert data.operating_seconds["tasks.task.counters.get"] >= 0.5 * 10
+
+
+async def test_users_are_all_found_when_batch_refuses_user_get(portal_factory):
+    server = await portal_factory(users=130, user_get_in_batch=False)
+    data = await source_collect(server)
+    assert len(data.users) == 130
+    assert server.sim.calls["user.get"] == 3  # the first page, then pages 2 and 3 directly

@@ -70,6 +70,7 @@ class PortalSimulator:
     operating_limit: float = 480.0
     fault: str | None = None  # one of FAULTS, switched on and off by tests
     fault_retry_after: float = 30.0
+    user_get_in_batch: bool = True  # False: a portal or proxy that refuses user.get inside batch
     command_errors: dict[int, str] = field(default_factory=dict)  # user_id -> error code for its commands
     overrides: dict[tuple[int, int, str], dict[str, Any]] = field(default_factory=dict)
     # what happened, for tests and benchmarks
@@ -199,6 +200,8 @@ class _Portal:
         """Execute one method; returns (result, extra top-level fields like total/next)."""
         sim = self.sim
         if method == "user.get":
+            if in_batch and not sim.user_get_in_batch:
+                raise MethodError(403, "ACCESS_DENIED", "Method is not allowed in batch")
             return self.user_get(params)
         if method == "tasks.task.counters.get":
             operating, _ = sim.charge(method, 0.0)

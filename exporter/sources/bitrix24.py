@@ -154,8 +154,8 @@ class Bitrix24Source:
         records = list(_records(first))
         total, nxt = first.get("total"), first.get("next")
         if isinstance(nxt, int) and not isinstance(nxt, bool) and nxt > 0:
-            if isinstance(total, int) and total > nxt:
-                records.extend(await self._pages_batched(params, list(range(nxt, total, PAGE_SIZE))))
+            if isinstance(total, int) and not isinstance(total, bool) and total > nxt:
+                records.extend(await self._pages_batched(params, nxt, total))
             else:
                 records.extend(await self._pages_following(params, nxt))
         users: dict[int, PortalUser] = {}
@@ -165,20 +165,27 @@ class Bitrix24Source:
                 users[uid] = PortalUser(uid, user_name(record))
         return sorted(users.values(), key=lambda u: u.user_id)
 
-    async def _pages_batched(self, params: dict[str, Any], starts: list[int]) -> list[Any]:
+    async def _pages_batched(self, params: dict[str, Any], first: int, total: int) -> list[Any]:
+        """Pages after the first, 50 pages per batch call. A page the batch did not answer in full
+        (a portal or proxy that refuses user.get inside batch, or reads the filter differently) is
+        asked for directly, so no user is lost."""
+        starts = list(range(first, total, PAGE_SIZE))
         commands = {f"p{start}": command("user.get", {**params, "start": start}) for start in starts}
-        results = await asyncio.gather(*(self._client.batch(call, pause_key="user.get")
-                                         for call in chunk(commands)))
+        answered: dict[str, Any] = {}
+        try:
+            for result in await asyncio.gather(*(self._client.batch(call, pause_key="user.get")
+                                                  for call in chunk(commands))):
+                answered.update(result.results)
+        except ApiError as exc:
+            if exc.code in AUTH_CODES:
+                raise
+            log.info("bitrix24_user_pages_batch_refused", portal=self.target, code=exc.code)
         records: list[Any] = []
-        missing: list[int] = []
         for start in starts:
-            page = next((r.results[f"p{start}"] for r in results if f"p{start}" in r.results), None)
-            if isinstance(page, list):
-                records.extend(page)
-            else:
-                missing.append(start)
-        for start in missing:  # a portal (or proxy) that refuses user.get inside batch: ask directly
-            records.extend(_records(await self._client.call("user.get", {**params, "start": start})))
+            page = answered.get(f"p{start}")
+            if not isinstance(page, list) or len(page) < min(PAGE_SIZE, total - start):
+                page = _records(await self._client.call("user.get", {**params, "start": start}))
+            records.extend(page)
         return records
 
     async def _pages_following(self, params: dict[str, Any], start: int) -> list[Any]:
