@@ -34,7 +34,7 @@ ENV PATH=/opt/tasks-exporter/bin:$PATH \
 USER 10001:10001
 EXPOSE 10057
 # /healthz says the process serves HTTP, nothing about the APIs (that is /ready and the metrics). With a
-# --web.config.file that turns on TLS or basic auth, replace this check (docs/deployment.md).
+# --web.config.file that turns on TLS, replace this check (docs/deployment.md); basic auth leaves it open.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:10057/healthz', timeout=4)"]
 ENTRYPOINT ["tasks-exporter"]

@@ -24,6 +24,7 @@ _TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
 _CLIENT_AUTH = {"NoClientCert": ssl.CERT_NONE, "RequestClientCert": ssl.CERT_OPTIONAL,
                 "RequireAnyClientCert": ssl.CERT_REQUIRED, "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
                 "RequireAndVerifyClientCert": ssl.CERT_REQUIRED}
+OPEN_PATHS = frozenset({"/healthz", "/ready"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -78,7 +79,8 @@ class WebConfig:
     def middleware(self) -> Middleware:
         @web.middleware
         async def basic_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-            if not self.check(request.headers.get("Authorization")):
+            # probes (container HEALTHCHECK, kubelet) carry no credentials; these two paths reveal nothing
+            if request.path not in OPEN_PATHS and not self.check(request.headers.get("Authorization")):
                 return web.Response(status=401, text="Unauthorized\n",
                                     headers={"WWW-Authenticate": 'Basic realm="tasks-exporter"'})
             return await handler(request)

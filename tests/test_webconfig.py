@@ -53,8 +53,9 @@ basic_auth_users:
         assert wrong.status_code == 401
         ok = await client.get(f"{exp.url}/metrics", auth=("prometheus", "s3cret-pass"))
         assert ok.status_code == 200 and "tasks_exporter_build_info" in ok.text
-        again = await client.get(f"{exp.url}/healthz", auth=("prometheus", "s3cret-pass"))
-        assert again.status_code == 200
+        assert (await client.get(f"{exp.url}/")).status_code == 401
+        assert (await client.get(f"{exp.url}/healthz")).status_code == 200  # probes carry no credentials
+        assert (await client.get(f"{exp.url}/ready")).status_code == 200
 
 
 @pytest.mark.parametrize(("text", "message"), [
