@@ -60,7 +60,8 @@ async def _when(coro, needle: str):
 async def test_failed_cycle_keeps_last_good_data_and_reports_down(portal_factory):
     server = await portal_factory(users=2)
     config = Config(bitrix24=(server.config(name="acme", interval=0.2),))
-    async with running(config, max_backoff=0.4) as exp:
+    source = server.source(name="acme", interval=0.2)  # fast retries: the test waits for a failed cycle
+    async with running(config, max_backoff=0.4, sources=[source], store=server.store) as exp:
         good = await eventually(lambda: _when(scrape(exp.url), "bitrix24_tasks{"))
         server.sim.fault = "http_500"
         failing = await eventually(lambda: _when(scrape(exp.url), f"{UP} 0.0"))
