@@ -47,8 +47,20 @@ def _mask_processor(_: Any, __: str, event: MutableMapping[str, Any]) -> Mutable
     return event
 
 
+class _AiohttpBridge(logging.Handler):
+    """aiohttp logs a malformed request with a traceback; a client's mistake deserves one line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        error = record.exc_info[1] if record.exc_info else None
+        structlog.get_logger().warning("http_bad_request", logger=record.name,
+                                       detail=str(error) if error else record.getMessage())
+
+
 def configure(level: str = "info", fmt: str = "console", stream: Any = None) -> None:
     """Configure structlog once, at start-up; modules only call structlog.get_logger()."""
+    server_log = logging.getLogger("aiohttp.server")
+    server_log.handlers = [_AiohttpBridge()]
+    server_log.propagate = False
     stream = stream or sys.stderr
     renderer: Any = (structlog.processors.JSONRenderer() if fmt == "json"
                      else structlog.dev.ConsoleRenderer(colors=False))

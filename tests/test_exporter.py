@@ -125,3 +125,24 @@ async def test_metrics_pass_promtool_check_metrics(portal_factory):
     result = subprocess.run([tool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stdout + result.stderr
+
+
+async def test_malformed_and_oversized_requests_get_4xx_and_serving_goes_on():
+    import asyncio
+
+    async with running(Config()) as exp, httpx.AsyncClient() as client:
+        host, port = exp.url.removeprefix("http://").split(":")
+        answers = []
+        for raw in (b"GARBAGE\r\n\r\n", b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+                    b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 100_000 + b"\r\n\r\n",
+                    b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\nabc"):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(raw)
+            await writer.drain()
+            answers.append((await asyncio.wait_for(reader.read(200), 5)).split(b"\r\n")[0])
+            writer.close()
+        assert all(a.startswith((b"HTTP/1.1 4", b"HTTP/1.0 4")) for a in answers), answers
+        response = await client.get(f"{exp.url}/metrics")
+        assert response.status_code == 200 and "tasks_exporter_build_info" in response.text
+        assert (await client.request("DELETE", f"{exp.url}/")).status_code == 405
+        assert (await client.get(f"{exp.url}/metrics/../../etc/passwd")).status_code == 404
