@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
+import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from exporter import log
@@ -97,13 +102,40 @@ async def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: 
         await asyncio.sleep(interval)
 
 
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
+def require_tool(name: str, how_to_install: str) -> str:
+    """The path of a command-line tool (the venv's bin first, then PATH); skip without it, fail in CI."""
+    beside_python = Path(sys.executable).parent / name
+    found = str(beside_python) if beside_python.exists() else shutil.which(name)
+    if found is None:
         if os.environ.get("CI"):
-            pytest.fail("promtool is missing on CI: .ci/run must install Debian's prometheus package")
-        pytest.skip("promtool not installed (make test installs Debian's prometheus package)")
-    return path
+            pytest.fail(f"{name} is not installed but CI is set: {how_to_install}")
+        pytest.skip(f"{name} is not installed ({how_to_install})")
+    return found
+
+
+def promtool() -> str:
+    return require_tool("promtool", "Debian's prometheus package; make test installs it")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def contract_metric_names() -> set[str]:
+    """Metric names as exposed by exporter/collector.py (counters gain `_total`)."""
+    import ast
+
+    names = set()
+    collector = Path(__file__).resolve().parents[1] / "exporter" / "collector.py"
+    for node in ast.walk(ast.parse(collector.read_text(encoding="utf-8"))):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.args):
+            continue
+        first = node.args[0]
+        if node.func.id in {"GaugeMetricFamily", "CounterMetricFamily"} and isinstance(first, ast.Constant):
+            names.add(first.value + ("_total" if node.func.id == "CounterMetricFamily" else ""))
+    return names
 
 
 def load_dashboard_generator():  # type: ignore[no-untyped-def]
@@ -123,3 +155,35 @@ def load_dashboard_generator():  # type: ignore[no-untyped-def]
         warnings.filterwarnings("ignore", "Prefer using dashboardv2", DeprecationWarning)
         spec.loader.exec_module(module)
     return module
+
+
+class ReplayTransport(httpx.MockTransport):
+    """Answers every request with the next of `answers` (JSON values, or raw bytes) and `status`."""
+
+    def __init__(self, answers: list[Any], status: int, headers: dict[str, str] | None = None) -> None:
+        self.calls: list[httpx.Request] = []
+
+        def handler(request: httpx.Request) -> httpx.Response:
+            body = answers[len(self.calls) % len(answers)]
+            self.calls.append(request)
+            content = body if isinstance(body, bytes) else json.dumps(body).encode()
+            return httpx.Response(status, content=content, headers=headers)
+
+        super().__init__(handler)
+
+
+def run_cycle(source: Any, produces: type) -> None:
+    """One collect() to completion: it must give a `produces` value or a SourceFailure, nothing else."""
+    from exporter.errors import SourceFailure
+
+    async def cycle() -> None:
+        try:
+            data = await source.collect()
+        except SourceFailure as failure:
+            assert failure.reason
+        else:
+            assert isinstance(data, produces)
+        finally:
+            await source.aclose()
+
+    asyncio.run(cycle())

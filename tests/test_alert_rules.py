@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import ast
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from tests.conftest import contract_metric_names, promtool
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMETHEUS = ROOT / "prometheus"
@@ -32,23 +32,8 @@ def _rules() -> list[dict[str, Any]]:
 
 
 def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool is not on PATH (Debian package `prometheus`; the CI installs it)")
-    return subprocess.run([promtool, *args], capture_output=True, text=True, timeout=120, check=False,
+    return subprocess.run([promtool(), *args], capture_output=True, text=True, timeout=120, check=False,
                           cwd=ROOT)
-
-
-def _contract_metric_names() -> set[str]:
-    """Metric names as exposed by exporter/collector.py (counters gain `_total`)."""
-    names = set()
-    for node in ast.walk(ast.parse(COLLECTOR.read_text(encoding="utf-8"))):
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.args):
-            continue
-        first = node.args[0]
-        if node.func.id in {"GaugeMetricFamily", "CounterMetricFamily"} and isinstance(first, ast.Constant):
-            names.add(first.value + ("_total" if node.func.id == "CounterMetricFamily" else ""))
-    return names
 
 
 def test_the_expected_alerts_exist() -> None:
@@ -77,7 +62,7 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
 
 
 def test_alerts_use_only_metrics_the_exporter_exposes() -> None:
-    contract = _contract_metric_names()
+    contract = contract_metric_names()
     for rule in _rules():
         expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', rule["expr"])
         used = {n for n in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr) if n.startswith(PREFIXES)}

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from exporter import __version__
+from tests.conftest import free_port
 
 EXE = [sys.executable, "-m", "exporter"]
 
@@ -21,12 +22,6 @@ EXE = [sys.executable, "-m", "exporter"]
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*EXE, *args], capture_output=True, text=True, timeout=60,
                           env={**os.environ, **(env or {})})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_version_matches_the_package():

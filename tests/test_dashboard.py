@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import ast
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -13,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import load_dashboard_generator
+from tests.conftest import contract_metric_names, load_dashboard_generator, promtool
 
 pytest.importorskip("grafana_foundation_sdk", reason="grafana-foundation-sdk is in the test/dashboard extras")
 
@@ -38,18 +36,6 @@ def _panels(board: dict[str, Any]) -> list[dict[str, Any]]:
     for panel in board["panels"]:
         found.extend(p for p in [panel, *panel.get("panels", [])] if p["type"] != "row")
     return found
-
-
-def contract_metric_names() -> set[str]:
-    """Metric names as exposed by exporter/collector.py (counters gain `_total`)."""
-    names = set()
-    for node in ast.walk(ast.parse(COLLECTOR.read_text(encoding="utf-8"))):
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.args):
-            continue
-        first = node.args[0]
-        if node.func.id in {"GaugeMetricFamily", "CounterMetricFamily"} and isinstance(first, ast.Constant):
-            names.add(first.value + ("_total" if node.func.id == "CounterMetricFamily" else ""))
-    return names
 
 
 def referenced_metric_names(expr: str) -> set[str]:
@@ -153,15 +139,13 @@ def test_concrete_substitutes_variables_and_keeps_capture_groups() -> None:
 
 @pytest.mark.integration
 def test_every_query_parses_with_promtool(board: dict[str, Any], tmp_path: Path) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool is not on PATH (Debian package `prometheus`; the CI installs it)")
+    tool = promtool()
     queries = list(generator.panel_queries(board))
     rules = [{"record": f"dashboard:query_{n}", "expr": generator.concrete(expr)}
              for n, (_, _, expr) in enumerate(queries)]
     path = tmp_path / "dashboard_rules.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}), encoding="utf-8")
-    result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True,
+    result = subprocess.run([tool, "check", "rules", str(path)], capture_output=True, text=True,
                             timeout=60, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(rules)} rules found" in result.stdout

@@ -26,6 +26,7 @@ import yaml
 from exporter.app import DEFAULT_PORT
 from exporter.collector import SnapshotCollector
 from exporter.snapshot import Store
+from tests.conftest import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -46,17 +47,6 @@ GRAFANA_BUILTIN_DATASOURCES = {"-- Grafana --", "grafana", "-- Mixed --", "-- Da
 
 def project_version() -> str:
     return str(tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"])
-
-
-def require_tool(name: str, how_to_install: str) -> str:
-    """The path of a command-line tool (the venv's bin first, then PATH); skip without it, fail in CI."""
-    beside_python = Path(sys.executable).parent / name
-    found = str(beside_python) if beside_python.exists() else shutil.which(name)
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is not installed but CI is set: {how_to_install}")
-        pytest.skip(f"{name} is not installed ({how_to_install})")
-    return found
 
 
 def load_yaml(path: Path) -> Any:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -19,28 +17,15 @@ import yaml
 
 from exporter.app import running
 from exporter.demo import demo_config
-from tests.conftest import eventually, load_dashboard_generator
+from tests.conftest import eventually, free_port, load_dashboard_generator, require_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.integration
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def prometheus_binary() -> str:
-    import os
-
-    path = shutil.which("prometheus")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("prometheus is missing on CI: .ci/run must install Debian's prometheus package")
-        pytest.skip("prometheus not installed (make test installs Debian's prometheus package)")
-    return path
+    return require_tool("prometheus", "Debian's prometheus package; make test installs it")
 
 
 async def test_every_dashboard_panel_returns_data_and_rules_load(tmp_path, prometheus_binary):

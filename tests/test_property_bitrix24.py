@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-
-import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exporter.config import Bitrix24Config, Secret
-from exporter.errors import ApiError, SourceFailure
+from exporter.errors import ApiError
 from exporter.snapshot import ApiTelemetry, PortalSnapshot
 from exporter.sources.bitrix24 import Bitrix24Source, parse_counters
 from exporter.sources.bitrix24_client import RetryPolicy, parse_batch
+from tests.conftest import ReplayTransport, run_cycle
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)
 json_values = st.recursive(scalars, lambda children: st.lists(children, max_size=4)
@@ -53,26 +50,8 @@ def test_parse_counters_returns_numbers_none_or_a_typed_error(result):
 @given(st.lists(json_values | batch_like | user_page_like | st.binary(max_size=30), min_size=1, max_size=4),
        st.sampled_from([200, 400, 401, 429, 500, 503]))
 def test_a_whole_cycle_over_any_answers_gives_a_snapshot_or_a_source_failure(answers, status):
-    def handler(request: httpx.Request) -> httpx.Response:
-        body = answers[len(calls) % len(answers)]
-        calls.append(request)
-        content = body if isinstance(body, bytes) else json.dumps(body).encode()
-        return httpx.Response(status, content=content)
-
-    calls: list[httpx.Request] = []
     config = Bitrix24Config(name="p", webhook_url=Secret("https://p.example/rest/1/abc/"), roles=("all",))
     retry = RetryPolicy(attempts=2, rate_limit_attempts=2, base_delay=0.0, max_delay=0.0,
                         default_operation_pause=0.0, min_operation_pause=0.0)
-    source = Bitrix24Source(config, ApiTelemetry(), retry=retry, transport=httpx.MockTransport(handler))
-
-    async def cycle() -> None:
-        try:
-            data = await source.collect()
-        except SourceFailure as failure:
-            assert failure.reason
-        else:
-            assert isinstance(data, PortalSnapshot)
-        finally:
-            await source.aclose()
-
-    asyncio.run(cycle())
+    source = Bitrix24Source(config, ApiTelemetry(), retry=retry, transport=ReplayTransport(answers, status))
+    run_cycle(source, PortalSnapshot)

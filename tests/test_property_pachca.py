@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-
-import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exporter.config import PachcaConfig, Secret
-from exporter.errors import SourceFailure
 from exporter.snapshot import ApiTelemetry, ReminderTally
 from exporter.sources.pachca import PachcaSource, TallyBuilder
 from exporter.sources.pachca_client import RetryPolicy, parse_page
+from tests.conftest import ReplayTransport, run_cycle
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)
 json_values = st.recursive(scalars, lambda children: st.lists(children, max_size=4)
@@ -52,27 +48,9 @@ def test_tally_builder_counts_any_records_without_crashing(records):
 @given(st.lists(page_like | json_values | st.binary(max_size=30), min_size=1, max_size=4),
        st.sampled_from([200, 400, 401, 403, 429, 500, 503]))
 def test_a_whole_cycle_over_any_answers_gives_a_tally_or_a_source_failure(answers, status):
-    calls: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        body = answers[len(calls) % len(answers)]
-        calls.append(request)
-        content = body if isinstance(body, bytes) else json.dumps(body).encode()
-        return httpx.Response(status, content=content, headers={"Retry-After": "0"})
-
+    transport = ReplayTransport(answers, status, headers={"Retry-After": "0"})
     config = PachcaConfig(name="w", token=Secret("t0ken-xyz"), base_url="https://api.example/v1", max_pages=5)
     retry = RetryPolicy(attempts=2, rate_limit_attempts=2, base_delay=0.0, max_delay=0.0)
-    source = PachcaSource(config, ApiTelemetry(), retry=retry, transport=httpx.MockTransport(handler))
-
-    async def cycle() -> None:
-        try:
-            data = await source.collect()
-        except SourceFailure as failure:
-            assert failure.reason
-        else:
-            assert isinstance(data, ReminderTally)
-        finally:
-            await source.aclose()
-
-    asyncio.run(cycle())
-    assert len(calls) <= 5 * 2 * 2 + 10  # bounded: page cap x retries (+ users pages)
+    source = PachcaSource(config, ApiTelemetry(), retry=retry, transport=transport)
+    run_cycle(source, ReminderTally)
+    assert len(transport.calls) <= 5 * 2 * 2 + 10  # bounded: page cap x retries (+ users pages)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -14,16 +13,10 @@ import httpx
 from exporter.simulator import bitrix24 as b24sim
 from exporter.simulator import pachca as pachcasim
 from exporter.simulator import serve
-from tests.conftest import eventually
+from tests.conftest import eventually, free_port
 
 WEBHOOK_SECRET = "w3bh00k-s3cr3t-value"
 PACHCA_TOKEN = "pachca-t0ken-value-42"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_secrets_are_masked_in_every_output(tmp_path: Path):

@@ -21,6 +21,7 @@ import structlog
 from exporter.errors import ApiError
 from exporter.ratelimit import LeakyBucket
 from exporter.snapshot import ApiTelemetry
+from exporter.sources.transport import paced_send
 
 BATCH_LIMIT = 50
 AUTH_CODES = frozenset({
@@ -190,18 +191,9 @@ class Bitrix24Client:
 
     async def _attempt(self, method: str, params: Mapping[str, Any]) -> Any:
         async with self._slots:
-            waited = await self._bucket.acquire()
-            if waited:
-                self._telemetry.waited(waited)
             self.calls += 1
-            try:
-                response = await self._http.post(self._base + method, json=dict(params))
-            except httpx.TimeoutException:
-                self._telemetry.request(method, "timeout")
-                raise ApiError("timeout", "request timed out", retryable=True) from None
-            except httpx.HTTPError as exc:
-                self._telemetry.request(method, "network_error")
-                raise ApiError("network_error", type(exc).__name__, retryable=True) from None
+            response = await paced_send(self._bucket, self._telemetry, method,
+                                        lambda: self._http.post(self._base + method, json=dict(params)))
         return self._decode(method, response)
 
     def _decode(self, method: str, response: httpx.Response) -> Any:

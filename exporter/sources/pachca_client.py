@@ -25,6 +25,7 @@ from exporter.config import Secret
 from exporter.errors import ApiError
 from exporter.ratelimit import LeakyBucket
 from exporter.snapshot import ApiTelemetry
+from exporter.sources.transport import paced_send
 
 REQUESTS_PER_SECOND = 50  # "all other API methods", per token (FACTS B2)
 NETWORK_CODES = frozenset({"timeout", "network_error", "invalid_response"})
@@ -141,18 +142,9 @@ class PachcaClient:
                 await asyncio.sleep(delay)
 
     async def _attempt(self, method: str, path: str, params: Mapping[str, str]) -> dict[str, Any]:
-        waited = await self._bucket.acquire()
-        if waited:
-            self._telemetry.waited(waited)
         self.calls += 1
-        try:
-            response = await self._http.get(self._base + path, params=dict(params))
-        except httpx.TimeoutException:
-            self._telemetry.request(method, "timeout")
-            raise ApiError("timeout", "request timed out", retryable=True) from None
-        except httpx.HTTPError as exc:
-            self._telemetry.request(method, "network_error")
-            raise ApiError("network_error", type(exc).__name__, retryable=True) from None
+        response = await paced_send(self._bucket, self._telemetry, method,
+                                    lambda: self._http.get(self._base + path, params=dict(params)))
         return self._decode(method, response)
 
     def _decode(self, method: str, response: httpx.Response) -> dict[str, Any]:
