@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 
 import structlog
 from aiohttp import web
-from prometheus_client import CollectorRegistry
 
 from exporter.collector import SnapshotCollector
 from exporter.config import Config
@@ -61,9 +60,7 @@ class Exporter:
         self.store = store or Store()
         self.sources = build_sources(config, self.store) if sources is None else sources
         self.loops = [SourceLoop(s, self.store, max_backoff=max_backoff) for s in self.sources]
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(SnapshotCollector(self.store))
-        self.exposition = Exposition(registry)
+        self.exposition = Exposition(SnapshotCollector(self.store).render)
         self.stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None

@@ -91,7 +91,7 @@ class SourceLoop:
 
 def _summary(data: SourceData) -> dict[str, Any]:
     if isinstance(data, PortalSnapshot):
-        return {"users": len(data.users), "series": len(data.readings), "hidden_users": data.hidden_users,
+        return {"users": len(data.users), "series": data.series, "hidden_users": data.hidden_users,
                 "failed_commands": data.failed_commands}
     if isinstance(data, ReminderTally):
         return {"reminders": data.total, "pages": data.pages}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import gzip
 import html
+import math
+import time
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -31,20 +33,22 @@ class Exposition:
     compressed: gzip streams may be concatenated, RFC 1952 2.2).
     """
 
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self._registry = registry
+    def __init__(self, render: Callable[[], bytes], live_ttl: float = 1.0) -> None:
+        self._render = render
         self._live = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self._live)
         PlatformCollector(registry=self._live)
         GCCollector(registry=self._live)
         self._body = b""
         self._gzip = b""
+        self._live_ttl = live_ttl
+        self._live_cache: tuple[float, bytes, bytes] = (-math.inf, b"", b"")
         self._dirty = True
         self._rendering: asyncio.Task[None] | None = None
         self.renders = 0
 
     def render_now(self) -> None:
-        body = generate_latest(self._registry)
+        body = self._render()
         self._body, self._gzip = body, gzip.compress(body, compresslevel=6)
         self.renders += 1
 
@@ -60,10 +64,17 @@ class Exposition:
             await asyncio.to_thread(self.render_now)
 
     def payload(self, compressed: bool) -> bytes:
-        live = generate_latest(self._live)
-        if compressed:
-            return self._gzip + gzip.compress(live, compresslevel=1)
-        return self._body + live
+        return self._gzip + self._live_part(True) if compressed else self._body + self._live_part(False)
+
+    def _live_part(self, compressed: bool) -> bytes:
+        """Process metrics, re-read at most once per `live_ttl` (they cost more than serving the body)."""
+        at, plain, packed = self._live_cache
+        now = time.monotonic()
+        if now - at >= self._live_ttl:
+            plain = generate_latest(self._live)
+            packed = gzip.compress(plain, compresslevel=1)
+            self._live_cache = (now, plain, packed)
+        return packed if compressed else plain
 
 
 def build_app(store: Store, exposition: Exposition, web_config: WebConfig | None = None,

@@ -8,10 +8,19 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
 # --- Bitrix24 -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CounterQuery:
+    """One tasks.task.counters.get command: whose counters, in which workgroup, for which role."""
+
+    user_id: int
+    group_id: int
+    role: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,10 +45,21 @@ class PortalSnapshot:
     """A Bitrix24 portal as seen by one complete cycle."""
 
     users: tuple[PortalUser, ...]
-    readings: tuple[CounterReading, ...]
+    # counters as the API named them, per query; held once (the source's next cycle reads it too)
+    counters: Mapping[CounterQuery, Mapping[str, float]]
     hidden_users: int  # users whose counters came back as [] (the webhook may not see them)
     failed_commands: int  # commands whose error cost only themselves this cycle
     operating_seconds: Mapping[str, float] = field(default_factory=dict)  # method -> time.operating
+
+    @property
+    def readings(self) -> Iterator[CounterReading]:
+        for q, values in self.counters.items():
+            for name, value in values.items():
+                yield CounterReading(q.user_id, q.group_id, q.role, name, value)
+
+    @property
+    def series(self) -> int:
+        return sum(len(values) for values in self.counters.values())
 
 
 # --- Pachca -------------------------------------------------------------------------------------

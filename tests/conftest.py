@@ -133,8 +133,11 @@ def contract_metric_names() -> set[str]:
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.args):
             continue
         first = node.args[0]
-        if node.func.id in {"GaugeMetricFamily", "CounterMetricFamily"} and isinstance(first, ast.Constant):
-            names.add(first.value + ("_total" if node.func.id == "CounterMetricFamily" else ""))
+        if node.func.id in {"Family", "GaugeFamily", "CounterFamily"} and isinstance(first, ast.Constant):
+            counter = node.func.id == "CounterFamily" or any(
+                k.arg == "kind" and isinstance(k.value, ast.Constant) and k.value.value == "counter"
+                for k in node.keywords)
+            names.add(first.value + ("_total" if counter else ""))
     return names
 
 

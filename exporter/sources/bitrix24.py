@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -14,12 +13,11 @@ import structlog
 from exporter.config import ROLES, Bitrix24Config
 from exporter.errors import ApiError, SourceFailure
 from exporter.ratelimit import LeakyBucket, cycle_bound
-from exporter.snapshot import ApiTelemetry, CounterReading, PortalSnapshot, PortalUser
+from exporter.snapshot import ApiTelemetry, CounterQuery, PortalSnapshot, PortalUser
 from exporter.sources.bitrix24_client import (
     AUTH_CODES,
     RATE_LIMIT_CODES,
     RETRYABLE_COMMAND_CODES,
-    BatchResult,
     Bitrix24Client,
     RetryPolicy,
     chunk,
@@ -29,13 +27,6 @@ from exporter.sources.bitrix24_client import (
 COUNTERS_METHOD = "tasks.task.counters.get"
 PAGE_SIZE = 50
 log = structlog.get_logger()
-
-
-@dataclass(frozen=True, slots=True)
-class CounterQuery:
-    user_id: int
-    group_id: int
-    role: str
 
 
 def parse_counters(result: Any) -> dict[str, float] | None:
@@ -130,13 +121,13 @@ class Bitrix24Source:
         self._client.operating.clear()  # the portal's window value as of this cycle, not a maximum ever seen
         try:
             users = await self._resolve_users()
-            readings, hidden, failed = await self._read_counters(users)
+            counters, hidden, failed = await self._read_counters(users)
         except ApiError as exc:
             raise SourceFailure(_reason(exc.code), str(exc)) from None
         finally:
             self.last_calls = self._client.calls - calls_before
         return PortalSnapshot(
-            users=tuple(users), readings=tuple(readings), hidden_users=hidden, failed_commands=failed,
+            users=tuple(users), counters=counters, hidden_users=hidden, failed_commands=failed,
             operating_seconds=dict(self._client.operating),
         )
 
@@ -220,59 +211,59 @@ class Bitrix24Source:
 
     # --- counters -------------------------------------------------------------------------------
 
-    async def _read_counters(self, users: list[PortalUser]) -> tuple[list[CounterReading], int, int]:
+    async def _read_counters(self, users: list[PortalUser]) -> tuple[dict[CounterQuery, dict[str, float]], int, int]:
+        """Every user x group x role counter set; a failed command keeps its last good values."""
         queries = [CounterQuery(u.user_id, g, r) for u in users for g in self.config.groups
                    for r in self.config.roles]
         keyed = {f"c{i}": q for i, q in enumerate(queries)}
-        answers, errors = await self._run_commands(keyed)
+        read: dict[CounterQuery, dict[str, float]] = {}
+        hidden: set[int] = set()
+        errors = await self._fold(keyed, read, hidden)
         retry = {k: keyed[k] for k, (code, _) in errors.items() if code in RETRYABLE_COMMAND_CODES}
         if retry:
-            more, errors_again = await self._run_commands(retry)
-            answers.update(more)
-            errors = {k: v for k, v in errors.items() if k not in retry} | errors_again
-        readings: list[CounterReading] = []
-        hidden_users: set[int] = set()
-        fresh: dict[CounterQuery, dict[str, float]] = {}
-        invalid = 0
-        for key, query in keyed.items():
-            if key in answers:
-                try:
-                    counters = parse_counters(answers[key])
-                except ApiError:
-                    invalid += 1
-                    counters = self._last.get(query)
-                if counters is None:
-                    hidden_users.add(query.user_id)
-                    continue
-            elif query in self._last:  # this command failed: keep its last good values
-                counters = self._last[query]
-            else:
-                continue
-            fresh[query] = counters
-            readings.extend(CounterReading(query.user_id, query.group_id, query.role, name, value)
-                            for name, value in counters.items())
-        self._last = fresh
+            errors = {k: v for k, v in errors.items() if k not in retry} | await self._fold(retry, read, hidden)
         for key, (code, description) in errors.items():
             log.debug("bitrix24_command_failed", portal=self.target, command=keyed[key], code=code,
                       description=description)
-        return readings, len(hidden_users), len(errors) + invalid
+            if keyed[key] in self._last:
+                read[keyed[key]] = self._last[keyed[key]]
+        # in query order, so /metrics lists series the same way every cycle
+        fresh = {q: read[q] for q in queries if q in read}
+        self._last = fresh
+        return fresh, len(hidden), len(errors)
 
-    async def _run_commands(self, keyed: Mapping[str, CounterQuery]
-                            ) -> tuple[dict[str, Any], dict[str, tuple[str, str]]]:
+    async def _fold(self, keyed: Mapping[str, CounterQuery], read: dict[CounterQuery, dict[str, float]],
+                    hidden: set[int]) -> dict[str, tuple[str, str]]:
+        """Send the commands in batches and fold each answer into `read` as it arrives, so raw answers
+        never pile up (at 5,000 users they would be ~30 MB). Returns the commands that failed."""
         commands = {key: command(COUNTERS_METHOD, {"userId": q.user_id, "groupId": q.group_id,
                                                    "type": ROLES[q.role]})
                     for key, q in keyed.items()}
-        results: list[BatchResult] = await asyncio.gather(
-            *(self._client.batch(call, pause_key=COUNTERS_METHOD) for call in chunk(commands)))
-        answers: dict[str, Any] = {}
+        calls = chunk(commands)
+        del commands
         errors: dict[str, tuple[str, str]] = {}
-        for result in results:
-            answers.update((k, v) for k, v in result.results.items() if k in keyed)
+        answered: set[str] = set()
+        for batch in asyncio.as_completed([self._client.batch(call, pause_key=COUNTERS_METHOD) for call in calls]):
+            result = await batch
+            for key, raw in result.results.items():
+                query = keyed.get(key)
+                if query is None:
+                    continue
+                answered.add(key)
+                try:
+                    counters = parse_counters(raw)
+                except ApiError as exc:
+                    errors[key] = (exc.code, exc.message)
+                    continue
+                if counters is None:
+                    hidden.add(query.user_id)
+                else:
+                    read[query] = counters
             errors.update((k, v) for k, v in result.errors.items() if k in keyed)
         for key in keyed:
-            if key not in answers and key not in errors:
+            if key not in answered and key not in errors:
                 errors[key] = ("missing", "the batch answer has no entry for this command")
-        return answers, errors
+        return errors
 
 
 def _records(body: Any) -> list[Any]:

@@ -1,0 +1,93 @@
+"""Where the exporter's memory goes at N users: a diagnostic behind the memory target (run.py does not run it).
+
+    python bench/memory_profile.py --users 5000
+
+A simulator (0 ms, no rate limit) runs in a child process; this process builds the exporter's pieces
+step by step and prints, per step, what tracemalloc sees alive after it and at its peak, then the
+allocation sites alive at the cycle's peak: when the last batch of the cycle has arrived. (RSS is left
+out: tracemalloc's own bookkeeping inflates it; run.py measures RSS without tracemalloc.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import tracemalloc
+from typing import Any
+
+from procs import PortalSpec, child, memory_mb, portal_main
+from report import table
+
+
+class Steps:
+    """Collects one row per step: traced memory alive after it, its peak, and the peak above the start."""
+
+    def __init__(self) -> None:
+        self.rows: list[list[str]] = []
+        self.before = 0
+
+    def begin(self) -> None:
+        gc.collect()
+        self.before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+
+    def end(self, name: str) -> None:
+        gc.collect()
+        now, peak = tracemalloc.get_traced_memory()
+        self.rows.append([name, f"{now / 2**20:.1f}", f"{peak / 2**20:.1f}", f"{(peak - self.before) / 2**20:+.1f}"])
+
+
+async def profile(webhook: str) -> None:
+    steps = Steps()
+    tracemalloc.start()
+    steps.begin()
+    from exporter.collector import SnapshotCollector
+    from exporter.config import Bitrix24Config, RateLimit, Secret
+    from exporter.server import Exposition
+    from exporter.snapshot import SourceKey, Store
+    from exporter.sources.bitrix24 import Bitrix24Source
+    steps.end("imports (exporter, aiohttp, httpx, prometheus_client)")
+
+    store, key = Store(), SourceKey("bitrix24", "profile")
+    exposition = Exposition(SnapshotCollector(store).render)
+    config = Bitrix24Config(name="profile", webhook_url=Secret(webhook), rate_limit=RateLimit(1e6, 10**6))
+    source = Bitrix24Source(config, store.register(key, config.interval))
+    at_peak: list[Any] = []
+    fold = source._fold  # wrapped: to look at the cycle when all its answers are folded in
+
+    async def looked_at(keyed: Any, read: Any, hidden: Any) -> Any:
+        errors = await fold(keyed, read, hidden)
+        at_peak.append(tracemalloc.take_snapshot())
+        return errors
+
+    source._fold = looked_at  # type: ignore[method-assign]
+    for name in ("first cycle", "second cycle (the first snapshot is still served meanwhile)"):
+        steps.begin()
+        store.succeeded(key, await source.collect(), 1.0)
+        await asyncio.sleep(0)
+        steps.end(name)
+        steps.begin()
+        exposition.render_now()
+        steps.end(f"render after the {name.split()[0]} cycle")
+    await source.aclose()
+    print(table("Exporter memory by step (tracemalloc)", ["step", "alive after MB", "peak during MB",
+                                                          "peak above the start of the step MB"], steps.rows))
+    sites = [[str(s.traceback[0]), f"{s.size / 2**20:.1f}", f"{s.count:,}"]
+             for s in at_peak[-1].statistics("lineno")[:10]]
+    print(table("Alive when the last batch of the second cycle has arrived (top 10 allocation sites)",
+                ["site", "MB", "blocks"], sites))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=5000)
+    users = parser.parse_args().users
+    with child("portal", portal_main, PortalSpec(users, latency=0.0, rate_limited=False)) as portal:
+        print(f"# memory profile: {users:,} users x 5 roles, RSS before the exporter's imports "
+              f"{memory_mb():.1f} MB\n")
+        asyncio.run(profile(portal.ready["webhook"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""The snapshot collector: its own text renderer says exactly what prometheus_client would say."""
+
+from __future__ import annotations
+
+import math
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.collector import Family, SnapshotCollector, render
+from exporter.snapshot import CounterQuery, PortalSnapshot, PortalUser, ReminderTally, SourceKey, Store
+
+
+def samples(text: str) -> list[tuple[str, tuple[tuple[str, str], ...], float]]:
+    found = []
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            found.append((s.name, tuple(sorted(s.labels.items())), s.value))
+    return sorted(found, key=lambda x: (x[0], x[1]))
+
+
+def store_with_data() -> Store:
+    store = Store()
+    key = SourceKey("bitrix24", 'acme "main"')
+    telemetry = store.register(key, 60)
+    telemetry.request("batch", "success")
+    telemetry.error("QUERY_LIMIT_EXCEEDED")
+    counters = {CounterQuery(1, 0, "all"): {"expired": 3.0, "new_comments": 0.0},
+                CounterQuery(2, 5, "auditor"): {"wo_deadline": 12.0}}
+    users = (PortalUser(1, 'Иван "Ваня" Петров\\'), PortalUser(2, "line\nbreak"))
+    store.succeeded(key, PortalSnapshot(users, counters, hidden_users=1, failed_commands=0,
+                                        operating_seconds={"tasks.task.counters.get": 1.5}), 0.2)
+    pkey = SourceKey("pachca", "ws")
+    store.register(pkey, 60)
+    store.succeeded(pkey, ReminderTally(by_status={("undone", "call", "2"): 4}, overdue={("call", "2"): 1},
+                                        due_soon={"call": 2}, without_due_date={"done": 1},
+                                        performer={(7, "undone"): 4}, performer_overdue={7: 1},
+                                        oldest_overdue_seconds=3600.5, total=4, pages=1, user_names={7: "Anna"}), 0.1)
+    return store
+
+
+def test_own_renderer_matches_prometheus_client():
+    collector = SnapshotCollector(store_with_data())
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    ours = collector.render().decode()
+    reference = generate_latest(registry).decode()
+    assert samples(ours) == samples(reference)
+    assert [line for line in ours.splitlines() if line.startswith("#")] == [
+        line for line in reference.splitlines() if line.startswith("#")]
+
+
+def test_label_values_are_escaped():
+    text = SnapshotCollector(store_with_data()).render().decode()
+    assert 'name="Иван \\"Ваня\\" Петров\\\\"' in text
+    assert 'name="line\\nbreak"' in text
+    assert 'portal="acme \\"main\\""' in text
+
+
+def test_special_values():
+    family = Family("x", "h", labels=[], rows=[((), math.inf), ((), -math.inf)])
+    text = render([family, Family("y", "h", labels=[], rows=[((), math.nan)])]).decode()
+    assert "x +Inf\nx -Inf\n" in text and "y NaN\n" in text
+
+
+def test_every_source_reason_starts_at_zero():
+    text = SnapshotCollector(store_with_data()).render().decode()
+    failures = [s for s in samples(text) if s[0] == "tasks_exporter_source_failures_total"]
+    assert len(failures) == 2 * 9 and all(value == 0 for *_, value in failures)
