@@ -1,0 +1,214 @@
+"""Benchmarks of tasks-exporter (issue 6), measured in one run against the simulators on 127.0.0.1.
+
+    python bench/run.py           # everything, about 15 minutes (the 5,000-user cycle alone takes ~4)
+    python bench/run.py --quick   # small sizes only, under a minute (the smoke test runs this)
+
+Each simulator and each measured process runs in a process of its own (see procs.py); results go to
+stdout as Markdown tables, progress to stderr. bench/RESULTS.md holds a full run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from bitrix24_bench import bitrix24_rows, bitrix24_table
+from clients import WorkspaceRun, pachca_main
+from memory import MemoryRun, memory_main
+from procs import Child, PortalSpec, WorkspaceSpec, child, portal_main, workspace_main
+from report import TITLE, machine, number, seconds, table
+from scrape import ScrapeLoad, exporter_main, percentile, scraper_main
+from targets import targets_table
+
+LATENCY = 0.05  # seconds per API call, both simulators
+SCRAPERS = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    quick: bool
+    users: tuple[int, ...]  # Bitrix24 portal sizes
+    naive_run: tuple[int, ...]  # sizes the naive client really runs (the rest are computed)
+    fast_run: tuple[int, ...]  # sizes fast-bitrix24 really runs (with its defaults, and in slow mode)
+    steady: tuple[int, int]  # (users, cycles) run back to back: the bucket never drains between cycles
+    reminders: tuple[int, ...]
+    series: tuple[int, ...]
+    scrapes: int  # per window (1 or 10 scrapers)
+    scrape_budget_s: float
+    live_users: int  # portal of the cycle in flight during scrapes (500 ms latency)
+    memory: tuple[tuple[int, int], ...]  # (users, cycles)
+
+
+FULL = Plan(quick=False, users=(100, 1000, 5000), naive_run=(100,), fast_run=(100, 1000, 5000), steady=(1000, 3),
+            reminders=(1000, 20000), series=(25000, 100000), scrapes=10000, scrape_budget_s=30.0,
+            live_users=1000, memory=((1000, 1000), (5000, 13)))
+QUICK = Plan(quick=True, users=(10, 100), naive_run=(10,), fast_run=(10, 100), steady=(100, 2),
+             reminders=(1000,), series=(2500,), scrapes=300, scrape_budget_s=3.0, live_users=100,
+             memory=((100, 23),))
+
+
+def progress(message: str) -> None:
+    sys.stderr.write(f"[{time.strftime('%H:%M:%S')}] {message}\n")  # one write: threads report too
+    sys.stderr.flush()
+
+
+def emit(text: str) -> None:
+    print(text, flush=True)
+
+
+# --- Pachca ---------------------------------------------------------------------------------------
+
+
+def pachca_section(plan: Plan) -> list[dict[str, float]]:
+    results = []
+    for n in plan.reminders:
+        progress(f"pachca: {n:,} reminders")
+        timed = _pachca_cycle(WorkspaceSpec(n, latency=LATENCY), trace=False)
+        traced = _pachca_cycle(WorkspaceSpec(n, latency=0.0, rate_limit=None), trace=True)
+        results.append({"reminders": n, **timed, "peak_mb": traced["peak_mb"]})
+    rows = [[number(r["reminders"]), number(r["pages"]), number(r["calls"]), seconds(r["wall"]),
+             seconds(r["calls"] * LATENCY), f"{r['wall'] / (r['calls'] * LATENCY):.2f}", number(r["rejected"]),
+             f"{r['peak_mb']:.2f}"] for r in results]
+    emit(table("Pachca cycle (GET /tasks cursor walk + GET /users; 50 ms per call, 50 req/s limit)",
+               ["reminders", "pages /tasks", "HTTP calls", "wall s", "calls x latency s", "wall / (calls x lat)",
+                "429 answers", "tracemalloc peak MB"], rows,
+               ["pages are sequential (each cursor comes from the previous page), so calls x latency is the bound",
+                "peak memory: tracemalloc peak during the cycle, in a separate run at 0 ms latency (tracemalloc "
+                "slows Python down, so it is kept out of the timed run)"]))
+    return results
+
+
+def _pachca_cycle(spec: WorkspaceSpec, trace: bool) -> dict[str, float]:
+    with child("pachca-sim", workspace_main, spec) as sim:
+        run = WorkspaceRun(sim.ready["base_url"], sim.ready["token"], trace)
+        with child("pachca-client", pachca_main, run) as client:
+            client.send("go")
+            result: dict[str, float] = client.receive(300.0)
+        return {**result, "rejected": sim.ask("stats")["rejected"]}
+
+
+# --- /metrics -------------------------------------------------------------------------------------
+
+
+def metrics_section(plan: Plan) -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+    for series in plan.series:
+        progress(f"/metrics: {series:,} series")
+        with child("exporter", exporter_main, series, ready_timeout=300.0) as exporter:
+            served = _served_series(exporter.ready["url"])
+            load = ScrapeLoad(exporter.ready["url"], SCRAPERS, plan.scrape_budget_s)
+            with child("scraper", scraper_main, load) as scraper:
+                windows = [("idle", 1, _scrape_window(exporter, scraper, 1, plan)),
+                           ("idle", SCRAPERS, _scrape_window(exporter, scraper, SCRAPERS, plan))]
+                with child("slow-portal", portal_main, PortalSpec(plan.live_users, latency=0.5)) as slow:
+                    exporter.ask(("cycle", slow.ready["webhook"]))
+                    time.sleep(1.5)  # let the first wave of API calls go out
+                    busy = _scrape_window(exporter, scraper, SCRAPERS, plan)
+                    windows.append(("busy", SCRAPERS, {**busy, "api_calls": slow.ask("stats")["calls"]}))
+        results += [{"series": served, "render_s": exporter.ready["render_s"], "condition": condition,
+                     "scrapers": scrapers, **window} for condition, scrapers, window in windows]
+    rows = [[number(r["series"]), _condition(r), str(r["scrapers"]), number(r["scrapes"]), f"{r['median_ms']:.2f}",
+             f"{r['p99_ms']:.2f}", f"{r['cpu_ms']:.2f}", number(r["body_kb"]), f"{r['render_s'] * 1000:.0f}"]
+            for r in results]
+    emit(table("/metrics under load (keep-alive scrapers, Accept-Encoding: gzip, from another process)",
+               ["series", "meanwhile", "scrapers", "scrapes", "median ms", "p99 ms", "server CPU ms/scrape",
+                "body KB", "render ms (once per snapshot)"], rows,
+               ["each scraper sends its next request as soon as the previous answer is read (closed loop): with "
+                f"{SCRAPERS} scrapers a scrape also waits behind the other {SCRAPERS - 1}",
+                "server CPU: getrusage(RUSAGE_SELF) user+sys of the exporter process over the window / scrapes",
+                "cycle in flight: a real Bitrix24 source loop in the exporter process, against a "
+                f"{plan.live_users:,}-user portal answering in 500 ms (2 req/s, burst 50), for the whole window",
+                "render: the snapshot to text + gzip (Exposition.render_now), which the exporter does once per new "
+                "snapshot, in a worker thread; scrapes serve those bytes"]))
+    return results
+
+
+def _condition(r: dict[str, Any]) -> str:
+    if r["condition"] == "idle":
+        return "no API cycle"
+    done = int(r["cycles_done"])
+    return (f"cycle in flight (500 ms API), {number(r['api_calls'])} API calls so far"
+            + (f", {done} cycle(s) finished" if done else ""))
+
+
+def _served_series(url: str) -> int:
+    import httpx
+
+    text = httpx.get(url + "/metrics", timeout=60.0).text
+    return sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+
+
+def _scrape_window(exporter: Child, scraper: Child, scrapers: int, plan: Plan) -> dict[str, float]:
+    exporter.ask("measure")
+    load = scraper.ask(("go", scrapers, plan.scrapes), timeout=plan.scrape_budget_s + 120)
+    server = exporter.ask("measured", timeout=60)
+    latencies = load["latencies"]
+    return {"scrapes": len(latencies), "median_ms": percentile(latencies, 0.5) * 1000,
+            "p99_ms": percentile(latencies, 0.99) * 1000, "cpu_ms": server["cpu_s"] * 1000 / server["scrapes"],
+            "body_kb": load["body_bytes"] / 1024, "cycles_done": server["cycles_done"] or 0}
+
+
+# --- memory ---------------------------------------------------------------------------------------
+
+
+def memory_runs(runs: tuple[tuple[int, int], ...]) -> list[dict[str, Any]]:
+    results = []
+    for users, cycles in runs:
+        progress(f"memory: {users:,} users, {cycles:,} cycles")
+        with child("portal", portal_main, PortalSpec(users, latency=0.0, rate_limited=False)) as portal, \
+                child("exporter", memory_main, MemoryRun(portal.ready["webhook"], cycles)) as exporter:
+            exporter.send("go")
+            result = exporter.receive(1800.0)
+        samples = result["samples"]
+        first = samples[1] if len(samples) > 1 else samples[0]
+        results.append({"users": users, "cycles": result["cycles"], "warm_mb": result["warm_mb"],
+                        "end_mb": samples[-1][1], "first_mb": first[1], "first_cycle": first[0],
+                        "peak_mb": max(mb for _, mb in samples), "seconds": result["seconds"],
+                        "failures": result["failures"]})
+    return results
+
+
+def memory_table(results: list[dict[str, Any]]) -> str:
+    rows = [[number(r["users"]), number(r["cycles"]), f"{r['warm_mb']:.1f}", f"{r['end_mb']:.1f}",
+             f"{r['peak_mb']:.1f}", f"{r['end_mb'] - r['warm_mb']:+.1f}",
+             f"{r['end_mb'] - r['first_mb']:+.1f} (cycle {r['first_cycle']:.0f} to {r['cycles']:.0f})",
+             seconds(r["seconds"]), number(r["failures"])] for r in results]
+    return table("Resident memory of the whole exporter (exporter.app.running: scheduler, source, store, "
+                 "exposition, HTTP server)",
+                 ["users", "cycles", "RSS after warm-up MB", "RSS at the end MB", "highest sample MB", "growth MB",
+                  "growth after the first sample MB", "seconds", "failed cycles"], rows,
+                 ["VmRSS from /proc/self/status; warm-up = 3 cycles and 3 scrapes (gzip and plain); one more "
+                  "scrape and an RSS sample every tenth of the remaining cycles",
+                  "cycles back to back against a simulator with rate limiting off and 0 ms latency (the client "
+                  "bucket opened wide too), so that many cycles fit in minutes; 5 roles, group 0"])
+
+
+# --- main -----------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes only (< 1 minute); used by the smoke test")
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    started = time.monotonic()
+    emit(f"# {TITLE}{' (--quick: small sizes only)' if plan.quick else ''}\n")
+    emit(f"{machine()}\ncommand: python bench/run.py{' --quick' if plan.quick else ''}\n")
+    growth, *rest = plan.memory
+    rows, memory = bitrix24_rows(plan.users, plan.naive_run, plan.fast_run, plan.steady, progress,
+                                 alongside=lambda: memory_runs((growth,)))
+    emit(bitrix24_table(rows))
+    memory += memory_runs(tuple(rest))
+    emit(memory_table(memory))
+    pachca = pachca_section(plan)
+    metrics = metrics_section(plan)
+    emit(targets_table(rows, metrics, memory, quick=plan.quick))
+    progress(f"done in {time.monotonic() - started:.0f} s")
+    return 0 if pachca and memory else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
