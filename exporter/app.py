@@ -60,7 +60,8 @@ class Exporter:
         self.store = store or Store()
         self.sources = build_sources(config, self.store) if sources is None else sources
         self.loops = [SourceLoop(s, self.store, max_backoff=max_backoff) for s in self.sources]
-        self.exposition = Exposition(SnapshotCollector(self.store).render)
+        collector = SnapshotCollector(self.store)
+        self.exposition = Exposition(collector.render, collector.render_live)
         self.stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None

@@ -56,19 +56,30 @@ class SnapshotCollector(Collector):
         self._store = store
 
     def families(self) -> Iterator[Family]:
+        yield from self.snapshot_families()
+        yield from self.live_families()
+
+    def snapshot_families(self) -> Iterator[Family]:
+        """What changes only when a cycle ends: rendered once per change."""
         states = sorted(self._store.states(), key=lambda s: (s.key.source, s.key.target))
         yield from _bitrix24([s for s in states if isinstance(s.data, PortalSnapshot)])
         yield from _pachca([s for s in states if isinstance(s.data, ReminderTally)])
         yield from _source_health(states)
-        yield from _api_traffic(self._store)
         info = GaugeFamily("tasks_exporter_build_info", "Version of tasks-exporter, value 1.",
                            labels=["version", "python_version"])
         info.add_metric([__version__, platform.python_version()], 1)
         yield info
 
+    def live_families(self) -> Iterator[Family]:
+        """API traffic, which moves during a cycle (one can last minutes): small, rendered per scrape."""
+        yield from _api_traffic(self._store)
+
     def render(self) -> bytes:
-        """The text exposition (format 0.0.4) of every family."""
-        return render(self.families())
+        """The text exposition (format 0.0.4) of the snapshot families."""
+        return render(self.snapshot_families())
+
+    def render_live(self) -> bytes:
+        return render(self.live_families())
 
     def collect(self) -> Iterator[Metric]:
         """The same families as prometheus_client objects, for registering in a CollectorRegistry."""

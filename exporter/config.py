@@ -71,7 +71,7 @@ class Bitrix24Config:
     interval: float = 60.0
     timeout: float = 30.0
     cycle_timeout: float = 900.0
-    max_concurrency: int = 8
+    max_concurrency: int = 16
     rate_limit: RateLimit = field(default_factory=RateLimit)
 
     @property
@@ -199,7 +199,7 @@ class _Parser:
         interval = self._duration(f"{where}.interval", raw.get("interval", "60s"))
         timeout = self._duration(f"{where}.timeout", raw.get("timeout", "30s"))
         cycle_timeout = self._duration(f"{where}.cycle_timeout", raw.get("cycle_timeout", "15m"))
-        concurrency = self._int(f"{where}.max_concurrency", raw.get("max_concurrency", 8), minimum=1)
+        concurrency = self._int(f"{where}.max_concurrency", raw.get("max_concurrency", 16), minimum=1)
         rate = self._rate_limit(f"{where}.rate_limit", raw.get("rate_limit", {}))
         if url is None or None in (interval, timeout, cycle_timeout, concurrency, rate) or not groups or not roles:
             return None

@@ -43,7 +43,7 @@ def test_own_renderer_matches_prometheus_client():
     collector = SnapshotCollector(store_with_data())
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
-    ours = collector.render().decode()
+    ours = render(collector.families()).decode()
     reference = generate_latest(registry).decode()
     assert samples(ours) == samples(reference)
     assert [line for line in ours.splitlines() if line.startswith("#")] == [
@@ -51,7 +51,7 @@ def test_own_renderer_matches_prometheus_client():
 
 
 def test_label_values_are_escaped():
-    text = SnapshotCollector(store_with_data()).render().decode()
+    text = render(SnapshotCollector(store_with_data()).families()).decode()
     assert 'name="Иван \\"Ваня\\" Петров\\\\"' in text
     assert 'name="line\\nbreak"' in text
     assert 'portal="acme \\"main\\""' in text
@@ -64,6 +64,6 @@ def test_special_values():
 
 
 def test_every_source_reason_starts_at_zero():
-    text = SnapshotCollector(store_with_data()).render().decode()
+    text = render(SnapshotCollector(store_with_data()).families()).decode()
     failures = [s for s in samples(text) if s[0] == "tasks_exporter_source_failures_total"]
     assert len(failures) == 2 * 9 and all(value == 0 for *_, value in failures)

@@ -146,3 +146,18 @@ async def test_malformed_and_oversized_requests_get_4xx_and_serving_goes_on():
         assert response.status_code == 200 and "tasks_exporter_build_info" in response.text
         assert (await client.request("DELETE", f"{exp.url}/")).status_code == 405
         assert (await client.get(f"{exp.url}/metrics/../../etc/passwd")).status_code == 404
+
+
+async def test_gzip_answer_is_one_stream_with_the_live_part(portal_factory):
+    import zlib
+
+    server = await portal_factory(users=2)
+    async with running(Config(bitrix24=(server.config(),))) as exp:
+        await eventually(lambda: exp.store.ready())
+        async with httpx.AsyncClient() as client:
+            raw = await client.get(f"{exp.url}/metrics", headers={"Accept-Encoding": "gzip"})
+        body = exp.exposition.payload(compressed=True)
+        plain = zlib.decompress(body, 31).decode()  # one gzip stream: a strict single-member reader sees all
+        assert "bitrix24_tasks{" in plain and "process_resident_memory_bytes" in plain
+        assert "tasks_exporter_api_requests_total{" in plain
+        assert raw.text.count("# TYPE") == plain.count("# TYPE")
