@@ -56,8 +56,8 @@ async def profile(webhook: str) -> None:
     at_peak: list[Any] = []
     fold = source._fold  # wrapped: to look at the cycle when all its answers are folded in
 
-    async def looked_at(keyed: Any, read: Any, hidden: Any) -> Any:
-        errors = await fold(keyed, read, hidden)
+    async def looked_at(queries: Any, indexes: Any, read: Any, hidden: Any) -> Any:
+        errors = await fold(queries, indexes, read, hidden)
         at_peak.append(tracemalloc.take_snapshot())
         return errors
 

@@ -29,8 +29,8 @@ def big_snapshot(series: int) -> Any:
     from exporter.snapshot import CounterQuery, PortalSnapshot, PortalUser
 
     users = tuple(PortalUser(uid, f"User {uid} Benchmark") for uid in range(1, series // SERIES_PER_USER + 1))
-    counters = {CounterQuery(u.user_id, 0, role): {counter: float((u.user_id * 7 + i) % 23)
-                                                   for i, counter in enumerate(COUNTERS_PER_ROLE)}
+    counters = {CounterQuery(u.user_id, 0, role): tuple((counter, float((u.user_id * 7 + i) % 23))
+                                                        for i, counter in enumerate(COUNTERS_PER_ROLE))
                 for u in users for role in ROLE_NAMES}
     return PortalSnapshot(users=users, counters=counters, hidden_users=0, failed_commands=0)
 

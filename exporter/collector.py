@@ -162,7 +162,7 @@ def _task_rows(states: list[SourceState]) -> Iterator[Row]:
         portal = state.key.target
         for q, values in state.data.counters.items():
             user, group = str(q.user_id), str(q.group_id)
-            for counter, value in values.items():
+            for counter, value in values:
                 yield (portal, user, group, q.role, counter), value
 
 

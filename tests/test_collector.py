@@ -25,8 +25,8 @@ def store_with_data() -> Store:
     telemetry = store.register(key, 60)
     telemetry.request("batch", "success")
     telemetry.error("QUERY_LIMIT_EXCEEDED")
-    counters = {CounterQuery(1, 0, "all"): {"expired": 3.0, "new_comments": 0.0},
-                CounterQuery(2, 5, "auditor"): {"wo_deadline": 12.0}}
+    counters = {CounterQuery(1, 0, "all"): (("expired", 3.0), ("new_comments", 0.0)),
+                CounterQuery(2, 5, "auditor"): (("wo_deadline", 12.0),)}
     users = (PortalUser(1, 'Иван "Ваня" Петров\\'), PortalUser(2, "line\nbreak"))
     store.succeeded(key, PortalSnapshot(users, counters, hidden_users=1, failed_commands=0,
                                         operating_seconds={"tasks.task.counters.get": 1.5}), 0.2)

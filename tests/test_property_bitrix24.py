@@ -43,7 +43,7 @@ def test_parse_counters_returns_numbers_none_or_a_typed_error(result):
     except ApiError as exc:
         assert exc.code == "invalid_response"
     else:
-        assert counters is None or all(isinstance(v, float) for v in counters.values())
+        assert counters is None or all(isinstance(name, str) and isinstance(v, float) for name, v in counters)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -13,11 +13,14 @@ import structlog
 from exporter.config import ROLES, Bitrix24Config
 from exporter.errors import ApiError, SourceFailure
 from exporter.ratelimit import LeakyBucket, cycle_bound
-from exporter.snapshot import ApiTelemetry, CounterQuery, PortalSnapshot, PortalUser
+from exporter.snapshot import ApiTelemetry, CounterQuery, CounterSet, PortalSnapshot, PortalUser
 from exporter.sources.bitrix24_client import (
     AUTH_CODES,
+    BATCH_LIMIT,
     RATE_LIMIT_CODES,
     RETRYABLE_COMMAND_CODES,
+    BatchCall,
+    BatchResult,
     Bitrix24Client,
     RetryPolicy,
     chunk,
@@ -29,7 +32,11 @@ PAGE_SIZE = 50
 log = structlog.get_logger()
 
 
-def parse_counters(result: Any) -> dict[str, float] | None:
+_PAIRS: dict[tuple[str, float], tuple[str, float]] = {}
+_PAIRS_LIMIT = 100_000
+
+
+def parse_counters(result: Any) -> CounterSet | None:
     """Counters of one tasks.task.counters.get answer; None when the webhook may not see the user.
 
     The key set is dynamic (current portals: expired, new_comments; older: wo_deadline, expired_soon,
@@ -41,13 +48,23 @@ def parse_counters(result: Any) -> dict[str, float] | None:
         raise ApiError("invalid_response", f"counters answer is {type(result).__name__}, not an object")
     if not result:
         return None
-    counters: dict[str, float] = {}
+    counters: list[tuple[str, float]] = []
     for name, entry in result.items():
         raw = entry.get("counter") if isinstance(entry, dict) else entry
         value = _number(raw)
         if value is not None:
-            counters[str(name)] = value
-    return counters
+            counters.append(_shared((str(name), value)))
+    return tuple(counters)
+
+
+def _shared(pair: tuple[str, float]) -> tuple[str, float]:
+    """One object per distinct (counter, value): most users share ("expired", 0.0) and friends."""
+    found = _PAIRS.get(pair)
+    if found is None:
+        found = pair
+        if len(_PAIRS) < _PAIRS_LIMIT:
+            _PAIRS[pair] = pair
+    return found
 
 
 def _number(raw: Any) -> float | None:
@@ -105,7 +122,9 @@ class Bitrix24Source:
             config.webhook_url.reveal(), self._bucket, telemetry, timeout=config.timeout,
             max_concurrency=config.max_concurrency, retry=retry, transport=transport,
         )
-        self._last: dict[CounterQuery, dict[str, float]] = {}
+        self._last: dict[CounterQuery, CounterSet] = {}
+        self._query_users: list[int] = []
+        self._queries: list[CounterQuery] = []
         self.last_calls = 0
 
     async def aclose(self) -> None:
@@ -211,59 +230,74 @@ class Bitrix24Source:
 
     # --- counters -------------------------------------------------------------------------------
 
-    async def _read_counters(self, users: list[PortalUser]) -> tuple[dict[CounterQuery, dict[str, float]], int, int]:
+    async def _read_counters(self, users: list[PortalUser]) -> tuple[dict[CounterQuery, CounterSet], int, int]:
         """Every user x group x role counter set; a failed command keeps its last good values."""
-        queries = [CounterQuery(u.user_id, g, r) for u in users for g in self.config.groups
-                   for r in self.config.roles]
-        keyed = {f"c{i}": q for i, q in enumerate(queries)}
-        read: dict[CounterQuery, dict[str, float]] = {}
+        queries = self._queries_for(users)
+        read: dict[CounterQuery, CounterSet] = {}
         hidden: set[int] = set()
-        errors = await self._fold(keyed, read, hidden)
-        retry = {k: keyed[k] for k, (code, _) in errors.items() if code in RETRYABLE_COMMAND_CODES}
+        errors = await self._fold(queries, range(len(queries)), read, hidden)
+        retry = [i for i, (code, _) in errors.items() if code in RETRYABLE_COMMAND_CODES]
         if retry:
-            errors = {k: v for k, v in errors.items() if k not in retry} | await self._fold(retry, read, hidden)
-        for key, (code, description) in errors.items():
-            log.debug("bitrix24_command_failed", portal=self.target, command=keyed[key], code=code,
+            again = await self._fold(queries, retry, read, hidden)
+            errors = {i: e for i, e in errors.items() if i not in retry} | again
+        for i, (code, description) in errors.items():
+            log.debug("bitrix24_command_failed", portal=self.target, command=queries[i], code=code,
                       description=description)
-            if keyed[key] in self._last:
-                read[keyed[key]] = self._last[keyed[key]]
+            if queries[i] in self._last:
+                read[queries[i]] = self._last[queries[i]]
         # in query order, so /metrics lists series the same way every cycle
         fresh = {q: read[q] for q in queries if q in read}
         self._last = fresh
         return fresh, len(hidden), len(errors)
 
-    async def _fold(self, keyed: Mapping[str, CounterQuery], read: dict[CounterQuery, dict[str, float]],
-                    hidden: set[int]) -> dict[str, tuple[str, str]]:
-        """Send the commands in batches and fold each answer into `read` as it arrives, so raw answers
-        never pile up (at 5,000 users they would be ~30 MB). Returns the commands that failed."""
-        commands = {key: command(COUNTERS_METHOD, {"userId": q.user_id, "groupId": q.group_id,
-                                                   "type": ROLES[q.role]})
-                    for key, q in keyed.items()}
-        calls = chunk(commands)
-        del commands
-        errors: dict[str, tuple[str, str]] = {}
-        answered: set[str] = set()
-        for batch in asyncio.as_completed([self._client.batch(call, pause_key=COUNTERS_METHOD) for call in calls]):
-            result = await batch
+    def _queries_for(self, users: list[PortalUser]) -> list[CounterQuery]:
+        """The cycle's queries; the previous cycle's objects when the users are the same (they key the
+        snapshot still being served, so a large portal does not hold two sets of them)."""
+        ids = [u.user_id for u in users]
+        if ids != self._query_users:
+            self._query_users = ids
+            self._queries = [CounterQuery(uid, g, r) for uid in ids for g in self.config.groups
+                             for r in self.config.roles]
+        return self._queries
+
+    async def _fold(self, queries: Sequence[CounterQuery], indexes: Sequence[int],
+                    read: dict[CounterQuery, CounterSet], hidden: set[int]) -> dict[int, tuple[str, str]]:
+        """Send queries[i] for every i in batches and fold each answer into `read` as it arrives, so raw
+        answers never pile up (at 5,000 users they would be ~30 MB). Returns the commands that failed."""
+        errors: dict[int, tuple[str, str]] = {}
+        answered: set[int] = set()
+        parts = [indexes[n:n + BATCH_LIMIT] for n in range(0, len(indexes), BATCH_LIMIT)]
+        for batch in asyncio.as_completed([self._send(queries, part) for part in parts]):
+            sent, result = await batch
             for key, raw in result.results.items():
-                query = keyed.get(key)
-                if query is None:
+                i = sent.get(key)
+                if i is None:
                     continue
-                answered.add(key)
+                answered.add(i)
                 try:
                     counters = parse_counters(raw)
                 except ApiError as exc:
-                    errors[key] = (exc.code, exc.message)
+                    errors[i] = (exc.code, exc.message)
                     continue
                 if counters is None:
-                    hidden.add(query.user_id)
+                    hidden.add(queries[i].user_id)
                 else:
-                    read[query] = counters
-            errors.update((k, v) for k, v in result.errors.items() if k in keyed)
-        for key in keyed:
-            if key not in answered and key not in errors:
-                errors[key] = ("missing", "the batch answer has no entry for this command")
+                    read[queries[i]] = counters
+            errors.update((sent[k], e) for k, e in result.errors.items() if k in sent)
+        for i in indexes:
+            if i not in answered and i not in errors:
+                errors[i] = ("missing", "the batch answer has no entry for this command")
         return errors
+
+    async def _send(self, queries: Sequence[CounterQuery], indexes: Sequence[int]
+                    ) -> tuple[dict[str, int], BatchResult]:
+        """One batch; its command strings are made here, so only the batches in flight hold theirs."""
+        sent = {f"c{i}": i for i in indexes}
+        call = BatchCall({f"c{i}": command(COUNTERS_METHOD, {"userId": queries[i].user_id,
+                                                            "groupId": queries[i].group_id,
+                                                            "type": ROLES[queries[i].role]})
+                          for i in indexes})
+        return sent, await self._client.batch(call, pause_key=COUNTERS_METHOD)
 
 
 def _records(body: Any) -> list[Any]:
