@@ -2,18 +2,25 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+RUNTIME := $(VENV)/.installed-runtime
+TESTENV := $(VENV)/.installed-test
 
 .PHONY: demo test lint typecheck unit integration bench dashboard system-deps clean
 
-$(STAMP): pyproject.toml
+$(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+
+$(RUNTIME): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(TESTENV): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[test,deploy]'
-	touch $(STAMP)
+	touch $@ $(RUNTIME)
 
 ## demo: run the exporter on the built-in Bitrix24 and Pachca simulators (no credentials needed)
-demo: $(STAMP)
+demo: $(RUNTIME)
 	$(VENV)/bin/tasks-exporter --demo
 
 ## system-deps: Debian's prometheus package (promtool and a real Prometheus for the integration tests)
@@ -24,21 +31,21 @@ system-deps:
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
-lint: $(STAMP)
+lint: $(TESTENV)
 	$(VENV)/bin/ruff check .
 
-typecheck: $(STAMP)
+typecheck: $(TESTENV)
 	$(VENV)/bin/mypy
 
 ## test: everything: lint, types, unit, fault and integration tests
-test: $(STAMP) system-deps lint typecheck
+test: $(TESTENV) system-deps lint typecheck
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
-bench: $(STAMP)
+bench: $(TESTENV)
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) bench/run.py
 
-dashboard: $(STAMP)
+dashboard: $(TESTENV)
 	$(PY) grafana/dashboard.py --write
 
 clean:
