@@ -70,13 +70,17 @@ class Exposition:
             self._dirty = False
             await asyncio.to_thread(self.render_now)
 
-    def payload(self, compressed: bool) -> bytes:
+    def parts(self, compressed: bool) -> tuple[bytes, bytes]:
+        """The answer as (pre-rendered part, live part), sent one after the other without copying."""
         body, packed, compressor = self._rendered
         live = self._live_part()
         if not compressed:
-            return body + live
+            return body, live
         tail = compressor.copy()
-        return packed + tail.compress(live) + tail.flush()
+        return packed, tail.compress(live) + tail.flush()
+
+    def payload(self, compressed: bool) -> bytes:
+        return b"".join(self.parts(compressed))
 
     def _live_part(self) -> bytes:
         """API traffic and process metrics, re-read at most once per `live_ttl`."""
@@ -95,12 +99,20 @@ def build_app(store: Store, exposition: Exposition, web_config: WebConfig | None
     if web_config and web_config.has_auth:
         app.middlewares.append(web_config.middleware())
 
-    async def metrics(request: web.Request) -> web.Response:
+    async def metrics(request: web.Request) -> web.StreamResponse:
         compressed = "gzip" in request.headers.get("Accept-Encoding", "")
         headers = {"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"}
         if compressed:
             headers["Content-Encoding"] = "gzip"
-        return web.Response(body=exposition.payload(compressed), headers=headers)
+        parts = exposition.parts(compressed)
+        response = web.StreamResponse(headers=headers)
+        response.content_length = sum(len(part) for part in parts)
+        await response.prepare(request)
+        if request.method != "HEAD":
+            for part in parts:
+                await response.write(part)
+        await response.write_eof()
+        return response
 
     async def landing(request: web.Request) -> web.Response:
         return web.Response(text=_landing_page(store, sources or []), content_type="text/html")
