@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import html
 import math
 import time
@@ -58,6 +59,7 @@ class Exposition:
         self._live_cache = (-math.inf, b"")  # a cycle ended: its traffic counts belong with it
         self._rendered = (body, packed, compressor)
         self.renders += 1
+        _release_free_memory()
 
     def invalidate(self) -> None:
         """Called from the event loop when the store changes; re-renders in a worker thread."""
@@ -90,6 +92,23 @@ class Exposition:
             plain = self._render_live() + generate_latest(self._live)
             self._live_cache = (now, plain)
         return plain
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to do
+        return None
+
+
+_malloc_trim = _load_malloc_trim()
+
+
+def _release_free_memory() -> None:
+    """A cycle and its render free tens of MB at 5,000 users; glibc keeps such freed heap pages mapped
+    unless asked, and resident memory would settle at the peak instead of at what is in use."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 def build_app(store: Store, exposition: Exposition, web_config: WebConfig | None = None,
