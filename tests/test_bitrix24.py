@@ -224,3 +224,15 @@ async def test_users_are_all_found_when_batch_refuses_user_get(portal_factory):
     data = await source_collect(server)
     assert len(data.users) == 130
     assert server.sim.calls["user.get"] == 3  # the first page, then pages 2 and 3 directly
+
+
+async def test_a_cycle_past_its_deadline_leaves_no_request_running(portal_factory):
+    import asyncio
+
+    server = await portal_factory(users=400, latency=0.2)
+    source = server.source(max_concurrency=2)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(source.collect(), 0.5)  # the scheduler's cycle deadline does exactly this
+    received = server.sim.received
+    await asyncio.sleep(0.6)
+    assert server.sim.received == received  # no request went out after the deadline

@@ -78,6 +78,7 @@ class PortalSimulator:
     rejected: int = 0
     commands: int = 0
     max_batch: int = 0
+    received: int = 0  # requests that arrived (counted before the latency, unlike `calls`)
     in_flight: int = 0
     max_in_flight: int = 0
     _level: float = 0.0
@@ -291,6 +292,7 @@ def create_app(sim: PortalSimulator) -> web.Application:
 
     async def handle(request: web.Request) -> web.StreamResponse:
         started = time.time()
+        sim.received += 1
         sim.in_flight += 1
         sim.max_in_flight = max(sim.max_in_flight, sim.in_flight)
         try:

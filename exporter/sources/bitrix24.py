@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Mapping, Sequence
+from contextlib import aclosing
 from typing import Any
 
 import httpx
@@ -26,6 +26,7 @@ from exporter.sources.bitrix24_client import (
     chunk,
     command,
 )
+from exporter.sources.transport import all_or_none, as_they_finish
 
 COUNTERS_METHOD = "tasks.task.counters.get"
 PAGE_SIZE = 50
@@ -183,8 +184,8 @@ class Bitrix24Source:
         commands = {f"p{start}": command("user.get", {**params, "start": start}) for start in starts}
         answered: dict[str, Any] = {}
         try:
-            for result in await asyncio.gather(*(self._client.batch(call, pause_key="user.get")
-                                                  for call in chunk(commands))):
+            for result in await all_or_none(self._client.batch(call, pause_key="user.get")
+                                            for call in chunk(commands)):
                 answered.update(result.results)
         except ApiError as exc:
             if exc.code in AUTH_CODES:
@@ -216,8 +217,8 @@ class Bitrix24Source:
         commands = {f"u{uid}": command("user.get", {"ID": uid}) for uid in ids}
         names: dict[int, str] = {}
         try:
-            for result in await asyncio.gather(*(self._client.batch(c, pause_key="user.get")
-                                                 for c in chunk(commands))):
+            for result in await all_or_none(self._client.batch(c, pause_key="user.get")
+                                            for c in chunk(commands)):
                 for key, page in result.results.items():
                     for record in page if isinstance(page, list) else []:
                         if _user_id(record) == int(key[1:]):
@@ -267,27 +268,33 @@ class Bitrix24Source:
         errors: dict[int, tuple[str, str]] = {}
         answered: set[int] = set()
         parts = [indexes[n:n + BATCH_LIMIT] for n in range(0, len(indexes), BATCH_LIMIT)]
-        for batch in asyncio.as_completed([self._send(queries, part) for part in parts]):
-            sent, result = await batch
-            for key, raw in result.results.items():
-                i = sent.get(key)
-                if i is None:
-                    continue
-                answered.add(i)
-                try:
-                    counters = parse_counters(raw)
-                except ApiError as exc:
-                    errors[i] = (exc.code, exc.message)
-                    continue
-                if counters is None:
-                    hidden.add(queries[i].user_id)
-                else:
-                    read[queries[i]] = counters
-            errors.update((sent[k], e) for k, e in result.errors.items() if k in sent)
+        async with aclosing(as_they_finish(self._send(queries, part) for part in parts)) as batches:
+            async for sent, result in batches:
+                self._fold_batch(queries, sent, result, read, hidden, errors, answered)
         for i in indexes:
             if i not in answered and i not in errors:
                 errors[i] = ("missing", "the batch answer has no entry for this command")
         return errors
+
+    @staticmethod
+    def _fold_batch(queries: Sequence[CounterQuery], sent: Mapping[str, int], result: BatchResult,
+                    read: dict[CounterQuery, CounterSet], hidden: set[int], errors: dict[int, tuple[str, str]],
+                    answered: set[int]) -> None:
+        for key, raw in result.results.items():
+            i = sent.get(key)
+            if i is None:
+                continue
+            answered.add(i)
+            try:
+                counters = parse_counters(raw)
+            except ApiError as exc:
+                errors[i] = (exc.code, exc.message)
+                continue
+            if counters is None:
+                hidden.add(queries[i].user_id)
+            else:
+                read[queries[i]] = counters
+        errors.update((sent[k], e) for k, e in result.errors.items() if k in sent)
 
     async def _send(self, queries: Sequence[CounterQuery], indexes: Sequence[int]
                     ) -> tuple[dict[str, int], BatchResult]:
