@@ -81,9 +81,6 @@ class Exposition:
         tail = compressor.copy()
         return packed, tail.compress(live) + tail.flush()
 
-    def payload(self, compressed: bool) -> bytes:
-        return b"".join(self.parts(compressed))
-
     def _live_part(self) -> bytes:
         """API traffic and process metrics, re-read at most once per `live_ttl`."""
         at, plain = self._live_cache

@@ -237,10 +237,10 @@ class Bitrix24Source:
         read: dict[CounterQuery, CounterSet] = {}
         hidden: set[int] = set()
         errors = await self._fold(queries, range(len(queries)), read, hidden)
-        retry = [i for i, (code, _) in errors.items() if code in RETRYABLE_COMMAND_CODES]
+        retry = sorted(i for i, (code, _) in errors.items() if code in RETRYABLE_COMMAND_CODES)
         if retry:
             again = await self._fold(queries, retry, read, hidden)
-            errors = {i: e for i, e in errors.items() if i not in retry} | again
+            errors = {i: e for i, e in errors.items() if e[0] not in RETRYABLE_COMMAND_CODES} | again
         for i, (code, description) in errors.items():
             log.debug("bitrix24_command_failed", portal=self.target, command=queries[i], code=code,
                       description=description)
