@@ -1,4 +1,4 @@
-"""A fake Bitrix24 portal behind an incoming webhook, faithful to ../shared/api (FACTS.md part A).
+"""A fake Bitrix24 portal behind an incoming webhook, faithful to docs/api-notes.md#bitrix24.
 
 It serves `user.get` (50 per page, total/next), `tasks.task.counters.get` (dynamic keys, `[]` for users
 the webhook may not see) and `batch` (<= 50 commands, result_error, PHP's list-for-empty-dict quirk),
@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 MODERN_KEYS = {"expired": 6291456, "new_comments": 12582912}
-# Legacy (tasks module before ~20.800): a different key set per role (FACTS A2).
+# Legacy (tasks module before ~20.800): a different key set per role (docs/api-notes.md#b24-counters-keys).
 LEGACY_KEYS = {
     "view_all": ["wo_deadline", "expired", "expired_soon", "not_viewed", "wait_ctrl"],
     "view_role_responsible": ["wo_deadline", "expired", "expired_soon", "not_viewed"],
@@ -282,7 +282,7 @@ class _Portal:
                 sections["result_next"][key] = extra["next"]
             operating, reset_at = self.sim.charge(method, 0.0)
             sections["result_time"][key] = _time_block(started, operating, reset_at)
-        # PHP serialises an empty associative array as [] (FACTS A3)
+        # PHP serialises an empty associative array as [] (docs/api-notes.md#b24-batch-empty-list)
         return {name: (section or []) for name, section in sections.items()}
 
 

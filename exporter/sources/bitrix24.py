@@ -41,7 +41,8 @@ def parse_counters(result: Any) -> CounterSet | None:
     """Counters of one tasks.task.counters.get answer; None when the webhook may not see the user.
 
     The key set is dynamic (current portals: expired, new_comments; older: wo_deadline, expired_soon,
-    not_viewed, wait_ctrl) and numbers may arrive as strings. `[]` means no access (FACTS A2).
+    not_viewed, wait_ctrl) and numbers may arrive as strings. `[]` means no access
+    (docs/api-notes.md#b24-counters-no-access).
     """
     if isinstance(result, list) and not result:
         return None

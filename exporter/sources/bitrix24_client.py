@@ -1,6 +1,6 @@
 """Bitrix24 REST client: webhook calls, `batch` packing, leaky-bucket pacing, retries by error code.
 
-Error handling follows ../shared/api/FACTS.md A4: match the `error` field, not the HTTP status
+Error handling follows docs/api-notes.md#b24-error-shape: match the `error` field, not the HTTP status
 (QUERY_LIMIT_EXCEEDED has been both 429 and 503), and guard the JSON decode (proxies answer HTML).
 """
 
@@ -66,7 +66,7 @@ class RetryPolicy:
 
 
 def command(method: str, params: Mapping[str, Any]) -> str:
-    """A batch command string: the part after `?` is a PHP-style query string (FACTS A3)."""
+    """A batch command: the part after `?` is a PHP-style query string (docs/api-notes.md#b24-batch-query-strings)."""
     return f"{method}?{urlencode(_php_pairs(params))}"
 
 
@@ -92,7 +92,7 @@ def chunk(commands: Mapping[str, str], size: int = BATCH_LIMIT) -> list[BatchCal
 
 
 def _as_dict(section: Any) -> dict[str, Any]:
-    """PHP serialises an empty (or list-keyed) section as a JSON list: index it (FACTS A3)."""
+    """PHP writes an empty (or list-keyed) section as a JSON list: index it (docs/api-notes.md#b24-batch-empty-list)."""
     if section is None:
         return {}
     if isinstance(section, list):
@@ -184,7 +184,8 @@ class Bitrix24Client:
         for code, _ in result.errors.values():
             self._telemetry.error(code)
         if any(code == OPERATION_LIMIT for code, _ in result.errors.values()):
-            # commands blocked inside a batch: pause their method until the window resets (FACTS A4)
+            # commands blocked inside a batch: pause their method until the window resets
+            # (docs/api-notes.md#b24-operation-time-limit)
             resets = [_reset_in({"time": block}) for block in result.times.values()]
             self._pause(pause_key, max((r for r in resets if r is not None), default=None))
         return result

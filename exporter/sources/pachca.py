@@ -1,8 +1,9 @@
 """One Pachca collection cycle: walk every page of GET /tasks, tally the reminders as they arrive.
 
 Records are counted page by page and dropped; only counters (and the ids already counted, to survive a
-cursor that loops back) live for the cycle. Enums are open (FACTS B1/B3): an unknown kind, status or
-priority is kept as its own label value; a field of the wrong type costs only that field's contribution.
+cursor that loops back) live for the cycle. Enums are open (docs/api-notes.md#pachca-open-enums): an
+unknown kind, status or priority is kept as its own label value; a field of the wrong type costs only that
+field's contribution.
 """
 
 from __future__ import annotations

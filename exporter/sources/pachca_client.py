@@ -1,6 +1,6 @@
 """Pachca REST client: bearer auth, client-side pacing, retries by status, cursor walk, both error shapes.
 
-The rules come from ../shared/api/FACTS.md part B: ~50 req/s per token; 429 carries Retry-After (a long
+The rules come from docs/api-notes.md#pachca: ~50 req/s per token; 429 carries Retry-After (a long
 one means the token is banned for a while, so the SDK gives up instead of sleeping); 5xx is retried with
 backoff 1 s, 2 s, 4 s x jitter 0.5-1.5; 401/403 answer the OAuthError shape {error, error_description},
 other 4xx the ApiError shape {errors: [{code, ...}]}; cursors are never null, `has_next: false` ends.
@@ -27,7 +27,7 @@ from exporter.ratelimit import LeakyBucket
 from exporter.snapshot import ApiTelemetry
 from exporter.sources.transport import paced_send
 
-REQUESTS_PER_SECOND = 50  # "all other API methods", per token (FACTS B2)
+REQUESTS_PER_SECOND = 50  # "all other API methods", per token (docs/api-notes.md#pachca-rate-limit)
 NETWORK_CODES = frozenset({"timeout", "network_error", "invalid_response"})
 
 log = structlog.get_logger()
@@ -179,7 +179,8 @@ class PachcaClient:
         """Seconds to sleep before retrying a 429, or raise when this cycle should give up."""
         wait = exc.retry_after
         if wait is not None and wait > self._retry.max_retry_after:
-            # a Retry-After beyond the cap is an overload ban (FACTS B2): hammering it prolongs the ban
+            # a Retry-After beyond the cap is an overload ban: hammering it prolongs the ban
+            # (docs/api-notes.md#pachca-long-ban)
             self._paused_until = self._clock() + wait
             log.warning("pachca_rate_limit_pause", path=path, retry_after_s=wait)
             cap = self._retry.max_retry_after
