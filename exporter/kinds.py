@@ -92,23 +92,18 @@ POSITIVE_NUMBER: Kind[float] = Kind(_positive_number, "positive number", lambda 
 
 
 def integer(minimum: int, maximum: int | None = None) -> Kind[int]:
+    """An integer within bounds; a string of digits counts."""
     def parse(_reader: Reader, _path: str, raw: Any) -> int:
-        return parse_int(raw, minimum, maximum)
+        if isinstance(raw, str) and raw.strip().isdigit():
+            raw = int(raw.strip())
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise Invalid(f"must be an integer, got {kind_of(raw)}")
+        if raw < minimum or (maximum is not None and raw > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+            raise Invalid(f"must be {bound}, got {raw}")
+        return raw
 
-    bound = f"{minimum}-{maximum}" if maximum is not None else f">= {minimum}"
-    return Kind(parse, f"integer {bound}")
-
-
-def parse_int(raw: Any, minimum: int, maximum: int | None = None) -> int:
-    """An integer within bounds (a string of digits counts); raises Invalid."""
-    if isinstance(raw, str) and raw.strip().isdigit():
-        raw = int(raw.strip())
-    if isinstance(raw, bool) or not isinstance(raw, int):
-        raise Invalid(f"must be an integer, got {kind_of(raw)}")
-    if raw < minimum or (maximum is not None and raw > maximum):
-        bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
-        raise Invalid(f"must be {bound}, got {raw}")
-    return raw
+    return Kind(parse, f"integer {minimum}-{maximum}" if maximum is not None else f"integer >= {minimum}")
 
 
 def items(reader: Reader, path: str, raw: Sequence[Any], kind: Kind[T]) -> list[T]:
