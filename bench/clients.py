@@ -127,7 +127,7 @@ def _fast(webhook: str, slow: bool = False) -> tuple[Cycle, Callable[[], Awaitab
 
     from fast_bitrix24 import BitrixAsync
 
-    from exporter.config import ROLES
+    from exporter.sources.bitrix24 import ROLES
 
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # its failed retries end as unretrieved tasks
     # its defaults are the plain-plan limits: request_pool_size=50, requests_per_second=2.0

@@ -12,8 +12,8 @@ from typing import Any
 
 import httpx
 
-from exporter.config import ROLES
 from exporter.ratelimit import LeakyBucket
+from exporter.sources.bitrix24 import ROLES
 
 PAGE_SIZE = 50
 

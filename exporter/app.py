@@ -28,12 +28,12 @@ def build_sources(config: Config, store: Store) -> list[Source]:
     """One source per configured portal and workspace, each with its own telemetry in the store."""
     sources: list[Source] = []
     for b24 in config.bitrix24:
-        register_secrets([b24.webhook_url.reveal(), b24.webhook_url.reveal().rstrip("/").rsplit("/", 1)[-1]])
+        register_secrets(b24.secrets)
         sources.append(Bitrix24Source(b24, store.register(SourceKey("bitrix24", b24.name), b24.interval)))
     for pc in config.pachca:
         from exporter.sources.pachca import PachcaSource
 
-        register_secrets([pc.token.reveal()])
+        register_secrets(pc.secrets)
         sources.append(PachcaSource(pc, store.register(SourceKey("pachca", pc.name), pc.interval)))
     return sources
 

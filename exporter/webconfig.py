@@ -7,17 +7,17 @@ import binascii
 import hashlib
 import hmac
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import bcrypt
-import yaml
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from exporter.errors import ConfigError
+from exporter.kinds import mapping_of, one_of, optional
+from exporter.schema import FILE_PATH, Invalid, Kind, Reader, key, parse_document, read_yaml, section
 
 _TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
                  "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
@@ -28,33 +28,61 @@ OPEN_PATHS = frozenset({"/healthz", "/ready"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@dataclass(frozen=True)
+def _bcrypt_hash(_reader: Reader, _path: str, raw: Any) -> bytes:
+    if not isinstance(raw, str) or not raw.startswith(("$2a$", "$2b$", "$2y$")):
+        raise Invalid("must be a bcrypt hash ($2y$...)")
+    return raw.replace("$2y$", "$2b$", 1).encode()
+
+
+def _anything(_reader: Reader, _path: str, raw: Any) -> object:
+    return raw
+
+
+@dataclass(frozen=True, slots=True)
+class TlsServerConfig:
+    """exporter-toolkit's tls_server_config; the files are loaded once before the server starts."""
+
+    cert_file: str = field(metadata=key(FILE_PATH, "Server certificate (PEM), intermediates after it."))
+    key_file: str = field(metadata=key(FILE_PATH, "Its private key (PEM)."))
+    client_ca_file: str | None = field(default=None, metadata=key(
+        optional(FILE_PATH), "CA certificates that client certificates must chain to."))
+    client_auth_type: str = field(default="NoClientCert", metadata=key(
+        one_of(list(_CLIENT_AUTH)), "Whether clients must present a certificate, as in exporter-toolkit."))
+    min_version: str = field(default="TLS12", metadata=key(
+        one_of(list(_TLS_VERSIONS)), "Oldest TLS version accepted."))
+
+
+@dataclass(frozen=True, slots=True)
 class WebConfig:
-    cert_file: str | None = None
-    key_file: str | None = None
-    client_ca_file: str | None = None
-    client_auth_type: str = "NoClientCert"
-    min_version: str = "TLS12"
-    users: dict[str, bytes] = field(default_factory=dict)  # user -> bcrypt hash
-    _verified: set[bytes] = field(default_factory=set, compare=False, repr=False)
+    """How the exporter serves HTTP: TLS, and basic auth that `middleware()` enforces."""
+
+    tls_server_config: TlsServerConfig | None = field(default=None, metadata=key(
+        optional(section(TlsServerConfig)), "Serve HTTPS instead of HTTP."))
+    basic_auth_users: Mapping[str, bytes] = field(default_factory=dict, metadata=key(
+        mapping_of(Kind(_bcrypt_hash, "bcrypt hash"), "mapping of user name to bcrypt hash"),
+        "Require HTTP basic auth on every path but /healthz and /ready (probes carry no credentials)."))
+    http_server_config: Mapping[str, object] = field(default_factory=dict, metadata=key(
+        mapping_of(Kind(_anything, "anything"), "mapping"), "Accepted for exporter-toolkit compatibility; not used."))
+    _verified: set[bytes] = field(default_factory=set, init=False, compare=False, repr=False)
 
     @property
     def has_tls(self) -> bool:
-        return self.cert_file is not None
+        return self.tls_server_config is not None
 
     @property
     def has_auth(self) -> bool:
-        return bool(self.users)
+        return bool(self.basic_auth_users)
 
     def ssl_context(self) -> ssl.SSLContext | None:
-        if not self.has_tls:
+        tls = self.tls_server_config
+        if tls is None:
             return None
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.minimum_version = _TLS_VERSIONS[self.min_version]
-        ctx.load_cert_chain(self.cert_file or "", self.key_file)
-        ctx.verify_mode = _CLIENT_AUTH[self.client_auth_type]
-        if self.client_ca_file:
-            ctx.load_verify_locations(self.client_ca_file)
+        ctx.minimum_version = _TLS_VERSIONS[tls.min_version]
+        ctx.load_cert_chain(tls.cert_file, tls.key_file)
+        ctx.verify_mode = _CLIENT_AUTH[tls.client_auth_type]
+        if tls.client_ca_file:
+            ctx.load_verify_locations(tls.client_ca_file)
         return ctx
 
     def check(self, header: str | None) -> bool:
@@ -65,7 +93,7 @@ class WebConfig:
             user, _, password = base64.b64decode(header[6:], validate=True).decode("utf-8").partition(":")
         except (binascii.Error, UnicodeDecodeError):
             return False
-        hashed = self.users.get(user)
+        hashed = self.basic_auth_users.get(user)
         if hashed is None:
             return False
         digest = hashlib.sha256(f"{user}\0{password}".encode()).digest()
@@ -90,60 +118,13 @@ class WebConfig:
 def load_web_config(path: str) -> WebConfig:
     """Parse and validate the file, including that TLS files load; raises ConfigError."""
     where = f"web config {path}"
+    raw = read_yaml(path, where)
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise ConfigError([f"{where}: cannot read ({exc.strerror or exc})"]) from None
-    except yaml.YAMLError:
-        raise ConfigError([f"{where}: not valid YAML"]) from None
-    if not isinstance(raw, dict):
-        raise ConfigError([f"{where}: must be a mapping"])
-    problems: list[str] = []
-    known = {"tls_server_config", "basic_auth_users", "http_server_config"}
-    problems += [f"{where}: {k}: unknown key (expected one of: {', '.join(sorted(known))})"
-                 for k in raw if k not in known]
-    tls = _mapping(raw.get("tls_server_config"), f"{where}: tls_server_config", problems)
-    users_raw = _mapping(raw.get("basic_auth_users"), f"{where}: basic_auth_users", problems)
-    users: dict[str, bytes] = {}
-    for user, hashed in users_raw.items():
-        if not isinstance(hashed, str) or not hashed.startswith(("$2a$", "$2b$", "$2y$")):
-            problems.append(f"{where}: basic_auth_users.{user}: must be a bcrypt hash ($2y$...)")
-        else:
-            users[str(user)] = hashed.replace("$2y$", "$2b$", 1).encode()
-    config = WebConfig(users=users)
-    if tls:
-        config = _tls(tls, where, problems, users)
-    if problems:
-        raise ConfigError(problems)
+        config, _ = parse_document(raw, WebConfig, env=None)  # exporter-toolkit expands no ${VAR}
+    except ConfigError as exc:
+        raise ConfigError([f"{where}: {problem}" for problem in exc.problems]) from None
     try:
         config.ssl_context()
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError([f"{where}: tls_server_config: cannot load certificate or key ({exc})"]) from None
     return config
-
-
-def _tls(tls: dict[str, Any], where: str, problems: list[str], users: dict[str, bytes]) -> WebConfig:
-    cert, key = tls.get("cert_file"), tls.get("key_file")
-    if not isinstance(cert, str) or not isinstance(key, str):
-        problems.append(f"{where}: tls_server_config: cert_file and key_file are both required")
-    auth = tls.get("client_auth_type", "NoClientCert")
-    if auth not in _CLIENT_AUTH:
-        problems.append(f"{where}: tls_server_config.client_auth_type: unknown value {auth!r}")
-    version = tls.get("min_version", "TLS12")
-    if version not in _TLS_VERSIONS:
-        problems.append(f"{where}: tls_server_config.min_version: unknown value {version!r}")
-    ca = tls.get("client_ca_file")
-    return WebConfig(cert_file=cert if isinstance(cert, str) else None,
-                     key_file=key if isinstance(key, str) else None,
-                     client_ca_file=ca if isinstance(ca, str) else None,
-                     client_auth_type=auth if auth in _CLIENT_AUTH else "NoClientCert",
-                     min_version=version if version in _TLS_VERSIONS else "TLS12", users=users)
-
-
-def _mapping(raw: Any, where: str, problems: list[str]) -> dict[str, Any]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        problems.append(f"{where}: must be a mapping")
-        return {}
-    return raw

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import yaml
 
-from exporter.config import load_config, parse_config, parse_duration
+from exporter import configdoc, log
+from exporter.config import ROLE_NAMES, WebhookUrl, load_config, parse_config, parse_duration
 from exporter.errors import ConfigError
+from exporter.kinds import DURATION, integer
+from exporter.schema import key, parse_document, reference
+from exporter.sources.bitrix24 import ROLES
 
 HOOK = "https://acme.bitrix24.ru/rest/1/s3cr3tvalue/"
 ENV = {"HOOK": HOOK, "TOKEN": "tok-123456"}
@@ -145,3 +150,88 @@ def test_durations(text, seconds):
 @pytest.mark.parametrize("text", ["", "5 m", "m5", "1x", True, None, "1h-5m", float("inf")])
 def test_bad_durations(text):
     assert parse_duration(text) is None
+
+
+# --- one declaration per key ---------------------------------------------------------------------
+
+REFERENCE = Path(__file__).parent.parent / "docs" / "configuration.md"
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """A section declared only here: the reader knows nothing about it but its fields."""
+
+    size: int = field(metadata=key(integer(1), "How many."))
+    every: float = field(default=5.0, metadata=key(DURATION, "How often."))
+
+
+def test_a_field_declaration_is_all_the_reader_needs():
+    value, warnings = parse_document({"size": "3"}, Probe, env={})
+    assert value == Probe(size=3, every=5.0)
+    assert warnings == ()
+    with pytest.raises(ConfigError) as err:
+        parse_document({"every": "soon", "colour": 1}, Probe, env={})
+    assert err.value.problems == [
+        "colour: unknown key (expected one of: every, size)",
+        "size: is required",
+        "every: invalid duration 'soon' (use e.g. 30s, 5m, 1h30m)",
+    ]
+    assert reference(Probe).splitlines()[2:] == [
+        "| `size` | integer >= 1 | required | How many. |",
+        "| `every` | duration (500ms, 30s, 5m, 1h30m) | 5s | How often. |",
+    ]
+
+
+def test_committed_reference_is_rendered_from_the_declarations():
+    assert REFERENCE.read_text(encoding="utf-8") == configdoc.render(), (
+        "docs/configuration.md is stale: run python -m exporter.configdoc > docs/configuration.md")
+
+
+def _documented_defaults(section: str) -> dict[str, object]:
+    """The keys of `section` whose Default column holds a value, as YAML would read it."""
+    values: dict[str, object] = {}
+    for line in configdoc.render().splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) != 4 or not cells[0].startswith(f"`{section}."):
+            continue
+        name, default = cells[0].strip("`").removeprefix(f"{section}."), cells[2]
+        if default not in ("required", "see below") and not default.startswith("host name"):
+            values[name] = yaml.safe_load(default)
+    return values
+
+
+@pytest.mark.parametrize(("section", "required"), [
+    ("bitrix24", {"webhook_url": "${HOOK}"}),
+    ("pachca", {"token": "${TOKEN}"}),
+])
+def test_documented_defaults_are_what_an_absent_key_means(section: str, required: dict[str, str]):
+    written: dict[str, object] = dict(required)
+    for name, value in _documented_defaults(section).items():
+        outer, _, inner = name.partition(".")
+        if inner:
+            nested = written.setdefault(outer, {})
+            assert isinstance(nested, dict)
+            nested[inner] = value
+        else:
+            written[name] = value
+    assert len(written) > 8
+    assert parse_config({section: written}, ENV) == parse_config({section: required}, ENV)
+
+
+def test_webhook_url_is_split_in_one_place():
+    webhook = WebhookUrl.parse(HOOK)
+    assert webhook == WebhookUrl("https://acme.bitrix24.ru/rest", 1, "s3cr3tvalue")
+    assert webhook.masked == "https://acme.bitrix24.ru/rest/1/***/"
+    assert WebhookUrl.parse("https://acme.bitrix24.ru/s3cr3tvalue") is None
+
+
+def test_config_names_the_secrets_the_logs_must_mask():
+    config = parse_config(yaml.safe_load("{bitrix24: {webhook_url: '${HOOK}'}, pachca: {token: '${TOKEN}'}}"), ENV)
+    assert config.bitrix24[0].secrets == (HOOK, "s3cr3tvalue")
+    assert config.pachca[0].secrets == ("tok-123456",)
+    log.register_secrets(config.pachca[0].secrets)
+    assert log.mask("sent tok-123456 to the API") == "sent *** to the API"
+
+
+def test_every_role_a_config_may_list_has_its_api_type():
+    assert list(ROLES) == list(ROLE_NAMES)

@@ -61,7 +61,7 @@ basic_auth_users:
 @pytest.mark.parametrize(("text", "message"), [
     ("basic_auth_users: {u: plaintext}", "basic_auth_users.u: must be a bcrypt hash"),
     ("tls_server_config: {cert_file: /nonexistent.pem, key_file: /nonexistent.key}", "cannot load certificate"),
-    ("tls_server_config: {cert_file: /x.pem}", "cert_file and key_file are both required"),
+    ("tls_server_config: {cert_file: /x.pem}", "tls_server_config.key_file: is required"),
     ("tls_server_config: {cert_file: a, key_file: b, min_version: TLS99}", "min_version: unknown value"),
     ("tls: {}", "tls: unknown key"),
     ("[1]", "must be a mapping"),
@@ -76,3 +76,32 @@ def test_web_config_mistakes_are_one_line(tmp_path, text, message):
 def test_missing_web_config_file():
     with pytest.raises(ConfigError, match="cannot read"):
         load_web_config("/nonexistent/web.yml")
+
+
+def test_web_config_reports_every_problem_at_once_like_the_config_file(tmp_path):
+    path = write(tmp_path, "tls: {}\ntls_server_config: {cert_file: a, key_file: b, min_version: TLS99}\n"
+                           "basic_auth_users: {u: plaintext}\n")
+    with pytest.raises(ConfigError) as err:
+        load_web_config(path)
+    assert err.value.problems == [
+        f"web config {path}: tls: unknown key (expected one of: basic_auth_users, http_server_config, "
+        "tls_server_config)",
+        f"web config {path}: tls_server_config.min_version: unknown value 'TLS99' (expected one of: TLS10, TLS11, "
+        "TLS12, TLS13)",
+        f"web config {path}: basic_auth_users.u: must be a bcrypt hash ($2y$...)",
+    ]
+
+
+async def test_min_version_is_enforced_on_the_wire(tmp_path, certificate):
+    cert, key = certificate
+    web = load_web_config(write(tmp_path, f"tls_server_config: {{cert_file: {cert}, key_file: {key}, "
+                                          "min_version: TLS13}\n"))
+    modern = ssl.create_default_context(cafile=str(cert))
+    legacy = ssl.create_default_context(cafile=str(cert))
+    legacy.maximum_version = ssl.TLSVersion.TLSv1_2
+    async with running(Config(), web_config=web) as exp:
+        async with httpx.AsyncClient(verify=modern) as client:
+            assert (await client.get(f"{exp.url}/healthz")).status_code == 200
+        async with httpx.AsyncClient(verify=legacy) as client:
+            with pytest.raises(httpx.ConnectError):
+                await client.get(f"{exp.url}/healthz")

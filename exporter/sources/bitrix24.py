@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import structlog
 
-from exporter.config import ROLES, Bitrix24Config
+from exporter.config import Bitrix24Config
 from exporter.errors import ApiError, SourceFailure
 from exporter.ratelimit import LeakyBucket, cycle_bound
 from exporter.snapshot import ApiTelemetry, CounterQuery, CounterSet, PortalSnapshot, PortalUser
@@ -29,6 +29,14 @@ from exporter.sources.bitrix24_client import (
 from exporter.sources.transport import all_or_none, as_they_finish
 
 COUNTERS_METHOD = "tasks.task.counters.get"
+# The `type` of tasks.task.counters.get for each role a config may list (config.ROLE_NAMES).
+ROLES: dict[str, str] = {
+    "all": "view_all",
+    "responsible": "view_role_responsible",
+    "accomplice": "view_role_accomplice",
+    "auditor": "view_role_auditor",
+    "originator": "view_role_originator",
+}
 PAGE_SIZE = 50
 log = structlog.get_logger()
 
