@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from exporter.collector import SnapshotCollector
+from exporter.collector import ExporterFaults, SnapshotCollector
 from exporter.config import Config
 from exporter.log import mask, register_secrets
 from exporter.scheduler import SourceLoop
@@ -60,8 +60,9 @@ class Exporter:
         self.store = store or Store()
         self.sources = build_sources(config, self.store) if sources is None else sources
         self.loops = [SourceLoop(s, self.store, max_backoff=max_backoff) for s in self.sources]
-        collector = SnapshotCollector(self.store)
-        self.exposition = Exposition(collector.render, collector.render_live)
+        faults = ExporterFaults()
+        collector = SnapshotCollector(self.store, faults)
+        self.exposition = Exposition(collector.render, collector.render_live, faults=faults)
         self.stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
