@@ -12,6 +12,7 @@ from aiohttp import web
 
 from exporter.collector import ExporterFaults, SnapshotCollector
 from exporter.config import Config
+from exporter.errors import ExporterError
 from exporter.log import mask, register_secrets
 from exporter.scheduler import SourceLoop
 from exporter.server import Exposition, build_app
@@ -109,15 +110,24 @@ class Exporter:
         log.info("stopped")
 
 
+class ListenError(ExporterError):
+    """The listen address cannot be bound (in use, not this host's, not resolvable): a user's problem."""
+
+    def __init__(self, address: str, detail: str) -> None:
+        super().__init__(f"cannot listen on {address}: {detail}")
+        self.address = address
+        self.detail = detail
+
+
 def _listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        raise ListenError(f"{host}:{port}", exc.strerror or str(exc)) from exc
     return sock
 
 
