@@ -69,7 +69,7 @@ class Bitrix24Config:
     groups: tuple[int, ...] = (0,)
     roles: tuple[str, ...] = tuple(ROLES)
     interval: float = 60.0
-    timeout: float = 30.0
+    timeout: float = 10.0
     cycle_timeout: float = 900.0
     max_concurrency: int = 16
     rate_limit: RateLimit = field(default_factory=RateLimit)
@@ -86,7 +86,7 @@ class PachcaConfig:
     base_url: str = PACHCA_DEFAULT_URL
     interval: float = 60.0
     due_soon: float = 86400.0
-    timeout: float = 30.0
+    timeout: float = 10.0
     cycle_timeout: float = 600.0
     page_size: int = 50
     max_pages: int = 2000
@@ -197,7 +197,7 @@ class _Parser:
         groups = self._int_list(f"{where}.groups", raw.get("groups", [0]), minimum=0)
         roles = self._roles(f"{where}.roles", raw.get("roles", list(ROLES)))
         interval = self._duration(f"{where}.interval", raw.get("interval", "60s"))
-        timeout = self._duration(f"{where}.timeout", raw.get("timeout", "30s"))
+        timeout = self._duration(f"{where}.timeout", raw.get("timeout", "10s"))
         cycle_timeout = self._duration(f"{where}.cycle_timeout", raw.get("cycle_timeout", "15m"))
         concurrency = self._int(f"{where}.max_concurrency", raw.get("max_concurrency", 16), minimum=1)
         rate = self._rate_limit(f"{where}.rate_limit", raw.get("rate_limit", {}))
@@ -220,7 +220,7 @@ class _Parser:
         name = self._name(where, raw, host, listed)
         interval = self._duration(f"{where}.interval", raw.get("interval", "60s"))
         due_soon = self._duration(f"{where}.due_soon", raw.get("due_soon", "24h"))
-        timeout = self._duration(f"{where}.timeout", raw.get("timeout", "30s"))
+        timeout = self._duration(f"{where}.timeout", raw.get("timeout", "10s"))
         cycle_timeout = self._duration(f"{where}.cycle_timeout", raw.get("cycle_timeout", "10m"))
         page_size = self._int(f"{where}.page_size", raw.get("page_size", 50), minimum=1, maximum=50)
         max_pages = self._int(f"{where}.max_pages", raw.get("max_pages", 2000), minimum=1)
