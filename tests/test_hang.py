@@ -235,11 +235,11 @@ async def test_timeout_covers_the_whole_request_even_when_bytes_trickle() -> Non
 
 
 async def test_retry_budget_stops_retries_that_could_not_finish_in_time() -> None:
-    """timeout 0.2 s, budget 0.8 s, 10 attempts allowed: after three tries (0.6 s and backoff) a fourth
+    """timeout 0.3 s, budget 1.2 s, 10 attempts allowed: after three tries (0.9 s and backoff) a fourth
     could end past the budget, so it is never started."""
-    retry = RetryPolicy(attempts=10, base_delay=0.01, max_delay=0.01, retry_budget=0.8)
+    retry = RetryPolicy(attempts=10, base_delay=0.01, max_delay=0.01, retry_budget=1.2)
     async with silent_server() as api:
-        client = _client(f"http://127.0.0.1:{api.port}/rest/1/s/", timeout=0.2, retry=retry)
+        client = _client(f"http://127.0.0.1:{api.port}/rest/1/s/", timeout=0.3, retry=retry)
         started = time.monotonic()
         with pytest.raises(ApiError) as failed:
             await client.call("user.get", {})
@@ -247,14 +247,14 @@ async def test_retry_budget_stops_retries_that_could_not_finish_in_time() -> Non
         await client.aclose()
     assert failed.value.code == "timeout"
     assert api.connections == 3
-    assert 0.6 <= elapsed < 0.8 + 0.5
+    assert 0.9 <= elapsed < 1.2 + 0.5
 
 
 async def test_after_a_call_gives_up_unanswered_later_calls_are_tried_once_until_an_answer(
         portal_factory: Any) -> None:
-    retry = RetryPolicy(attempts=5, base_delay=0.01, max_delay=0.01, retry_budget=0.5)
+    retry = RetryPolicy(attempts=5, base_delay=0.01, max_delay=0.01, retry_budget=0.8)
     server = await portal_factory(users=3)
-    client = _client(server.webhook, timeout=0.2, retry=retry)
+    client = _client(server.webhook, timeout=0.3, retry=retry)
     tries: list[int] = []
 
     async def attempt() -> None:
@@ -265,7 +265,7 @@ async def test_after_a_call_gives_up_unanswered_later_calls_are_tried_once_until
 
     try:
         server.sim.fault = "timeout"
-        await attempt()  # two tries: 0.2 s + backoff + 0.2 s fits 0.5 s, a third does not
+        await attempt()  # two tries: 0.3 s + backoff + 0.3 s fits 0.8 s, a third does not
         await attempt()  # the API did not answer the last call: one try
         server.sim.fault = None
         await attempt()  # answered: the client trusts the API again
