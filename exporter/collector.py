@@ -267,13 +267,13 @@ def _api_traffic(store: Store) -> Iterator[Family]:
                            "Time spent waiting for the client-side rate limit or a method pause.",
                            labels=labels)
     for key, telemetry in sorted(store.telemetry().items(), key=lambda kv: (kv[0].source, kv[0].target)):
-        counts, codes, wait = telemetry.copy()
+        counts = telemetry.counts()
         base = [key.source, key.target]
-        for (method, outcome), n in sorted(counts.items()):
+        for (method, outcome), n in sorted(counts.requests.items()):
             requests.add_metric([*base, method, outcome], n)
-        for code, n in sorted(codes.items()):
+        for code, n in sorted(counts.errors.items()):
             errors.add_metric([*base, code], n)
-        waited.add_metric(base, wait)
+        waited.add_metric(base, counts.rate_limit_wait_seconds)
     yield from (requests, errors, waited)
 
 
