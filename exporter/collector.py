@@ -45,7 +45,10 @@ class SnapshotCollector(Collector):
         yield from self.live_families()
 
     def snapshot_families(self) -> Iterator[Family]:
-        """What changes only when a cycle ends: rendered once per change."""
+        """What changes only when a cycle ends: rendered once per change. Besides the sources' families:
+
+        tasks_exporter_build_info{version="0.1.0",python_version="3.11.7"} 1.0
+        """
         states = sorted(self._store.states(), key=lambda s: (s.key.source, s.key.target))
         yield from _bitrix24([s for s in states if isinstance(s.data, PortalSnapshot)])
         yield from _pachca([s for s in states if isinstance(s.data, ReminderTally)])
@@ -83,6 +86,12 @@ def _client_metric(family: Family, rows: Iterable[Row]) -> Metric:
 
 
 def _bitrix24(states: list[SourceState]) -> Iterator[Family]:
+    """Each portal's task counters, users and REST budget, e.g.
+
+    bitrix24_tasks{portal="acme",user_id="1",group_id="0",role="all",counter="expired"} 3.0
+    bitrix24_user_info{portal="acme",user_id="1",name="Anna Petrova"} 1.0
+    bitrix24_method_operating_seconds{portal="acme",method="tasks.task.counters.get"} 1.5
+    """
     tasks = Family(
         "bitrix24_tasks", "Bitrix24 task counter (tasks.task.counters.get) per user, workgroup and role; "
         "group_id 0 is all groups. Muted tasks are not counted.",
@@ -126,6 +135,12 @@ def _task_rows(states: list[SourceState]) -> Iterator[Row]:
 
 
 def _pachca(states: list[SourceState]) -> Iterator[Family]:
+    """Each workspace's reminder counts, overall and per performer, e.g.
+
+    pachca_reminders{workspace="team",status="undone",kind="call",priority="2"} 4.0
+    pachca_performer_reminders_overdue{workspace="team",performer_id="7"} 1.0
+    pachca_reminder_oldest_overdue_seconds{workspace="team"} 3600.5
+    """
     reminders = Family.gauge("pachca_reminders", "Pachca reminders by status, kind and priority.",
                              labels=["workspace", "status", "kind", "priority"])
     overdue = Family.gauge("pachca_reminders_overdue",
@@ -174,6 +189,11 @@ def _pachca(states: list[SourceState]) -> Iterator[Family]:
 
 
 def _source_health(states: list[SourceState]) -> Iterator[Family]:
+    """How each source's cycles go, e.g.
+
+    tasks_exporter_source_up{source="bitrix24",target="acme"} 1.0
+    tasks_exporter_source_failures_total{source="bitrix24",target="acme",reason="rate_limited"} 0.0
+    """
     labels = ["source", "target"]
     up = Family.gauge("tasks_exporter_source_up",
                       "1 when the source's last collection cycle succeeded.", labels=labels)
@@ -205,6 +225,11 @@ def _source_health(states: list[SourceState]) -> Iterator[Family]:
 
 
 def _api_traffic(store: Store) -> Iterator[Family]:
+    """Each source's HTTP traffic so far, e.g.
+
+    tasks_exporter_api_requests_total{source="bitrix24",target="acme",method="batch",outcome="success"} 12.0
+    tasks_exporter_api_errors_total{source="bitrix24",target="acme",code="QUERY_LIMIT_EXCEEDED"} 1.0
+    """
     labels = ["source", "target"]
     requests = Family.counter("tasks_exporter_api_requests", "HTTP requests to the APIs by outcome.",
                               labels=[*labels, "method", "outcome"])
@@ -226,7 +251,10 @@ def _api_traffic(store: Store) -> Iterator[Family]:
 
 
 def _faults(faults: ExporterFaults) -> Iterator[Family]:
-    """Bugs the exporter survived, e.g. `tasks_exporter_render_failures_total 0.0`."""
+    """Bugs the exporter survived, e.g.
+
+    tasks_exporter_render_failures_total 0.0
+    """
     renders = Family.counter("tasks_exporter_render_failures",
                              "Renders of /metrics that raised (a bug, logged as render_failed); the last good "
                              "exposition is served meanwhile.", labels=[])
