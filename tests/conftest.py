@@ -124,21 +124,10 @@ def free_port() -> int:
 
 
 def contract_metric_names() -> set[str]:
-    """Metric names as exposed by exporter/collector.py (counters gain `_total`)."""
-    import ast
+    """Metric names the collector can expose, as exposed (counters gain `_total`): from its describe()."""
+    from exporter.collector import SnapshotCollector
 
-    names = set()
-    collector = Path(__file__).resolve().parents[1] / "exporter" / "collector.py"
-    for node in ast.walk(ast.parse(collector.read_text(encoding="utf-8"))):
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.args):
-            continue
-        first = node.args[0]
-        if node.func.id in {"Family", "GaugeFamily", "CounterFamily"} and isinstance(first, ast.Constant):
-            counter = node.func.id == "CounterFamily" or any(
-                k.arg == "kind" and isinstance(k.value, ast.Constant) and k.value.value == "counter"
-                for k in node.keywords)
-            names.add(first.value + ("_total" if counter else ""))
-    return names
+    return {m.name + "_total" if m.type == "counter" else m.name for m in SnapshotCollector.describe()}
 
 
 def load_dashboard_generator():  # type: ignore[no-untyped-def]

@@ -143,8 +143,9 @@ async def test_rate_limit_answer_is_retried(portal_factory):
     data = await source.collect()
     assert server.sim.rejected > 0
     assert len({r.user_id for r in data.readings}) == 100
-    requests, errors, _ = server.store.telemetry()[next(iter(server.store.telemetry()))].copy()
-    assert errors["QUERY_LIMIT_EXCEEDED"] == server.sim.rejected
+    counts = server.store.telemetry()[next(iter(server.store.telemetry()))].counts()
+    assert counts.errors["QUERY_LIMIT_EXCEEDED"] == server.sim.rejected
+    requests = counts.requests
     assert requests[("batch", "rate_limited")] + requests.get(("user.get", "rate_limited"), 0) == server.sim.rejected
 
 
