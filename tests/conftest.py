@@ -29,6 +29,35 @@ FAST_RETRY = RetryPolicy(attempts=3, rate_limit_attempts=20, base_delay=0.01, ma
                          default_operation_pause=0.2, min_operation_pause=0.02,
                          max_operation_pause=0.3)
 
+# the `reason` a cycle fails with under each simulator fault (Pachca's "wrong_types" fails no cycle: a record
+# with fields of the wrong type costs only those fields)
+B24_FAULT_REASONS = {
+    "http_500": "server_error",
+    "http_502": "server_error",
+    "http_503": "server_error",
+    "html": "invalid_response",
+    "truncated_json": "invalid_response",
+    "wrong_types": "invalid_response",
+    "unauthorized": "auth",
+    "insufficient_scope": "auth",
+    "query_limit_storm": "rate_limited",
+    "operation_time_limit": "rate_limited",
+    "reset": "network_error",
+    "timeout": "timeout",
+}
+PACHCA_FAULT_REASONS = {
+    "http_500": "server_error",
+    "http_502": "server_error",
+    "http_503": "server_error",
+    "html": "invalid_response",
+    "truncated_json": "invalid_response",
+    "unauthorized": "auth",
+    "insufficient_scope": "auth",
+    "rate_limit_storm": "rate_limited",
+    "reset": "network_error",
+    "timeout": "timeout",
+}
+
 
 @pytest.fixture(autouse=True)
 def _quiet_logs() -> None:
@@ -51,10 +80,10 @@ class PortalServer:
         values.update(overrides)
         return Bitrix24Config(**values)
 
-    def source(self, **overrides: Any) -> Bitrix24Source:
+    def source(self, retry: RetryPolicy = FAST_RETRY, **overrides: Any) -> Bitrix24Source:
         config = self.config(**overrides)
         telemetry = self.store.register(SourceKey("bitrix24", config.name), config.interval)
-        source = Bitrix24Source(config, telemetry, retry=FAST_RETRY)
+        source = Bitrix24Source(config, telemetry, retry=retry)
         self._sources.append(source)
         return source
 
