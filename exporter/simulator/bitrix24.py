@@ -243,7 +243,9 @@ class _Portal:
         if method == "user.get":
             if in_batch and not sim.user_get_in_batch:
                 raise MethodError(403, "ACCESS_DENIED", "Method is not allowed in batch")
-            return user_get(sim.users, params, sim.scopes)
+            mates = {uid for g in sim.workgroups if g.is_member(sim.user_id) for uid in g.members
+                     if g.is_member(uid)}
+            return user_get(sim.users, params, sim.scopes, module_admin=sim.sonet_admin, group_mates=mates)
         if method == "tasks.task.counters.get":
             operating, _ = sim.charge(method, 0.0)
             if sim.operating_per_command and operating > sim.operating_limit:
