@@ -1,8 +1,11 @@
-"""A fake Pachca API (GET /tasks, GET /users) that behaves like the real one, quirks included.
+"""A fake Pachca API (GET /tasks, /users, /group_tags...) that behaves like the real one, quirks included.
 
-Mirrors docs/api-notes.md#pachca: cursors are never null (since 2026-05-06 the last page still
-carries a `next_page`, with `has_next: false`), `limit` is 1-50, 401/403 answer the OAuthError shape,
-400/429 the ApiError shape, and 429 carries Retry-After. Tests and the fault-injection suite change the
+Mirrors the API notes (docs/api-notes.md): cursors are never null (since 2026-05-06 the last page still
+carries a `next_page`, with `has_next: false`), `limit` is 1-50, 401/403 answer the OAuthError shape
+(a missing scope: 403 `insufficient_scope`, "Insufficient scope. Required: <scope>"), 400/404/429 the
+ApiError shape, and 429 carries Retry-After. GET /users with `query` answers the search meta (`total` and
+`paginate.next_page` only). Employee tags: GET /group_tags (`names[]` filter), /group_tags/{id} and
+/group_tags/{id}/users, all under `group_tags:read`. Tests and the fault-injection suite change the
 `PachcaSimulator` state while the app runs.
 """
 
@@ -12,45 +15,67 @@ import asyncio
 import base64
 import binascii
 import json
-import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 
+from exporter.simulator.pachca_workspace import (
+    FIRST_TAG_ID,
+    KINDS,
+    TAG_NAMES,
+    Colleague,
+    Workspace,
+    demo_colleagues,
+    generate,
+)
+
+__all__ = ["DEMO_TOKEN", "FAULTS", "FIRST_TAG_ID", "FULL_SCOPES", "KINDS", "PREFIX", "TAG_NAMES", "Colleague",
+           "PachcaSimulator", "SimRequest", "Workspace", "create_app", "decode_cursor", "demo_colleagues",
+           "encode_cursor", "generate", "generate_workspace"]
+
 PREFIX = "/api/shared/v1"
 DEMO_TOKEN = "pachca-demo-token"
-FULL_SCOPES = frozenset({"tasks:read", "users:read"})
+FULL_SCOPES = frozenset({"tasks:read", "users:read", "group_tags:read"})
 MAX_LIMIT = 50
 FAULTS = frozenset({
     "http_500", "http_502", "http_503", "html", "truncated_json", "wrong_types", "unauthorized",
     "insufficient_scope", "rate_limit_storm", "reset", "timeout",
 })
-KINDS = ("call", "meeting", "reminder", "event", "email")
-SCOPE_OF = {"/tasks": "tasks:read", "/users": "users:read"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """A paged answer: `records` walked by cursor; `search` gives the search meta (total, next_page)."""
+
+    records: list[Any]
+    search: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Single:
+    """A `{data: record}` answer."""
+
+    record: Any
+
+
+Resource = Callable[[web.Request], "Listing | Single | web.Response"]
 
 
 @dataclass(frozen=True, slots=True)
 class SimRequest:
     """One request the fake received, for tests to assert on."""
 
-    path: str  # "/tasks" or "/users" (without the /api/shared/v1 prefix)
+    path: str  # e.g. "/tasks", "/users", "/group_tags/9111/users" (without the /api/shared/v1 prefix)
     query: dict[str, str]
     token: str | None
     status: int  # 0 when the fake answered nothing (reset, timeout)
     at: float  # time.monotonic() when it arrived
-
-
-@dataclass(slots=True)
-class Workspace:
-    reminders: list[dict[str, Any]]
-    users: list[dict[str, Any]]
 
 
 class PachcaSimulator:
@@ -65,9 +90,11 @@ class PachcaSimulator:
 
     def __init__(self, reminders: list[Any] | None = None,
                  users: list[Any] | None = None, *,
-                 tokens: dict[str, frozenset[str]] | None = None) -> None:
+                 tokens: dict[str, frozenset[str]] | None = None,
+                 tags: list[dict[str, Any]] | None = None) -> None:
         self.reminders: list[Any] = reminders if reminders is not None else []
         self.users: list[Any] = users if users is not None else []
+        self.tags: list[dict[str, Any]] = tags if tags is not None else []  # {"id", "name"}; users_count derived
         self.tokens: dict[str, frozenset[str]] = dict(tokens) if tokens else {DEMO_TOKEN: FULL_SCOPES}
         self.latency = 0.0  # seconds added to every answer
         self.rate_limit: float | None = None  # requests per second per token before 429; None = no limit
@@ -106,8 +133,16 @@ class PachcaSimulator:
         self.fault_times = times
 
     def count(self, path: str | None = None) -> int:
-        """Requests received so far, optionally only those to `path` ("/tasks" or "/users")."""
+        """Requests received so far, optionally only those to `path` ("/tasks", "/group_tags", ...)."""
         return sum(1 for r in self.requests if path is None or r.path == path)
+
+    def tag_users(self, name: str) -> list[Any]:
+        """The users carrying the tag `name` in their list_tags, in /users order."""
+        return [u for u in self.users if isinstance(u, dict) and name in (u.get("list_tags") or [])]
+
+    def tag_record(self, tag: dict[str, Any]) -> dict[str, Any]:
+        """A GroupTag as the API writes it: {id, name, users_count}."""
+        return {"id": tag["id"], "name": tag["name"], "users_count": len(self.tag_users(tag["name"]))}
 
     def _take_fault(self) -> str | None:
         mode = self._fault
@@ -131,15 +166,49 @@ class PachcaSimulator:
 
 
 def create_app(sim: PachcaSimulator) -> web.Application:
-    """The aiohttp app serving /api/shared/v1/tasks and /api/shared/v1/users from `sim`."""
+    """The aiohttp app serving /api/shared/v1/{tasks,users,group_tags...} from `sim`."""
     app = web.Application()
-    app.router.add_get(f"{PREFIX}/tasks", _endpoint(sim, "/tasks", lambda: sim.reminders))
-    app.router.add_get(f"{PREFIX}/users", _endpoint(sim, "/users", lambda: sim.users))
+    routes: list[tuple[str, str, Resource]] = [
+        ("/tasks", "tasks:read", lambda _: Listing(sim.reminders)),
+        ("/users", "users:read", lambda request: _users(sim, request)),
+        ("/group_tags", "group_tags:read", lambda request: _tags(sim, request)),
+        ("/group_tags/{tag_id}", "group_tags:read", lambda request: _tag(sim, request, users=False)),
+        ("/group_tags/{tag_id}/users", "group_tags:read", lambda request: _tag(sim, request, users=True)),
+    ]
+    for path, scope, resource in routes:
+        app.router.add_get(f"{PREFIX}{path}", _endpoint(sim, scope, resource))
     app.router.add_route("*", "/{tail:.*}", _not_found)
     return app
 
 
-def _endpoint(sim: PachcaSimulator, path: str, records: Callable[[], list[Any]]) -> Handler:
+def _users(sim: PachcaSimulator, request: web.Request) -> Listing:
+    """GET /users; `query` searches names, e-mail, phone and nickname and switches to the search meta."""
+    query = request.query.get("query")
+    if query is None:
+        return Listing(sim.users)
+    needle = query.strip().lower()
+    fields = ("first_name", "last_name", "email", "phone_number", "nickname")
+    found = [u for u in sim.users if isinstance(u, dict)
+             and any(needle in str(u.get(f) or "").lower() for f in fields)]
+    return Listing(found, search=True)
+
+
+def _tags(sim: PachcaSimulator, request: web.Request) -> Listing:
+    """GET /group_tags, optionally narrowed by `names[]` (exact tag names)."""
+    names = set(request.query.getall("names[]", [])) | set(request.query.getall("names", []))
+    tags = [t for t in sim.tags if not names or t["name"] in names]
+    return Listing([sim.tag_record(t) for t in tags])
+
+
+def _tag(sim: PachcaSimulator, request: web.Request, *, users: bool) -> Single | Listing | web.Response:
+    raw = request.match_info["tag_id"]
+    tag = next((t for t in sim.tags if str(t["id"]) == raw), None)
+    if tag is None:
+        return _api_error(404, "not_found", "Tag not found", key="id", value=raw)
+    return Listing(sim.tag_users(tag["name"])) if users else Single(sim.tag_record(tag))
+
+
+def _endpoint(sim: PachcaSimulator, scope: str, resource: Resource) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         token = _bearer(request)
         arrived = time.monotonic()
@@ -147,33 +216,41 @@ def _endpoint(sim: PachcaSimulator, path: str, records: Callable[[], list[Any]])
         try:
             if sim.latency > 0:
                 await asyncio.sleep(sim.latency)
-            response = await _answer(sim, request, path, token, records())
+            response = await _answer(sim, request, scope, token, resource)
             transport = request.transport
             status = 0 if transport is None or transport.is_closing() else response.status
             return response
         finally:
+            path = request.path.removeprefix(PREFIX)
             sim.requests.append(SimRequest(path, dict(request.query), token, status, arrived))
     return handle
 
 
-async def _answer(sim: PachcaSimulator, request: web.Request, path: str, token: str | None,
-                  records: list[Any]) -> web.StreamResponse:
+async def _answer(sim: PachcaSimulator, request: web.Request, scope: str, token: str | None,
+                  resource: Resource) -> web.StreamResponse:
     fault = sim._take_fault()
     if fault is not None and fault not in ("wrong_types", "html", "truncated_json"):
         return await _fault_answer(sim, request, fault)
     if token is None or token not in sim.tokens:
         return _oauth_error(401, "invalid_token", "Access token is missing" if token is None
                             else "Access token is invalid")
-    if SCOPE_OF[path] not in sim.tokens[token]:
-        return _oauth_error(403, "insufficient_scope", f"Token lacks the {SCOPE_OF[path]} scope")
+    if scope not in sim.tokens[token]:
+        return _oauth_error(403, "insufficient_scope", f"Insufficient scope. Required: {scope}")
     if sim._over_limit(token):
         return _rate_limited(sim.retry_after if sim.retry_after is not None else 1.0)
-    limit, cursor, problem = _paging_params(request)
-    if problem is not None:
-        return problem
-    body = _page(sim, records, limit, cursor)
-    if fault == "wrong_types":
-        body["data"] = [_corrupt(record, i) for i, record in enumerate(body["data"])]
+    outcome = resource(request)
+    if isinstance(outcome, web.Response):
+        return outcome
+    if isinstance(outcome, Single):
+        body: dict[str, Any] = {"data": outcome.record}
+    else:
+        limit, cursor, problem = _paging_params(request)
+        if problem is not None:
+            return problem
+        body = _search_page(outcome.records, limit, cursor) if outcome.search else \
+            _page(sim, outcome.records, limit, cursor)
+        if fault == "wrong_types":
+            body["data"] = [_corrupt(record, i) for i, record in enumerate(body["data"])]
     text = json.dumps(body, ensure_ascii=False)
     if fault == "html":
         return web.Response(status=200, text=_HTML, content_type="text/html")
@@ -183,7 +260,7 @@ async def _answer(sim: PachcaSimulator, request: web.Request, path: str, token: 
 
 
 async def _fault_answer(sim: PachcaSimulator, request: web.Request, fault: str) -> web.StreamResponse:
-    if fault == "http_500":  # 5xx body undocumented, the SDK assumes JSON (docs/api-notes.md#pachca-error-shapes)
+    if fault == "http_500":  # body shape of 5xx is undocumented (docs/api-notes.md); the SDK assumes JSON
         return _api_error(500, "unhandled", "Internal server error", key="server")
     if fault in ("http_502", "http_503"):  # what a proxy in front of the API answers
         return web.Response(status=int(fault[5:]), text=_HTML, content_type="text/html")
@@ -233,7 +310,7 @@ def _page(sim: PachcaSimulator, records: list[Any], limit: int, offset: int) -> 
         data = records[offset: offset + size]
     end = offset + len(data)
     has_next = (sim.endless and bool(records)) or end < len(records)
-    next_page = encode_cursor(end if data else offset)  # never null past the end (docs/api-notes.md#pachca-has-next)
+    next_page = encode_cursor(end if data else offset)  # never null, even past the end (docs/api-notes.md)
     if sim.repeat_cursor and not has_next and data:
         has_next, next_page = True, encode_cursor(offset)
     paginate: dict[str, Any] = {"next_page": next_page, "prev_page": encode_cursor(offset, "desc")}
@@ -241,6 +318,13 @@ def _page(sim: PachcaSimulator, records: list[Any], limit: int, offset: int) -> 
         paginate["has_next"] = has_next
         paginate["has_prev"] = offset > 0
     return {"data": data, "meta": {"paginate": paginate}}
+
+
+def _search_page(records: list[Any], limit: int, offset: int) -> dict[str, Any]:
+    """The search meta: `total` and a forward cursor only (no prev_page, no has_next)."""
+    data = records[offset: offset + limit]
+    return {"data": data, "meta": {"total": len(records),
+                                   "paginate": {"next_page": encode_cursor(offset + len(data))}}}
 
 
 def encode_cursor(offset: int, direction: str = "asc") -> str:
@@ -311,82 +395,10 @@ def _corrupt(record: Any, i: int) -> Any:
 
 # --- a realistic workspace ----------------------------------------------------------------------
 
-_FIRST = ("Oleg", "Anna", "Ivan", "Maria", "Pavel", "Olga", "Sergey", "Elena", "Dmitry", "Irina")
-_LAST = ("Petrov", "Ivanova", "Smirnov", "Kuznetsova", "Popov", "Volkova", "Sokolov", "Lebedeva")
-_CONTENT = ("Call the client back", "Prepare the quarterly report", "Team sync", "Send the invoice",
-            "Pick up 21 orders from the warehouse", "Review the contract", "Product demo")
-
 
 def generate_workspace(n: int = 500, *, seed: int = 0, now: float | None = None, users: int = 12,
-                       tokens: dict[str, frozenset[str]] | None = None) -> PachcaSimulator:
+                       tokens: dict[str, frozenset[str]] | None = None,
+                       colleagues: Sequence[Colleague] | None = None) -> PachcaSimulator:
     """A simulator serving a realistic workspace (see `generate`), accepting DEMO_TOKEN by default."""
-    ws = generate(n, seed=seed, now=now, users=users)
-    return PachcaSimulator(ws.reminders, ws.users, tokens=tokens)
-
-
-def generate(n: int = 500, *, seed: int = 0, now: float | None = None, users: int = 12) -> Workspace:
-    """A deterministic workspace of `n` reminders and `users` users around `now` (unix seconds).
-
-    All kinds, priorities 1-3, ~40 % done, ~15 % without due_at, ~20 % of the dated ones all-day (due at
-    midnight UTC of the day, as the API gives them), one to three performers each, due dates from a
-    month ago to a month ahead with a cluster in the next day. Users include a registered-later invitee
-    (first_name null), one with an empty last name and a bot.
-    """
-    rng = random.Random(seed)
-    now_dt = datetime.fromtimestamp(time.time() if now is None else now, UTC)
-    people = [_user(i, rng, now_dt) for i in range(1, users + 1)]
-    ids = [u["id"] for u in people]
-    reminders = [_reminder(22283 + i, rng, now_dt, ids) for i in range(n)]
-    return Workspace(reminders=reminders, users=people)
-
-
-def _user(i: int, rng: random.Random, now: datetime) -> dict[str, Any]:
-    uid = 10 + i
-    first: str | None = _FIRST[i % len(_FIRST)]
-    last: str | None = _LAST[i % len(_LAST)]
-    bot = False
-    if i % 7 == 0:
-        first, last = None, None  # invited, not registered yet: only the nickname is known
-    elif i % 5 == 0:
-        last = ""
-    if i == 4:
-        first, last, bot = "Reminder", "Bot", True
-    return {
-        "id": uid, "first_name": first, "last_name": last, "nickname": f"user{uid}",
-        "email": f"user{uid}@example.com", "phone_number": None, "department": "Sales", "title": "",
-        "role": "admin" if i == 1 else "user", "suspended": False,
-        "invite_status": "sent" if first is None else "confirmed", "inviter_id": None, "list_tags": [],
-        "custom_properties": [], "user_status": None, "bot": bot, "sso": False,
-        "created_at": _iso(now - timedelta(days=400 - i)), "last_activity_at": _iso(now - timedelta(hours=i)),
-        "time_zone": "Europe/Moscow", "image_url": None,
-    }
-
-
-def _reminder(rid: int, rng: random.Random, now: datetime, user_ids: list[int]) -> dict[str, Any]:
-    kind = rng.choice(KINDS)
-    priority = rng.choices((1, 2, 3), weights=(6, 3, 1))[0]
-    status = "done" if rng.random() < 0.4 else "undone"
-    all_day = False
-    due: datetime | None = None
-    if rng.random() >= 0.15:
-        days = rng.uniform(0, 1) if rng.random() < 0.2 else rng.uniform(-30, 30)  # a fifth due within a day
-        due = (now + timedelta(days=days)).replace(microsecond=rng.choice((0, 500000)))
-        if rng.random() < 0.2:
-            all_day = True
-            due = due.replace(hour=0, minute=0, second=0, microsecond=0)
-    creator = rng.choice(user_ids)
-    performers = rng.sample(user_ids, k=min(len(user_ids), rng.choice((1, 1, 2, 3))))
-    created = (due or now) - timedelta(days=rng.uniform(1, 20))
-    props = [] if rng.random() < 0.7 else [{"id": 78, "name": "Place", "data_type": "string",
-                                           "value": "Blue warehouse"}]
-    return {
-        "id": rid, "kind": kind, "content": rng.choice(_CONTENT), "due_at": _iso(due) if due else None,
-        "priority": priority, "user_id": creator, "chat_id": rng.choice((None, 334, 335)),
-        "status": status, "created_at": _iso(created), "performer_ids": performers, "all_day": all_day,
-        "custom_properties": props,
-    }
-
-
-def _iso(moment: datetime) -> str:
-    """YYYY-MM-DDThh:mm:ss.sssZ, the API's format."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    ws = generate(n, seed=seed, now=now, users=users, colleagues=colleagues)
+    return PachcaSimulator(ws.reminders, ws.users, tokens=tokens, tags=ws.tags)
