@@ -129,8 +129,8 @@ async def test_renamed_or_removed_department_changes_at_the_next_structure_refre
     clock = Clock()
     source = make_source(server, clock=clock, structure_interval=600.0)
     await source.collect()
-    server.sim.department(3).name = "R&D"  # type: ignore[union-attr]
-    server.sim.department(5).active = False  # type: ignore[union-attr]
+    server.sim.department(3).name = "R&D"
+    server.sim.department(5).active = False
     clock.now += 599
     before = exposition(await source.collect())
     assert ("3", "Engineering") in series(before, "bitrix24_department_info", "department_id", "name")
@@ -223,7 +223,7 @@ async def test_groups_auto_reads_counters_for_members_only(portal_factory, make_
     sim = server.sim
     data = await make_source(server, groups=None).collect()
     probed = open_groups(sim)
-    readable = [g for g in probed if can_view_tasks(sim.workgroup(g), sim.user_id, False)]  # type: ignore[arg-type]
+    readable = [g for g in probed if can_view_tasks(sim.workgroup(g), sim.user_id, False)]
     assert special_group_ids(4)["members_only"] in set(probed) - set(readable)
     users = [u.user_id for u in sim.users if u.active]
     roles = len(ROLES)
@@ -245,8 +245,8 @@ async def test_group_names_kinds_and_members(portal_factory, make_source):
     server = await portal_factory(users=30, groups=4)
     sim = server.sim
     text = exposition(await make_source(server, groups=None).collect())
-    readable = [g for g in open_groups(sim) if can_view_tasks(sim.workgroup(g), sim.user_id, False)]  # type: ignore[arg-type]
-    expected = {(str(g), sim.workgroup(g).name, "project" if sim.workgroup(g).project else "group")  # type: ignore[union-attr]
+    readable = [g for g in open_groups(sim) if can_view_tasks(sim.workgroup(g), sim.user_id, False)]
+    expected = {(str(g), sim.workgroup(g).name, "project" if sim.workgroup(g).project else "group")
                 for g in readable}
     assert series(text, "bitrix24_group_info", "group_id", "name", "kind") == expected
     assert {kind for _, _, kind in expected} == {"group", "project"}
@@ -299,7 +299,7 @@ async def test_listed_groups_keep_every_user_and_gain_names(portal_factory, make
     assert {(q.user_id, q.group_id) for q in data.counters} == {(u, g) for u in users for g in (0, 2, 3)}
     text = exposition(data)
     assert series(text, "bitrix24_group_info", "group_id", "name") == {
-        (str(g), server.sim.workgroup(g).name) for g in (2, 3)}  # type: ignore[union-attr]
+        (str(g), server.sim.workgroup(g).name) for g in (2, 3)}
 
 
 # --- scope and privacy ---------------------------------------------------------------------------
@@ -322,7 +322,7 @@ async def test_names_false_keeps_ids_only(portal_factory, make_source):
     assert {name for (name,) in series(text, "bitrix24_user_info", "name")} == {""}
     assert "@" not in text
     assert {name for (name,) in series(text, "bitrix24_department_info", "name")} >= {"Company", "Sales"}
-    assert {name for (name,) in series(text, "bitrix24_group_info", "name")} >= {server.sim.workgroup(1).name}  # type: ignore[union-attr]
+    assert {name for (name,) in series(text, "bitrix24_group_info", "name")} >= {server.sim.workgroup(1).name}
 
 
 async def test_include_departments_and_exclude_users_send_fewer_commands(portal_factory, make_source):
