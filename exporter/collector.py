@@ -1,67 +1,55 @@
-"""Snapshot -> metric families -> text exposition. The only module where metric names live.
+"""Snapshot -> metric families. The only module where metric names live.
 
 Families are built fresh from the store on every render, so a series whose source disappeared
-(a user who left, a reminder kind no longer seen) disappears from /metrics with it. The renderer writes
-the text format straight from the families (the biggest one streams from the snapshot), so a render
-at 100,000 series costs the text's size in memory, not an object per series.
+(a user who left, a reminder kind no longer seen) disappears from /metrics with it. Every producer yields
+all of its families whatever the store holds (with no rows when there is nothing to say), so the families of
+an empty store name everything the exporter can expose: that is `SnapshotCollector.describe()`.
+exporter/render.py writes them as text.
 """
 
 from __future__ import annotations
 
-import io
-import math
 import platform
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.org import StructureStatus
+from exporter.render import Family, Row
 from exporter.snapshot import PortalSnapshot, ReminderTally, SourceKey, SourceState, Store
-
-Row = tuple[Sequence[str], float]
-
-
-@dataclass(slots=True)
-class Family:
-    """One metric family; `rows` may be a generator that is read once, at render time."""
-
-    name: str
-    help: str
-    labels: Sequence[str]
-    kind: str = "gauge"  # or "counter": the exposed name then ends in _total
-    rows: Iterable[Row] = field(default_factory=list)
-
-    def add_metric(self, values: Sequence[str], value: float) -> None:
-        assert isinstance(self.rows, list)
-        self.rows.append((values, value))
-
-
-def GaugeFamily(name: str, help: str, labels: Sequence[str]) -> Family:
-    return Family(name, help, labels)
-
-
-def CounterFamily(name: str, help: str, labels: Sequence[str]) -> Family:
-    return Family(name, help, labels, kind="counter")
 
 FAILURE_REASONS = ("auth", "rate_limited", "server_error", "timeout", "network_error", "invalid_response",
                    "api_error", "deadline", "internal")
 
 
+@dataclass(slots=True)
+class ExporterFaults:
+    """The exporter's own bugs that it survived, counted where they happen (exporter/exposition.py for
+    renders, exporter/server.py for handlers)."""
+
+    render_failures: int = 0
+    handler_failures: int = 0
+
+
 class SnapshotCollector(Collector):
     """Every metric of the exporter from the current store contents."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, faults: ExporterFaults | None = None) -> None:
         self._store = store
+        self._faults = faults or ExporterFaults()
 
     def families(self) -> Iterator[Family]:
         yield from self.snapshot_families()
         yield from self.live_families()
 
     def snapshot_families(self) -> Iterator[Family]:
-        """What changes only when a cycle ends: rendered once per change."""
+        """What changes only when a cycle ends: rendered once per change. Besides the sources' families:
+
+        tasks_exporter_build_info{version="0.1.0",python_version="3.11.7"} 1.0
+        """
         states = sorted(self._store.states(), key=lambda s: (s.key.source, s.key.target))
         yield from _bitrix24([s for s in states if isinstance(s.data, PortalSnapshot)])
         yield from _bitrix24_org([s for s in states if isinstance(s.data, PortalSnapshot)])
@@ -69,79 +57,59 @@ class SnapshotCollector(Collector):
         yield from _source_health(states)
         yield from _structure_health([(s.key, s.data.structure) for s in states
                                       if isinstance(s.data, PortalSnapshot) and s.data.structure is not None])
-        info = GaugeFamily("tasks_exporter_build_info", "Version of tasks-exporter, value 1.",
-                           labels=["version", "python_version"])
+        info = Family.gauge("tasks_exporter_build_info", "Version of tasks-exporter, value 1.",
+                            labels=["version", "python_version"])
         info.add_metric([__version__, platform.python_version()], 1)
         yield info
 
     def live_families(self) -> Iterator[Family]:
-        """API traffic, which moves during a cycle (one can last minutes): small, rendered per scrape."""
+        """API traffic, which moves during a cycle (one can last minutes), and the exporter's own faults
+        (a failing snapshot render must still be counted): small, rendered per scrape."""
         yield from _api_traffic(self._store)
-
-    def render(self) -> bytes:
-        """The text exposition (format 0.0.4) of the snapshot families."""
-        return render(self.snapshot_families())
-
-    def render_live(self) -> bytes:
-        return render(self.live_families())
+        yield from _faults(self._faults)
 
     def collect(self) -> Iterator[Metric]:
         """The same families as prometheus_client objects, for registering in a CollectorRegistry."""
         for family in self.families():
-            kind = CounterMetricFamily if family.kind == "counter" else GaugeMetricFamily
-            metric = kind(family.name, family.help, labels=list(family.labels))
-            for values, value in family.rows:
-                metric.add_metric(list(values), value)
-            yield metric
+            yield _client_metric(family, family.rows)
+
+    @staticmethod
+    def describe() -> Iterator[Metric]:
+        """Every family the collector can produce, without samples: prometheus_client's describe() (a
+        registry checks names with it) and the metric-name contract the alerts and dashboard are tested on."""
+        for family in SnapshotCollector(Store()).families():
+            yield _client_metric(family, ())
 
 
-def render(families: Iterable[Family]) -> bytes:
-    out = io.BytesIO()
-    for family in families:
-        name = family.name + "_total" if family.kind == "counter" else family.name
-        help_text = family.help.replace("\\", "\\\\").replace("\n", "\\n")
-        out.write(f"# HELP {name} {help_text}\n# TYPE {name} {family.kind}\n".encode())
-        labels = family.labels
-        for values, value in family.rows:
-            if labels:
-                pairs = ",".join(f'{k}="{_escape(v)}"' for k, v in zip(labels, values, strict=True))
-                out.write(f"{name}{{{pairs}}} {_number(value)}\n".encode())
-            else:
-                out.write(f"{name} {_number(value)}\n".encode())
-    return out.getvalue()
-
-
-def _escape(value: str) -> str:
-    if "\\" in value or '"' in value or "\n" in value:
-        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return value
-
-
-def _number(value: float) -> str:
-    if value == math.inf:
-        return "+Inf"
-    if value == -math.inf:
-        return "-Inf"
-    if math.isnan(value):
-        return "NaN"
-    return repr(float(value))
+def _client_metric(family: Family, rows: Iterable[Row]) -> Metric:
+    kind = CounterMetricFamily if family.kind == "counter" else GaugeMetricFamily
+    metric = kind(family.name, family.help, labels=list(family.labels))
+    for values, value in rows:
+        metric.add_metric(list(values), value)
+    return metric
 
 
 def _bitrix24(states: list[SourceState]) -> Iterator[Family]:
+    """Each portal's task counters, users and REST budget, e.g.
+
+    bitrix24_tasks{portal="acme",user_id="1",group_id="0",role="all",counter="expired"} 3.0
+    bitrix24_user_info{portal="acme",user_id="1",name="Anna Petrova"} 1.0
+    bitrix24_method_operating_seconds{portal="acme",method="tasks.task.counters.get"} 1.5
+    """
     tasks = Family(
         "bitrix24_tasks", "Bitrix24 task counter (tasks.task.counters.get) per user, workgroup and role; "
         "group_id 0 is all groups. Muted tasks are not counted.",
         labels=["portal", "user_id", "group_id", "role", "counter"], rows=_task_rows(states))
-    info = GaugeFamily("bitrix24_user_info", "A monitored Bitrix24 user, value 1.",
-                       labels=["portal", "user_id", "name"])
-    users = GaugeFamily("bitrix24_users", "Users monitored in the last good cycle.", labels=["portal"])
-    hidden = GaugeFamily(
+    info = Family.gauge("bitrix24_user_info", "A monitored Bitrix24 user, value 1.",
+                        labels=["portal", "user_id", "name"])
+    users = Family.gauge("bitrix24_users", "Users monitored in the last good cycle.", labels=["portal"])
+    hidden = Family.gauge(
         "bitrix24_users_hidden", "Monitored users whose counters the webhook could not see (empty answer); "
         "reading other users' counters needs an administrator's webhook.", labels=["portal"])
-    failed = GaugeFamily("bitrix24_commands_failed",
-                         "Batch commands that failed in the last good cycle (their last values are kept).",
-                         labels=["portal"])
-    operating = GaugeFamily(
+    failed = Family.gauge("bitrix24_commands_failed",
+                          "Batch commands that failed in the last good cycle (their last values are kept).",
+                          labels=["portal"])
+    operating = Family.gauge(
         "bitrix24_method_operating_seconds", "Execution time the portal has accounted to a REST method "
         "in its 10-minute window (time.operating); calls are blocked above the portal's limit.",
         labels=["portal", "method"])
@@ -160,23 +128,25 @@ def _bitrix24(states: list[SourceState]) -> Iterator[Family]:
 
 
 def _bitrix24_org(states: list[SourceState]) -> Iterator[Family]:
-    """The company structure and workgroups, to join against bitrix24_tasks by user_id or group_id:
+    """The company structure and workgroups, to join against bitrix24_tasks by user_id or group_id, e.g.
 
-        bitrix24_department_info{portal="acme",department_id="5",name="Sales",parent_id="1",head_user_id="7"} 1
-        bitrix24_user_department{portal="acme",user_id="9",department_id="1",direct="false"} 1
+    bitrix24_department_info{portal="acme",department_id="5",name="Sales",parent_id="1",head_user_id="7"} 1.0
+    bitrix24_user_department{portal="acme",user_id="9",department_id="1",direct="false"} 1.0
+    bitrix24_group_info{portal="acme",group_id="3",name="Website relaunch",kind="project"} 1.0
+    bitrix24_group_member{portal="acme",group_id="3",user_id="9",role="moderator"} 1.0
     """
-    departments = GaugeFamily(
+    departments = Family.gauge(
         "bitrix24_department_info", "A department of the company structure, value 1; parent_id is empty for a "
         "root and head_user_id for a department without a head.",
         labels=["portal", "department_id", "name", "parent_id", "head_user_id"])
-    user_departments = GaugeFamily(
+    user_departments = Family.gauge(
         "bitrix24_user_department", "A monitored user in a department, value 1: direct=\"true\" for the "
         "user's own departments, \"false\" for every department above them.",
         labels=["portal", "user_id", "department_id", "direct"])
-    groups = GaugeFamily("bitrix24_group_info", "A workgroup (kind group) or project whose counters are read, "
-                         "value 1.", labels=["portal", "group_id", "name", "kind"])
-    members = GaugeFamily("bitrix24_group_member", "A monitored user in a workgroup as owner, moderator or "
-                          "member, value 1.", labels=["portal", "group_id", "user_id", "role"])
+    groups = Family.gauge("bitrix24_group_info", "A workgroup (kind group) or project whose counters are read, "
+                          "value 1.", labels=["portal", "group_id", "name", "kind"])
+    members = Family.gauge("bitrix24_group_member", "A monitored user in a workgroup as owner, moderator or "
+                           "member, value 1.", labels=["portal", "group_id", "user_id", "role"])
     for state in states:
         assert isinstance(state.data, PortalSnapshot)
         org, portal = state.data.org, state.key.target
@@ -207,28 +177,34 @@ def _task_rows(states: list[SourceState]) -> Iterator[Row]:
 
 
 def _pachca(states: list[SourceState]) -> Iterator[Family]:
-    reminders = GaugeFamily("pachca_reminders", "Pachca reminders by status, kind and priority.",
-                            labels=["workspace", "status", "kind", "priority"])
-    overdue = GaugeFamily("pachca_reminders_overdue",
-                          "Open (undone) reminders whose due_at is in the past.",
-                          labels=["workspace", "kind", "priority"])
-    due_soon = GaugeFamily("pachca_reminders_due_soon",
-                           "Open reminders due within the configured due_soon window.",
-                           labels=["workspace", "kind"])
-    no_due = GaugeFamily("pachca_reminders_without_due_date", "Reminders with no due_at.",
-                         labels=["workspace", "status"])
-    performer = GaugeFamily("pachca_performer_reminders",
-                            "Reminders per performer (a reminder counts once for each performer).",
-                            labels=["workspace", "performer_id", "status"])
-    performer_overdue = GaugeFamily("pachca_performer_reminders_overdue",
-                                    "Overdue open reminders per performer.",
-                                    labels=["workspace", "performer_id"])
-    oldest = GaugeFamily("pachca_reminder_oldest_overdue_seconds",
-                         "How long the most overdue open reminder is past its due time (0 if none).",
-                         labels=["workspace"])
-    info = GaugeFamily("pachca_user_info", "A Pachca user seen as a performer, value 1.",
-                       labels=["workspace", "user_id", "name"])
-    malformed = GaugeFamily(
+    """Each workspace's reminder counts, overall and per performer, e.g.
+
+    pachca_reminders{workspace="team",status="undone",kind="call",priority="2"} 4.0
+    pachca_performer_reminders_overdue{workspace="team",performer_id="7"} 1.0
+    pachca_reminder_oldest_overdue_seconds{workspace="team"} 3600.5
+    """
+    reminders = Family.gauge("pachca_reminders", "Pachca reminders by status, kind and priority.",
+                             labels=["workspace", "status", "kind", "priority"])
+    overdue = Family.gauge("pachca_reminders_overdue",
+                           "Open (undone) reminders whose due_at is in the past.",
+                           labels=["workspace", "kind", "priority"])
+    due_soon = Family.gauge("pachca_reminders_due_soon",
+                            "Open reminders due within the configured due_soon window.",
+                            labels=["workspace", "kind"])
+    no_due = Family.gauge("pachca_reminders_without_due_date", "Reminders with no due_at.",
+                          labels=["workspace", "status"])
+    performer = Family.gauge("pachca_performer_reminders",
+                             "Reminders per performer (a reminder counts once for each performer).",
+                             labels=["workspace", "performer_id", "status"])
+    performer_overdue = Family.gauge("pachca_performer_reminders_overdue",
+                                     "Overdue open reminders per performer.",
+                                     labels=["workspace", "performer_id"])
+    oldest = Family.gauge("pachca_reminder_oldest_overdue_seconds",
+                          "How long the most overdue open reminder is past its due time (0 if none).",
+                          labels=["workspace"])
+    info = Family.gauge("pachca_user_info", "A Pachca user seen as a performer, value 1.",
+                        labels=["workspace", "user_id", "name"])
+    malformed = Family.gauge(
         "pachca_reminders_malformed", "Reminders in the last cycle with a field that could not be read; "
         "they are counted with the label value 'unknown' where that field mattered.", labels=["workspace"])
     for state in states:
@@ -255,21 +231,26 @@ def _pachca(states: list[SourceState]) -> Iterator[Family]:
 
 
 def _source_health(states: list[SourceState]) -> Iterator[Family]:
+    """How each source's cycles go, e.g.
+
+    tasks_exporter_source_up{source="bitrix24",target="acme"} 1.0
+    tasks_exporter_source_failures_total{source="bitrix24",target="acme",reason="rate_limited"} 0.0
+    """
     labels = ["source", "target"]
-    up = GaugeFamily("tasks_exporter_source_up",
-                     "1 when the source's last collection cycle succeeded.", labels=labels)
-    last = GaugeFamily("tasks_exporter_source_last_success_timestamp_seconds",
-                       "Unix time of the source's last successful cycle.", labels=labels)
-    duration = GaugeFamily("tasks_exporter_source_collection_duration_seconds",
-                           "Wall time of the source's last collection cycle.", labels=labels)
-    interval = GaugeFamily("tasks_exporter_source_interval_seconds",
-                           "Configured collection interval.", labels=labels)
-    bound = GaugeFamily(
+    up = Family.gauge("tasks_exporter_source_up",
+                      "1 when the source's last collection cycle succeeded.", labels=labels)
+    last = Family.gauge("tasks_exporter_source_last_success_timestamp_seconds",
+                        "Unix time of the source's last successful cycle.", labels=labels)
+    duration = Family.gauge("tasks_exporter_source_collection_duration_seconds",
+                            "Wall time of the source's last collection cycle.", labels=labels)
+    interval = Family.gauge("tasks_exporter_source_interval_seconds",
+                            "Configured collection interval.", labels=labels)
+    bound = Family.gauge(
         "tasks_exporter_source_cycle_bound_seconds", "Least time the API's rate limit allows for one cycle "
         "of this size; above the interval, cycles run back to back and data is older than the interval.",
         labels=labels)
-    failures = CounterFamily("tasks_exporter_source_failures",
-                             "Failed collection cycles by reason.", labels=[*labels, "reason"])
+    failures = Family.counter("tasks_exporter_source_failures",
+                              "Failed collection cycles by reason.", labels=[*labels, "reason"])
     for s in states:
         key = [s.key.source, s.key.target]
         up.add_metric(key, 1 if s.up else 0)
@@ -287,15 +268,19 @@ def _source_health(states: list[SourceState]) -> Iterator[Family]:
 
 def _structure_health(statuses: list[tuple[SourceKey, StructureStatus]]) -> Iterator[Family]:
     """Structure refreshes (departments, workgroups, members) run on their own interval; a failed one keeps
-    the last good structure, so it is reported here rather than in tasks_exporter_source_up."""
+    the last good structure, so it is reported here rather than in tasks_exporter_source_up, e.g.
+
+    tasks_exporter_structure_up{source="bitrix24",target="acme"} 1.0
+    tasks_exporter_structure_failures_total{source="bitrix24",target="acme",reason="server_error"} 0.0
+    """
     labels = ["source", "target"]
-    up = GaugeFamily("tasks_exporter_structure_up",
-                     "1 when the source's last structure refresh succeeded.", labels=labels)
-    last = GaugeFamily("tasks_exporter_structure_last_success_timestamp_seconds",
-                       "Unix time of the source's last successful structure refresh.", labels=labels)
-    failures = CounterFamily("tasks_exporter_structure_failures",
-                             "Failed structure refreshes by reason (the last good structure is kept).",
-                             labels=[*labels, "reason"])
+    up = Family.gauge("tasks_exporter_structure_up",
+                      "1 when the source's last structure refresh succeeded.", labels=labels)
+    last = Family.gauge("tasks_exporter_structure_last_success_timestamp_seconds",
+                        "Unix time of the source's last successful structure refresh.", labels=labels)
+    failures = Family.counter("tasks_exporter_structure_failures",
+                              "Failed structure refreshes by reason (the last good structure is kept).",
+                              labels=[*labels, "reason"])
     for key, status in statuses:
         base = [key.source, key.target]
         up.add_metric(base, 1 if status.up else 0)
@@ -307,21 +292,42 @@ def _structure_health(statuses: list[tuple[SourceKey, StructureStatus]]) -> Iter
 
 
 def _api_traffic(store: Store) -> Iterator[Family]:
+    """Each source's HTTP traffic so far, e.g.
+
+    tasks_exporter_api_requests_total{source="bitrix24",target="acme",method="batch",outcome="success"} 12.0
+    tasks_exporter_api_errors_total{source="bitrix24",target="acme",code="QUERY_LIMIT_EXCEEDED"} 1.0
+    """
     labels = ["source", "target"]
-    requests = CounterFamily("tasks_exporter_api_requests", "HTTP requests to the APIs by outcome.",
-                             labels=[*labels, "method", "outcome"])
-    errors = CounterFamily("tasks_exporter_api_errors",
-                           "Errors the APIs answered, by API error code (including batch commands).",
-                           labels=[*labels, "code"])
-    waited = CounterFamily("tasks_exporter_rate_limit_wait_seconds",
-                           "Time spent waiting for the client-side rate limit or a method pause.",
-                           labels=labels)
+    requests = Family.counter("tasks_exporter_api_requests", "HTTP requests to the APIs by outcome.",
+                              labels=[*labels, "method", "outcome"])
+    errors = Family.counter("tasks_exporter_api_errors",
+                            "Errors the APIs answered, by API error code (including batch commands).",
+                            labels=[*labels, "code"])
+    waited = Family.counter("tasks_exporter_rate_limit_wait_seconds",
+                            "Time spent waiting for the client-side rate limit or a method pause.",
+                            labels=labels)
     for key, telemetry in sorted(store.telemetry().items(), key=lambda kv: (kv[0].source, kv[0].target)):
-        counts, codes, wait = telemetry.copy()
+        counts = telemetry.counts()
         base = [key.source, key.target]
-        for (method, outcome), n in sorted(counts.items()):
+        for (method, outcome), n in sorted(counts.requests.items()):
             requests.add_metric([*base, method, outcome], n)
-        for code, n in sorted(codes.items()):
+        for code, n in sorted(counts.errors.items()):
             errors.add_metric([*base, code], n)
-        waited.add_metric(base, wait)
+        waited.add_metric(base, counts.rate_limit_wait_seconds)
     yield from (requests, errors, waited)
+
+
+def _faults(faults: ExporterFaults) -> Iterator[Family]:
+    """Bugs the exporter survived, e.g.
+
+    tasks_exporter_render_failures_total 0.0
+    """
+    renders = Family.counter("tasks_exporter_render_failures",
+                             "Renders of /metrics that raised (a bug, logged as render_failed); the last good "
+                             "exposition is served meanwhile.", labels=[])
+    renders.add_metric([], faults.render_failures)
+    handlers = Family.counter("tasks_exporter_http_handler_failures",
+                              "HTTP requests answered 500 because a handler raised (a bug, logged as "
+                              "request_failed).", labels=[])
+    handlers.add_metric([], faults.handler_failures)
+    yield from (renders, handlers)

@@ -1,24 +1,21 @@
-"""HTTP: /metrics (pre-rendered bytes), / (landing page), /healthz, /ready. Knows neither API."""
+"""HTTP: /metrics (pre-rendered bytes, gzip when the Accept-Encoding weights ask), / (landing page), /healthz,
+/ready. Knows neither API."""
 
 from __future__ import annotations
 
-import asyncio
-import ctypes
 import html
-import math
-import time
-import zlib
+import re
 from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.gc_collector import GCCollector
-from prometheus_client.platform_collector import PlatformCollector
-from prometheus_client.process_collector import ProcessCollector
+from aiohttp.typedefs import Middleware
 
 from exporter import __version__
+from exporter.collector import ExporterFaults
+from exporter.exposition import Exposition
 from exporter.log import mask
+from exporter.render import CONTENT_TYPE
 from exporter.snapshot import Store
 from exporter.webconfig import WebConfig
 
@@ -26,108 +23,32 @@ log = structlog.get_logger()
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class Exposition:
-    """The text exposition of the current snapshot, rendered once per change and served as bytes.
-
-    A scrape then costs the same at 100 series and at 100,000. The few series that move by themselves
-    (API traffic during a long cycle, process metrics) are rendered at most once a second and appended
-    (when compressed, by continuing a copy of the body's gzip compressor: one stream, cheap per scrape).
-    """
-
-    def __init__(self, render: Callable[[], bytes], render_live: Callable[[], bytes] = bytes,
-                 live_ttl: float = 1.0) -> None:
-        self._render = render
-        self._render_live = render_live
-        self._live = CollectorRegistry(auto_describe=False)
-        ProcessCollector(registry=self._live)
-        PlatformCollector(registry=self._live)
-        GCCollector(registry=self._live)
-        # (text, its gzip flushed to a byte boundary, the compressor that made it): swapped as one value
-        self._rendered: tuple[bytes, bytes, zlib._Compress] = (b"", b"", zlib.compressobj(6, zlib.DEFLATED, 31))
-        self._live_ttl = live_ttl
-        self._live_cache: tuple[float, bytes] = (-math.inf, b"")
-        self._dirty = True
-        self._rendering: asyncio.Task[None] | None = None
-        self.renders = 0
-
-    def render_now(self) -> None:
-        body = self._render()
-        # gzip the body once and keep the compressor, flushed to a byte boundary: each scrape continues a
-        # copy of it with the live part, so the answer is one gzip stream at the cost of the small part
-        compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
-        packed = compressor.compress(body) + compressor.flush(zlib.Z_SYNC_FLUSH)
-        self._live_cache = (-math.inf, b"")  # a cycle ended: its traffic counts belong with it
-        self._rendered = (body, packed, compressor)
-        self.renders += 1
-        _release_free_memory()
-
-    def invalidate(self) -> None:
-        """Called from the event loop when the store changes; re-renders in a worker thread."""
-        self._dirty = True
-        if self._rendering is None or self._rendering.done():
-            self._rendering = asyncio.get_running_loop().create_task(self._render_loop())
-
-    async def _render_loop(self) -> None:
-        while self._dirty:
-            self._dirty = False
-            await asyncio.to_thread(self.render_now)
-
-    def parts(self, compressed: bool) -> tuple[bytes, bytes]:
-        """The answer as (pre-rendered part, live part), sent one after the other without copying."""
-        body, packed, compressor = self._rendered
-        live = self._live_part()
-        if not compressed:
-            return body, live
-        tail = compressor.copy()
-        return packed, tail.compress(live) + tail.flush()
-
-    def _live_part(self) -> bytes:
-        """API traffic and process metrics, re-read at most once per `live_ttl`."""
-        at, plain = self._live_cache
-        now = time.monotonic()
-        if now - at >= self._live_ttl:
-            plain = self._render_live() + generate_latest(self._live)
-            self._live_cache = (now, plain)
-        return plain
-
-
-def _load_malloc_trim() -> Callable[[int], int] | None:
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to do
-        return None
-
-
-_malloc_trim = _load_malloc_trim()
-
-
-def _release_free_memory() -> None:
-    """A cycle and its render free tens of MB at 5,000 users; glibc keeps such freed heap pages mapped
-    unless asked, and resident memory would settle at the peak instead of at what is in use."""
-    if _malloc_trim is not None:
-        _malloc_trim(0)
-
-
 def build_app(store: Store, exposition: Exposition, web_config: WebConfig | None = None,
               sources: list[tuple[str, str, str]] | None = None) -> web.Application:
-    """The exporter's web application; `sources` lists (source, target, masked address) for `/`."""
-    app = web.Application(client_max_size=16 * 1024)
+    """The exporter's web application; `sources` lists (source, target, masked address) for `/`.
+
+    A handler that raises is a bug: counted in `exposition.faults`, logged with its traceback, answered 500.
+    """
+    app = web.Application(client_max_size=16 * 1024, middlewares=[_error_middleware(exposition.faults)])
     if web_config and web_config.has_auth:
         app.middlewares.append(web_config.middleware())
 
     async def metrics(request: web.Request) -> web.StreamResponse:
-        compressed = "gzip" in request.headers.get("Accept-Encoding", "")
-        headers = {"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"}
+        compressed = accepts_gzip(request.headers.get("Accept-Encoding"))
+        headers = {"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store", "Vary": "Accept-Encoding"}
         if compressed:
             headers["Content-Encoding"] = "gzip"
         parts = exposition.parts(compressed)
         response = web.StreamResponse(headers=headers)
         response.content_length = sum(len(part) for part in parts)
         await response.prepare(request)
-        if request.method != "HEAD":
-            for part in parts:
-                await response.write(part)
-        await response.write_eof()
+        try:
+            if request.method != "HEAD":
+                for part in parts:
+                    await response.write(part)
+            await response.write_eof()
+        except ConnectionError as exc:  # the scraper went away (its timeout): not our fault, nothing to send
+            log.debug("scrape_aborted", detail=str(exc))
         return response
 
     async def landing(request: web.Request) -> web.Response:
@@ -144,6 +65,24 @@ def build_app(store: Store, exposition: Exposition, web_config: WebConfig | None
     for path, handler in (("/metrics", metrics), ("/", landing), ("/healthz", healthz), ("/ready", ready)):
         app.router.add_get(path, handler)  # GET also answers HEAD; other methods get 405
     return app
+
+
+def _error_middleware(faults: ExporterFaults) -> Middleware:
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except (web.HTTPException, ConnectionError):
+            raise  # an answer (404, 405...), or the client hung up (aiohttp logs it, at debug: exporter/log.py)
+        except Exception as exc:
+            faults.handler_failures += 1
+            log.error("request_failed", method=request.method, path=request.path,
+                      error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+            if request.writer.output_size > 0 and request.transport is not None:
+                request.transport.close()  # part of the answer is out: cut it so the client sees it short
+            return web.Response(status=500, text="internal error (logged as request_failed)\n")
+
+    return errors
 
 
 def _landing_page(store: Store, sources: list[tuple[str, str, str]]) -> str:
@@ -167,3 +106,40 @@ def _landing_page(store: Store, sources: list[tuple[str, str, str]]) -> str:
 <th>last error</th></tr>{table}</table>
 </body></html>
 """
+
+
+_QVALUE = re.compile(r"(?:0(?:\.\d{0,3})?|1(?:\.0{0,3})?)")
+
+
+def coding_weights(accept_encoding: str) -> dict[str, float]:
+    """Content-coding -> weight from an Accept-Encoding value (RFC 9110, 12.5.3 and 12.4.2).
+
+    `gzip;q=0.5, identity;q=0` -> {"gzip": 0.5, "identity": 0.0}. Names are lower-cased; a member with
+    a malformed weight is dropped, as if it were absent.
+    """
+    weights: dict[str, float] = {}
+    for member in accept_encoding.split(","):
+        coding, *params = (part.strip() for part in member.split(";"))
+        if not coding:
+            continue  # empty list elements are allowed
+        weight: float | None = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                value = value.strip()
+                weight = float(value) if _QVALUE.fullmatch(value) else None
+        if weight is not None:
+            coding = coding.lower()
+            weights[coding] = max(weight, weights.get(coding, 0.0))
+    return weights
+
+
+def accepts_gzip(accept_encoding: str | None) -> bool:
+    """Whether to answer with gzip: it (or x-gzip, or `*`) has a weight above 0 and is not less wanted than
+    an explicitly weighted identity. No header: no gzip (RFC 9110 allows any coding; plain is safest)."""
+    if not accept_encoding:
+        return False
+    weights = coding_weights(accept_encoding)
+    gzip = weights.get("gzip", weights.get("x-gzip", weights.get("*", 0.0)))
+    identity = weights.get("identity")
+    return gzip > 0 and (identity is None or gzip >= identity)

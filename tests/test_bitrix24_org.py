@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import log
 from exporter.collector import SnapshotCollector
+from exporter.render import render
 from exporter.simulator.bitrix24 import PortalSimulator, SimDepartment, special_group_ids
 from exporter.simulator.bitrix24_org import MEMBER_ROLES, can_view_tasks, visible_to
 from exporter.snapshot import PortalSnapshot, SourceKey, Store
@@ -70,7 +71,7 @@ def exposition(data: PortalSnapshot, name: str = "test") -> str:
     key = SourceKey("bitrix24", name)
     store.register(key, 60.0)
     store.succeeded(key, data, 0.1)
-    return SnapshotCollector(store).render().decode()
+    return render(SnapshotCollector(store).snapshot_families()).decode()
 
 
 def series(text: str, metric: str, *labels: str) -> set[tuple[str, ...]]:

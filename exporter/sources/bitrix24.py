@@ -172,8 +172,9 @@ class Bitrix24Source:
         calls_before = self._client.calls
         self._client.operating.clear()  # the portal's window value as of this cycle, not a maximum ever seen
         try:
-            structure = await self._structure.current()
-            users = self._monitored(await self._resolve_users(), structure)
+            users = await self._resolve_users()
+            structure = await self._structure.current()  # re-read only when due; a failure keeps the last
+            users = self._monitored(users, structure)
             counters, hidden, failed = await self._read_counters(users, structure)
         except ApiError as exc:
             raise SourceFailure(_reason(exc.code), str(exc)) from None
