@@ -38,7 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import log
 from exporter.app import Exporter
-from exporter.config import ROLES, Bitrix24Config, Config, PachcaConfig, RateLimit, Secret
+from exporter.config import ROLE_NAMES, Bitrix24Config, Config, PachcaConfig, RateLimit, Secret
 from exporter.simulator import bitrix24 as b24sim
 from exporter.simulator import pachca as pachcasim
 from exporter.simulator import serve
@@ -100,7 +100,7 @@ class Limits:
 
 
 LIMITS = Limits(max_concurrency=4,  # below the cycle's counter batches, so the pool really fills up
-                counter_batches=math.ceil(USERS * len(ROLES) / BATCH_LIMIT))  # config default: groups (0,)
+                counter_batches=math.ceil(USERS * len(ROLE_NAMES) / BATCH_LIMIT))  # config default: groups (0,)
 
 
 @dataclass(frozen=True, slots=True)
