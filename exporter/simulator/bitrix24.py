@@ -37,7 +37,7 @@ __all__ = ["FAULTS", "FIRST", "FULL_SCOPES", "LAST", "LEGACY_KEYS", "MethodError
            "SimDepartment", "SimGroup", "SimUser", "create_app", "generate_portal", "php_query", "special_group_ids"]
 
 MODERN_KEYS = {"expired": 6291456, "new_comments": 12582912}
-# Legacy (tasks module before ~20.800): a different key set per role (docs/api-notes.md).
+# Legacy (tasks module before ~20.800): a different key set per role (docs/api-notes.md#b24-counters-keys).
 LEGACY_KEYS = {
     "view_all": ["wo_deadline", "expired", "expired_soon", "not_viewed", "wait_ctrl"],
     "view_role_responsible": ["wo_deadline", "expired", "expired_soon", "not_viewed"],
@@ -142,7 +142,7 @@ class PortalSimulator:
     def counters(self, user_id: int, group_id: int, kind: str) -> dict[str, int]:
         """The true counter values of a user, as the portal would compute them now.
 
-        In a group the user is not an owner, moderator or member of, every counter is 0 (docs/api-notes.md).
+        In a group the user is not a member of, every counter is 0 (docs/api-notes.md#org-counters-non-member).
         """
         override = self.overrides.get((user_id, group_id, kind))
         if override is not None:
@@ -320,7 +320,7 @@ class _Portal:
                 sections["result_next"][str(key)] = extra["next"]
             operating, reset_at = self.sim.charge(method, 0.0)
             sections["result_time"][str(key)] = _time_block(started, operating, reset_at)
-        # PHP writes an array keyed 0..n-1 (an empty one too) as a JSON list (docs/api-notes.md)
+        # PHP writes an array keyed 0..n-1 (an empty one too) as a JSON list (docs/api-notes.md#b24-batch-empty-list)
         return {name: php_array(section) for name, section in sections.items()}
 
 

@@ -1,4 +1,4 @@
-"""The fake portal's employees and `user.get` as the portal answers it (docs/api-notes.md).
+"""The fake portal's employees and `user.get` as the portal answers it (docs/api-notes.md#org-user-get-fields).
 
 Which fields come back depends on the webhook's scope: `user` gives everything (EMAIL, LAST_LOGIN),
 `user_basic` EMAIL but no LAST_LOGIN, `user_brief` names, position and departments but no EMAIL. Types
