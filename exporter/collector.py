@@ -17,8 +17,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from exporter import __version__
+from exporter.org import StructureStatus
 from exporter.render import Family, Row
-from exporter.snapshot import PortalSnapshot, ReminderTally, SourceState, Store
+from exporter.snapshot import PortalSnapshot, ReminderTally, SourceKey, SourceState, Store
 
 FAILURE_REASONS = ("auth", "rate_limited", "server_error", "timeout", "network_error", "invalid_response",
                    "api_error", "deadline", "internal")
@@ -51,8 +52,11 @@ class SnapshotCollector(Collector):
         """
         states = sorted(self._store.states(), key=lambda s: (s.key.source, s.key.target))
         yield from _bitrix24([s for s in states if isinstance(s.data, PortalSnapshot)])
+        yield from _bitrix24_org([s for s in states if isinstance(s.data, PortalSnapshot)])
         yield from _pachca([s for s in states if isinstance(s.data, ReminderTally)])
         yield from _source_health(states)
+        yield from _structure_health([(s.key, s.data.structure) for s in states
+                                      if isinstance(s.data, PortalSnapshot) and s.data.structure is not None])
         info = Family.gauge("tasks_exporter_build_info", "Version of tasks-exporter, value 1.",
                             labels=["version", "python_version"])
         info.add_metric([__version__, platform.python_version()], 1)
@@ -121,6 +125,44 @@ def _bitrix24(states: list[SourceState]) -> Iterator[Family]:
         for method, seconds in sorted(data.operating_seconds.items()):
             operating.add_metric([portal, method], seconds)
     yield from (tasks, info, users, hidden, failed, operating)
+
+
+def _bitrix24_org(states: list[SourceState]) -> Iterator[Family]:
+    """The company structure and workgroups, to join against bitrix24_tasks by user_id or group_id, e.g.
+
+    bitrix24_department_info{portal="acme",department_id="5",name="Sales",parent_id="1",head_user_id="7"} 1.0
+    bitrix24_user_department{portal="acme",user_id="9",department_id="1",direct="false"} 1.0
+    bitrix24_group_info{portal="acme",group_id="3",name="Website relaunch",kind="project"} 1.0
+    bitrix24_group_member{portal="acme",group_id="3",user_id="9",role="moderator"} 1.0
+    """
+    departments = Family.gauge(
+        "bitrix24_department_info", "A department of the company structure, value 1; parent_id is empty for a "
+        "root and head_user_id for a department without a head.",
+        labels=["portal", "department_id", "name", "parent_id", "head_user_id"])
+    user_departments = Family.gauge(
+        "bitrix24_user_department", "A monitored user in a department, value 1: direct=\"true\" for the "
+        "user's own departments, \"false\" for every department above them.",
+        labels=["portal", "user_id", "department_id", "direct"])
+    groups = Family.gauge("bitrix24_group_info", "A workgroup (kind group) or project whose counters are read, "
+                          "value 1.", labels=["portal", "group_id", "name", "kind"])
+    members = Family.gauge("bitrix24_group_member", "A monitored user in a workgroup as owner, moderator or "
+                           "member, value 1.", labels=["portal", "group_id", "user_id", "role"])
+    for state in states:
+        assert isinstance(state.data, PortalSnapshot)
+        org, portal = state.data.org, state.key.target
+        for d in org.departments:
+            departments.add_metric([portal, str(d.dept_id), d.name, _id(d.parent_id), _id(d.head_user_id)], 1)
+        for ud in org.user_departments:
+            user_departments.add_metric([portal, str(ud.user_id), str(ud.dept_id), str(ud.direct).lower()], 1)
+        for g in org.groups:
+            groups.add_metric([portal, str(g.group_id), g.name, g.kind], 1)
+        for m in org.members:
+            members.add_metric([portal, str(m.group_id), str(m.user_id), m.role], 1)
+    yield from (departments, user_departments, groups, members)
+
+
+def _id(value: int | None) -> str:
+    return "" if value is None else str(value)
 
 
 def _task_rows(states: list[SourceState]) -> Iterator[Row]:
@@ -222,6 +264,31 @@ def _source_health(states: list[SourceState]) -> Iterator[Family]:
         for reason, n in sorted({**dict.fromkeys(FAILURE_REASONS, 0), **s.failures}.items()):
             failures.add_metric([*key, reason], n)
     yield from (up, last, duration, interval, bound, failures)
+
+
+def _structure_health(statuses: list[tuple[SourceKey, StructureStatus]]) -> Iterator[Family]:
+    """Structure refreshes (departments, workgroups, members) run on their own interval; a failed one keeps
+    the last good structure, so it is reported here rather than in tasks_exporter_source_up, e.g.
+
+    tasks_exporter_structure_up{source="bitrix24",target="acme"} 1.0
+    tasks_exporter_structure_failures_total{source="bitrix24",target="acme",reason="server_error"} 0.0
+    """
+    labels = ["source", "target"]
+    up = Family.gauge("tasks_exporter_structure_up",
+                      "1 when the source's last structure refresh succeeded.", labels=labels)
+    last = Family.gauge("tasks_exporter_structure_last_success_timestamp_seconds",
+                        "Unix time of the source's last successful structure refresh.", labels=labels)
+    failures = Family.counter("tasks_exporter_structure_failures",
+                              "Failed structure refreshes by reason (the last good structure is kept).",
+                              labels=[*labels, "reason"])
+    for key, status in statuses:
+        base = [key.source, key.target]
+        up.add_metric(base, 1 if status.up else 0)
+        if status.last_success is not None:
+            last.add_metric(base, status.last_success)
+        for reason, n in sorted({**dict.fromkeys(FAILURE_REASONS, 0), **status.failures}.items()):
+            failures.add_metric([*base, reason], n)
+    yield from (up, last, failures)
 
 
 def _api_traffic(store: Store) -> Iterator[Family]:

@@ -20,7 +20,6 @@ from exporter.kinds import (
     POSITIVE_NUMBER,
     URL,
     check_url,
-    int_list,
     integer,
     items,
     sections,
@@ -90,6 +89,33 @@ def _auto_bool(_reader: Reader, _path: str, raw: Any) -> bool | None:
     return raw
 
 
+def _groups(reader: Reader, path: str, raw: Any) -> tuple[int, ...] | None:
+    if raw == "auto":
+        return None
+    if not isinstance(raw, list):
+        raise Invalid(f"must be auto or a list of workgroup ids, got {kind_of(raw)}")
+    if not raw:
+        raise Invalid("is empty; use auto or list at least one workgroup id (0: all groups)")
+    return tuple(dict.fromkeys(items(reader, path, raw, _GROUP_ID)))
+
+
+def _ids(reader: Reader, path: str, raw: Any) -> tuple[int, ...]:
+    if not isinstance(raw, list):
+        raise Invalid(f"must be a list of ids, got {kind_of(raw)}")
+    return tuple(dict.fromkeys(items(reader, path, raw, _USER_ID)))
+
+
+def _flag(_reader: Reader, _path: str, raw: Any) -> bool:
+    if not isinstance(raw, bool):
+        raise Invalid(f"must be true or false, got {raw!r}")
+    return raw
+
+
+_GROUP_ID = integer(0)
+GROUPS: Kind[tuple[int, ...] | None] = Kind(_groups, "`auto` or list of workgroup ids",
+                                            lambda v: "auto" if v is None else show_list(v))
+FLAG: Kind[bool] = Kind(_flag, "`true` or `false`", lambda v: str(v).lower())
+IDS: Kind[tuple[int, ...]] = Kind(_ids, "list of ids", show_list)
 WEBHOOK: Kind[Secret] = Kind(_webhook, "secret URL https://PORTAL/rest/USER_ID/SECRET/")
 TOKEN: Kind[Secret] = Kind(_token, "secret text")
 USERS: Kind[tuple[int, ...] | None] = Kind(_users, "`auto` or list of user ids",
@@ -115,16 +141,34 @@ class Bitrix24Config:
     name: str = field(metadata=key(
         LABEL, "The `portal` label on every series of this portal.", default_host_of="webhook_url"))
     webhook_url: Secret = field(metadata=key(
-        WEBHOOK, "Incoming webhook with scopes `task` and `user` (and `sonet` for workgroups). Reading other "
-        "users' counters needs an administrator's webhook.", secret=True))
+        WEBHOOK, "Incoming webhook with scopes `task` and `user` (`department` for the company structure, "
+        "`sonet_group` for workgroups). Reading other users' counters needs an administrator's webhook.",
+        secret=True))
     users: tuple[int, ...] | None = field(default=None, metadata=key(
         USERS, "Whose counters to read; `auto`: every active employee, re-read each cycle."))
-    groups: tuple[int, ...] = field(default=(0,), metadata=key(
-        int_list(minimum=0), "Workgroup ids to read counters for; 0: all groups summed."))
+    groups: tuple[int, ...] | None = field(default=(0,), metadata=key(
+        GROUPS, "Workgroup ids to read counters for, for every monitored user; 0: all groups summed. `auto`: "
+        "group 0 for every user, plus every active, not archived workgroup and project the webhook may see, "
+        "for its owner, moderators and members only (scope `sonet_group`)."))
+    max_groups: int = field(default=200, metadata=key(
+        integer(1), "With `groups: auto`: read at most this many workgroups (lowest ids first); the rest are "
+        "left out with a warning."))
+    departments: bool = field(default=True, metadata=key(
+        FLAG, "Read the company structure (scope `department`): `bitrix24_department_info` and "
+        "`bitrix24_user_department`."))
+    include_departments: tuple[int, ...] = field(default=(), metadata=key(
+        IDS, "Monitor only the users of these departments and of every department below them; []: everyone."))
+    exclude_users: tuple[int, ...] = field(default=(), metadata=key(IDS, "Never monitor these users."))
+    names: bool = field(default=True, metadata=key(
+        FLAG, "`false`: no personal names on info series (`name=\"\"`) and no e-mails kept; ids only. "
+        "Department and workgroup names stay."))
+    structure_interval: float = field(default=3600.0, metadata=key(
+        DURATION, "How often to re-read departments, workgroups and their members."))
     roles: tuple[str, ...] = field(default=ROLE_NAMES, metadata=key(
         subset(ROLE_NAMES, "role"), "Roles to read counters for (the `role` label)."))
     interval: float = field(default=60.0, metadata=key(
-        DURATION, "How often to collect; one cycle needs users x groups x roles / 50 batch requests."))
+        DURATION, "How often to collect; one cycle needs users x groups x roles / 50 batch requests (with "
+        "`groups: auto`, users x roles plus members x roles summed over the groups, / 50)."))
     timeout: float = field(default=10.0, metadata=key(
         DURATION, "Timeout of one HTTP request, from sending to the last byte of the answer "
         "(rate-limit waits excluded)."))

@@ -11,6 +11,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
+from exporter.org import PortalOrg, StructureStatus
+
 # --- Bitrix24 -----------------------------------------------------------------------------------
 
 
@@ -42,7 +44,9 @@ class CounterReading:
 @dataclass(frozen=True, slots=True)
 class PortalUser:
     user_id: int
-    name: str
+    name: str  # "" when unknown or when the portal's config says `names: false`
+    email: str = ""  # trimmed and lower-cased; "" when the webhook's scope does not show it, or `names: false`
+    departments: tuple[int, ...] = ()  # UF_DEPARTMENT: the departments the user is directly in
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +59,8 @@ class PortalSnapshot:
     hidden_users: int  # users whose counters came back as [] (the webhook may not see them)
     failed_commands: int  # commands whose error cost only themselves this cycle
     operating_seconds: Mapping[str, float] = field(default_factory=dict)  # method -> time.operating
+    org: PortalOrg = field(default_factory=PortalOrg)  # departments and workgroups around the users
+    structure: StructureStatus | None = None  # None: no structure is read for this portal
 
     @property
     def readings(self) -> Iterator[CounterReading]:

@@ -42,8 +42,9 @@ def test_check_config_reports_each_problem_on_its_own_line(tmp_path: Path):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert lines == [
-        "config error: bitrix24.colour: unknown key (expected one of: cycle_timeout, groups, interval, "
-        "max_concurrency, name, rate_limit, roles, timeout, users, webhook_url, webhook_url_file)",
+        "config error: bitrix24.colour: unknown key (expected one of: cycle_timeout, departments, exclude_users, "
+        "groups, include_departments, interval, max_concurrency, max_groups, name, names, rate_limit, roles, "
+        "structure_interval, timeout, users, webhook_url, webhook_url_file)",
         "config error: bitrix24.webhook_url: environment variable MISSING_VAR is not set",
         "config error: bitrix24.interval: invalid duration 'often' (use e.g. 30s, 5m, 1h30m)",
     ]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import aclosing
 from typing import Any
 
@@ -12,6 +13,7 @@ import structlog
 
 from exporter.config import Bitrix24Config
 from exporter.errors import ApiError, SourceFailure
+from exporter.org import subtree
 from exporter.ratelimit import LeakyBucket, cycle_bound
 from exporter.snapshot import ApiTelemetry, CounterQuery, CounterSet, PortalSnapshot, PortalUser
 from exporter.sources.bitrix24_client import (
@@ -26,9 +28,17 @@ from exporter.sources.bitrix24_client import (
     chunk,
     command,
 )
+from exporter.sources.bitrix24_structure import (
+    COUNTERS_METHOD,
+    Structure,
+    StructureKeeper,
+    StructureReader,
+    org_view,
+    parse_ids,
+    plan_queries,
+)
 from exporter.sources.transport import all_or_none, as_they_finish
 
-COUNTERS_METHOD = "tasks.task.counters.get"
 # The `type` of tasks.task.counters.get for each role a config may list (config.ROLE_NAMES).
 ROLES: dict[str, str] = {
     "all": "view_all",
@@ -92,6 +102,14 @@ def _number(raw: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def portal_user(uid: int, record: Mapping[str, Any], *, names: bool = True) -> PortalUser:
+    """A user.get record as the snapshot keeps it; with `names: false` neither name nor e-mail is kept."""
+    email = record.get("EMAIL") if names else None
+    return PortalUser(uid, user_name(record) if names else "",
+                      email.strip().lower() if isinstance(email, str) else "",
+                      parse_ids(record.get("UF_DEPARTMENT")))
+
+
 def user_name(record: Mapping[str, Any]) -> str:
     parts = [record.get("NAME"), record.get("LAST_NAME")]
     name = " ".join(str(p).strip() for p in parts if isinstance(p, str) and p.strip())
@@ -122,7 +140,8 @@ class Bitrix24Source:
     source = "bitrix24"
 
     def __init__(self, config: Bitrix24Config, telemetry: ApiTelemetry, *,
-                 retry: RetryPolicy | None = None, transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 retry: RetryPolicy | None = None, transport: httpx.AsyncBaseTransport | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.target = config.name
         self.interval = config.interval
@@ -134,7 +153,11 @@ class Bitrix24Source:
         )
         self._last: dict[CounterQuery, CounterSet] = {}
         self._query_users: list[int] = []
+        self._query_structure: Structure | None = None
         self._queries: list[CounterQuery] = []
+        self._structure = StructureKeeper(StructureReader(self._client, config), interval=config.structure_interval,
+                                          classify=_reason, clock=clock, portal=config.name)
+        self._emails_missing = False
         self.last_calls = 0
 
     async def aclose(self) -> None:
@@ -150,22 +173,48 @@ class Bitrix24Source:
         self._client.operating.clear()  # the portal's window value as of this cycle, not a maximum ever seen
         try:
             users = await self._resolve_users()
-            counters, hidden, failed = await self._read_counters(users)
+            structure = await self._structure.current()  # re-read only when due; a failure keeps the last
+            users = self._monitored(users, structure)
+            counters, hidden, failed = await self._read_counters(users, structure)
         except ApiError as exc:
             raise SourceFailure(_reason(exc.code), str(exc)) from None
         finally:
             self.last_calls = self._client.calls - calls_before
         return PortalSnapshot(
             users=tuple(users), counters=counters, hidden_users=hidden, failed_commands=failed,
-            operating_seconds=dict(self._client.operating),
+            operating_seconds=dict(self._client.operating), org=org_view(users, structure, self._queries),
+            structure=self._structure.status,
         )
 
     # --- users ----------------------------------------------------------------------------------
 
     async def _resolve_users(self) -> list[PortalUser]:
         if self.config.users is not None:
-            return await self._named(self.config.users)
-        return await self._active_employees()
+            users = await self._named(self.config.users)
+        else:
+            users = await self._active_employees()
+        self._check_emails(users)
+        return users
+
+    def _monitored(self, users: list[PortalUser], structure: Structure) -> list[PortalUser]:
+        """`include_departments` (their subtrees, as far as the tree is known) and `exclude_users`."""
+        config = self.config
+        if config.include_departments:
+            wanted = subtree(config.include_departments, structure.departments or {})
+            users = [u for u in users if wanted.intersection(u.departments)]
+        if config.exclude_users:
+            excluded = set(config.exclude_users)
+            users = [u for u in users if u.user_id not in excluded]
+        return users
+
+    def _check_emails(self, users: list[PortalUser]) -> None:
+        """user.get shows EMAIL only with scope user or user_basic (docs/api-notes.md#org-user-get-fields):
+        say so once when no user has one."""
+        missing = self.config.names and bool(users) and not any(u.email for u in users)
+        if missing and not self._emails_missing:
+            log.warning("bitrix24_feature_off", portal=self.target, feature="email", scope="user",
+                        hint="no user.get record has EMAIL; give the webhook the scope user or user_basic")
+        self._emails_missing = missing
 
     async def _active_employees(self) -> list[PortalUser]:
         """Every active employee: the first page directly, the rest as batched `start` offsets."""
@@ -182,7 +231,7 @@ class Bitrix24Source:
         for record in records:
             uid = _user_id(record)
             if uid is not None and not _is_inactive(record):
-                users[uid] = PortalUser(uid, user_name(record))
+                users[uid] = portal_user(uid, record, names=self.config.names)
         return sorted(users.values(), key=lambda u: u.user_id)
 
     async def _pages_batched(self, params: dict[str, Any], first: int, total: int) -> list[Any]:
@@ -224,25 +273,26 @@ class Bitrix24Source:
     async def _named(self, ids: tuple[int, ...]) -> list[PortalUser]:
         """An explicit user list: names come from user.get by ID; a failed lookup leaves the name empty."""
         commands = {f"u{uid}": command("user.get", {"ID": uid}) for uid in ids}
-        names: dict[int, str] = {}
+        found: dict[int, PortalUser] = {}
         try:
             for result in await all_or_none(self._client.batch(c, pause_key="user.get")
                                             for c in chunk(commands)):
                 for key, page in result.results.items():
                     for record in page if isinstance(page, list) else []:
                         if _user_id(record) == int(key[1:]):
-                            names[int(key[1:])] = user_name(record)
+                            found[int(key[1:])] = portal_user(int(key[1:]), record, names=self.config.names)
         except ApiError as exc:
             if exc.code in AUTH_CODES:
                 raise
             log.warning("bitrix24_user_names_failed", portal=self.target, code=exc.code)
-        return [PortalUser(uid, names.get(uid, "")) for uid in ids]
+        return [found.get(uid, PortalUser(uid, "")) for uid in ids]
 
     # --- counters -------------------------------------------------------------------------------
 
-    async def _read_counters(self, users: list[PortalUser]) -> tuple[dict[CounterQuery, CounterSet], int, int]:
+    async def _read_counters(self, users: list[PortalUser], structure: Structure
+                             ) -> tuple[dict[CounterQuery, CounterSet], int, int]:
         """Every user x group x role counter set; a failed command keeps its last good values."""
-        queries = self._queries_for(users)
+        queries = self._queries_for(users, structure)
         read: dict[CounterQuery, CounterSet] = {}
         hidden: set[int] = set()
         errors = await self._fold(queries, range(len(queries)), read, hidden)
@@ -260,14 +310,14 @@ class Bitrix24Source:
         self._last = fresh
         return fresh, len(hidden), len(errors)
 
-    def _queries_for(self, users: list[PortalUser]) -> list[CounterQuery]:
-        """The cycle's queries; the previous cycle's objects when the users are the same (they key the
-        snapshot still being served, so a large portal does not hold two sets of them)."""
+    def _queries_for(self, users: list[PortalUser], structure: Structure) -> list[CounterQuery]:
+        """The cycle's queries; the previous cycle's objects when the users and structure are the same (they
+        key the snapshot still being served, so a large portal does not hold two sets of them)."""
         ids = [u.user_id for u in users]
-        if ids != self._query_users:
+        if ids != self._query_users or structure is not self._query_structure:
             self._query_users = ids
-            self._queries = [CounterQuery(uid, g, r) for uid in ids for g in self.config.groups
-                             for r in self.config.roles]
+            self._query_structure = structure
+            self._queries = plan_queries(ids, structure, self.config.roles, auto=self.config.groups is None)
         return self._queries
 
     async def _fold(self, queries: Sequence[CounterQuery], indexes: Sequence[int],
