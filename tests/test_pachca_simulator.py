@@ -17,6 +17,7 @@ from exporter.simulator.pachca import (
     FAULTS,
     KINDS,
     PREFIX,
+    Colleague,
     PachcaSimulator,
     create_app,
     decode_cursor,
@@ -325,3 +326,114 @@ def test_generated_users_include_invitees_and_a_bot() -> None:
     assert any(u["last_name"] == "" for u in users)
     assert sum(u["bot"] for u in users) == 1
     assert all(u["nickname"] for u in users)
+
+
+# --- departments, employee tags and people shared with Bitrix24 --------------------------------------
+
+
+async def test_users_carry_department_and_tag_names(sim: PachcaSimulator, api: httpx.AsyncClient) -> None:
+    users = [u for b in await walk(api, "/users") for u in b["data"]]
+    departments = [u["department"] for u in users]
+    assert None in departments and "" in departments and any(departments)
+    assert all(isinstance(u["list_tags"], list) and all(isinstance(t, str) for t in u["list_tags"]) for u in users)
+    assert any(u["list_tags"] == [] for u in users) and any(len(u["list_tags"]) >= 2 for u in users)
+    tag_names = {t["name"] for t in sim.tags}
+    assert {t for u in users for t in u["list_tags"]} <= tag_names
+
+
+async def test_users_query_answers_the_search_meta(api: httpx.AsyncClient) -> None:
+    body = (await api.get("/users", params={"query": "PETROV", "limit": 1})).json()
+    assert set(body["meta"]) == {"total", "paginate"} and set(body["meta"]["paginate"]) == {"next_page"}
+    assert body["meta"]["total"] >= 2 and len(body["data"]) == 1
+    second = (await api.get("/users", params={"query": "PETROV", "limit": 1,
+                                              "cursor": body["meta"]["paginate"]["next_page"]})).json()
+    assert second["data"][0]["id"] != body["data"][0]["id"]
+    assert all("petrov" in f"{u['last_name']} {u['email']}".lower() for u in body["data"] + second["data"])
+    assert (await api.get("/users", params={"query": "zzz-nobody"})).json()["meta"]["total"] == 0
+
+
+async def test_group_tags_list_with_user_counts(sim: PachcaSimulator, api: httpx.AsyncClient) -> None:
+    bodies = await walk(api, "/group_tags", limit=3)
+    tags = [t for b in bodies for t in b["data"]]
+    assert [len(b["data"]) for b in bodies] == [3, 3, 1] and bodies[-1]["meta"]["paginate"]["has_next"] is False
+    users = [u for b in await walk(api, "/users") for u in b["data"]]
+    for tag in tags:
+        assert set(tag) == {"id", "name", "users_count"} and isinstance(tag["id"], int)
+        assert tag["users_count"] == sum(tag["name"] in u["list_tags"] for u in users)
+    assert any(t["users_count"] == 0 for t in tags) and len({t["name"] for t in tags}) == len(tags)
+
+
+async def test_group_tags_filter_by_names(api: httpx.AsyncClient) -> None:
+    response = await api.get("/group_tags", params=[("names[]", "Design"), ("names[]", "Product")])
+    assert sorted(t["name"] for t in response.json()["data"]) == ["Design", "Product"]
+    assert (await api.get("/group_tags", params={"names[]": "Nope"})).json()["data"] == []
+
+
+async def test_one_tag_and_its_users(sim: PachcaSimulator, api: httpx.AsyncClient) -> None:
+    tag = next(t for t in sim.tags if t["name"] == "Product")
+    one = (await api.get(f"/group_tags/{tag['id']}")).json()
+    assert set(one) == {"data"} and one["data"]["name"] == "Product"
+    bodies = await walk(api, f"/group_tags/{tag['id']}/users", limit=1)
+    members = [u for b in bodies for u in b["data"]]
+    assert len(members) == one["data"]["users_count"] >= 2
+    assert all("Product" in u["list_tags"] and "email" in u and "nickname" in u for u in members)
+    assert bodies[-1]["meta"]["paginate"]["has_next"] is False
+
+
+@pytest.mark.parametrize("path", ["/group_tags/1", "/group_tags/1/users", "/group_tags/abc"])
+async def test_unknown_tag_is_a_404_api_error(api: httpx.AsyncClient, path: str) -> None:
+    response = await api.get(path)
+    assert response.status_code == 404
+    (error,) = response.json()["errors"]
+    assert (error["code"], error["key"], error["payload"]) == ("not_found", "id", None)
+
+
+@pytest.mark.parametrize("path", ["/group_tags", "/group_tags/9111", "/group_tags/9111/users"])
+async def test_group_tags_need_the_group_tags_read_scope(sim: PachcaSimulator, api: httpx.AsyncClient,
+                                                        path: str) -> None:
+    sim.tokens = {DEMO_TOKEN: frozenset({"tasks:read", "users:read"})}
+    response = await api.get(path)
+    assert response.status_code == 403
+    assert response.json() == {"error": "insufficient_scope",
+                               "error_description": "Insufficient scope. Required: group_tags:read"}
+    assert (await api.get("/users")).status_code == 200
+
+
+async def test_tag_endpoints_share_faults_and_the_request_log(sim: PachcaSimulator,
+                                                             api: httpx.AsyncClient) -> None:
+    sim.inject("http_503", times=1)
+    assert (await api.get("/group_tags/9111/users")).status_code == 503
+    assert (await api.get("/group_tags/9111/users", params={"limit": 60})).status_code == 400
+    assert sim.count("/group_tags/9111/users") == 2
+
+
+def _normal(email: str | None) -> str | None:
+    return email.strip().lower() if email else None
+
+
+async def test_default_workspace_shares_e_mails_with_the_demo_portal(api: httpx.AsyncClient) -> None:
+    from exporter.simulator.bitrix24 import generate_portal
+
+    portal = {u.email: u for u in generate_portal().users}
+    users = [u for b in await walk(api, "/users") for u in b["data"]]
+    emails = [u["email"] for u in users]
+    normal = [_normal(e) for e in emails]
+    assert None in emails  # the bot
+    assert any(e and e != e.strip() for e in emails) and any(e and e.strip() != e.strip().lower() for e in emails)
+    shared = [e for e in normal if e is not None and normal.count(e) == 2]
+    assert len(set(shared)) == 1 and shared[0] in portal  # one e-mail two Pachca users share
+    unknown = [e for e in normal if e is not None and e not in portal]
+    assert len(unknown) == 1
+    matched = {e for e in normal if e in portal and normal.count(e) == 1}
+    assert len(matched) == 8
+    for user in users:
+        if _normal(user["email"]) in matched and user["first_name"] is not None:
+            assert user["first_name"] == portal[_normal(user["email"]) or ""].name
+
+
+def test_colleagues_give_names_and_e_mails() -> None:
+    people = [Colleague("Ada", "Lovelace", "ada@example.com"), Colleague("Alan", "Turing", "alan@example.com")]
+    users = generate(3, seed=1, now=NOW, users=5, colleagues=people).users
+    assert [(u["first_name"], u["email"]) for u in users[:2]] == [("Ada", "ada@example.com"),
+                                                                  ("Alan", "alan@example.com")]
+    assert users[4]["email"] == "user15@example.com"  # past the colleagues: an e-mail of its own

@@ -1,8 +1,11 @@
 """A fake Bitrix24 portal behind an incoming webhook, faithful to docs/api-notes.md#bitrix24.
 
-It serves `user.get` (50 per page, total/next), `tasks.task.counters.get` (dynamic keys, `[]` for users
-the webhook may not see) and `batch` (<= 50 commands, result_error, PHP's list-for-empty-dict quirk),
-behind the portal's leaky bucket (503 QUERY_LIMIT_EXCEEDED), with latency and counters that drift.
+It serves `tasks.task.counters.get` (dynamic keys, `[]` for users the webhook may not see, zeros for a
+user outside the group, an error for a group the webhook may not read), `user.get`, `department.get`,
+`sonet_group.get` and `sonet_group.user.get` (bitrix24_users, bitrix24_org) and `batch` (<= 50 commands
+of any of them, result_error per command, PHP's list-for-sequential-keys quirk), each behind the
+webhook's scopes, behind the portal's leaky bucket (503 QUERY_LIMIT_EXCEEDED), with latency, faults and
+counters that drift.
 """
 
 from __future__ import annotations
@@ -15,9 +18,25 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl
 
 from aiohttp import web
+
+from exporter.simulator.bitrix24_org import (
+    SimDepartment,
+    SimGroup,
+    build_groups,
+    build_structure,
+    can_view_tasks,
+    department_get,
+    sonet_group_get,
+    sonet_group_user_get,
+    special_group_ids,
+)
+from exporter.simulator.bitrix24_php import MethodError, php_array, php_query, php_truthy, upper_keys
+from exporter.simulator.bitrix24_users import FIRST, LAST, USER_SCOPES, SimUser, generate_people, user_get
+
+__all__ = ["FAULTS", "FIRST", "FULL_SCOPES", "LAST", "LEGACY_KEYS", "MethodError", "PortalSimulator",
+           "SimDepartment", "SimGroup", "SimUser", "create_app", "generate_portal", "php_query", "special_group_ids"]
 
 MODERN_KEYS = {"expired": 6291456, "new_comments": 12582912}
 # Legacy (tasks module before ~20.800): a different key set per role (docs/api-notes.md#b24-counters-keys).
@@ -31,31 +50,39 @@ LEGACY_KEYS = {
 CODES = {**MODERN_KEYS, "wo_deadline": 10485760, "expired_soon": 9437184, "not_viewed": 1048576,
          "wait_ctrl": 8388608}
 TYPES = tuple(LEGACY_KEYS)
-FIRST = ["Anna", "Boris", "Vera", "Gleb", "Daria", "Egor", "Zoya", "Ivan", "Kira", "Lev", "Maria", "Nikita",
-         "Olga", "Pavel", "Rita", "Sergey", "Tanya", "Uliana", "Fedor", "Yana"]
-LAST = ["Ivanova", "Petrov", "Smirnova", "Kuznetsov", "Popova", "Sokolov", "Lebedeva", "Kozlov", "Novikova",
-        "Morozov", "Volkova", "Orlov"]
 FAULTS = ("http_500", "http_502", "http_503", "html", "truncated_json", "wrong_types", "unauthorized",
           "insufficient_scope", "query_limit_storm", "operation_time_limit", "reset", "timeout")
-
-
-@dataclass
-class SimUser:
-    user_id: int
-    name: str
-    last_name: str
-    active: bool = True
-    email: str = ""
+FULL_SCOPES = frozenset({"task", "user", "department", "sonet_group"})
+# Scopes that open a method; any one is enough (`tasks` is an alias of `task`, user_basic/user_brief of `user`).
+METHOD_SCOPES: dict[str, tuple[str, ...]] = {
+    "tasks.task.counters.get": ("task", "tasks"),
+    "user.get": USER_SCOPES,
+    "department.get": ("department",),
+    "department.fields": ("department",),
+    "sonet_group.get": ("sonet_group",),
+    "sonet_group.user.get": ("sonet_group",),
+}
+BATCH_LIMIT = 50
+SCOPE_DENIED = "The request requires higher privileges than provided by the webhook token"
+GROUP_DENIED = "Group not found or access denied. (internal error)"
 
 
 @dataclass
 class PortalSimulator:
-    """Mutable state of the fake portal; tests change it at run time."""
+    """Mutable state of the fake portal; tests change it at run time.
+
+    The webhook belongs to `user_id`, who may read every user's counters (a tasks administrator) except
+    the `hidden` ones. `sonet_admin` says whether that user is also a socialnetwork module admin: only
+    then is IS_ADMIN=Y honoured and every group readable; otherwise groups follow their own rights.
+    """
 
     user_id: int = 1
     secret: str = "simsecret"
     users: list[SimUser] = field(default_factory=list)
-    groups: list[int] = field(default_factory=lambda: [0])
+    departments: list[SimDepartment] = field(default_factory=list)
+    workgroups: list[SimGroup] = field(default_factory=list)
+    scopes: set[str] = field(default_factory=lambda: set(FULL_SCOPES))
+    sonet_admin: bool = False
     hidden: set[int] = field(default_factory=set)  # counters answer [] for these (no access)
     legacy: bool = False  # old key set per role
     string_numbers: bool = False  # counters arrive as "3" instead of 3
@@ -66,6 +93,7 @@ class PortalSimulator:
     burst: int = 50  # leaky bucket capacity
     rate_limited: bool = True
     status_for_rate_limit: int = 503  # docs before 2024-12 said 429
+    status_for_scope_error: int = 401  # the source's default; the docs say 403
     operating_per_command: float = 0.0  # seconds of `time.operating` each counters command costs
     operating_limit: float = 480.0
     fault: str | None = None  # one of FAULTS, switched on and off by tests
@@ -74,9 +102,11 @@ class PortalSimulator:
     command_errors: dict[int, str] = field(default_factory=dict)  # user_id -> error code for its commands
     overrides: dict[tuple[int, int, str], dict[str, Any]] = field(default_factory=dict)
     # what happened, for tests and benchmarks
-    calls: Counter[str] = field(default_factory=Counter)
+    calls: Counter[str] = field(default_factory=Counter)  # HTTP requests per method (batch counts once)
+    commands_by_method: Counter[str] = field(default_factory=Counter)  # executions, direct or inside batch
+    counter_reads: Counter[tuple[int, int]] = field(default_factory=Counter)  # (userId, groupId) commands
     rejected: int = 0
-    commands: int = 0
+    commands: int = 0  # commands inside batch calls
     max_batch: int = 0
     received: int = 0  # requests that arrived (counted before the latency, unlike `calls`)
     in_flight: int = 0
@@ -90,12 +120,40 @@ class PortalSimulator:
     def webhook_path(self) -> str:
         return f"/rest/{self.user_id}/{self.secret}/"
 
+    @property
+    def groups(self) -> list[int]:
+        """Group ids whose counters the webhook may read, with 0 (all groups) first."""
+        return [0] + [g.group_id for g in self.workgroups if can_view_tasks(g, self.user_id, self.sonet_admin)]
+
+    def user(self, user_id: int) -> SimUser | None:
+        return next((u for u in self.users if u.user_id == user_id), None)
+
+    def department(self, dept_id: int) -> SimDepartment | None:
+        return next((d for d in self.departments if d.dept_id == dept_id), None)
+
+    def workgroup(self, group_id: int) -> SimGroup | None:
+        return next((g for g in self.workgroups if g.group_id == group_id), None)
+
+    def reset_counts(self) -> None:
+        """Forget what happened so far (calls, commands, counter reads), e.g. between two cycles."""
+        self.calls.clear()
+        self.commands_by_method.clear()
+        self.counter_reads.clear()
+        self.commands = self.max_batch = self.rejected = 0
+
     def counters(self, user_id: int, group_id: int, kind: str) -> dict[str, int]:
-        """The true counter values of a user, as the portal would compute them now."""
+        """The true counter values of a user, as the portal would compute them now.
+
+        In a group the user is not an owner, moderator or member of, every counter is 0 (docs/api-notes.md).
+        """
         override = self.overrides.get((user_id, group_id, kind))
         if override is not None:
             return dict(override)
         keys = LEGACY_KEYS[kind] if self.legacy else list(MODERN_KEYS)
+        if group_id:
+            group = self.workgroup(group_id)
+            if group is None or not group.is_member(user_id):
+                return dict.fromkeys(keys, 0)
         values: dict[str, int] = {}
         for key in keys:
             rnd = random.Random(f"{self.seed}:{user_id}:{group_id}:{kind}:{key}")
@@ -133,35 +191,23 @@ class PortalSimulator:
 
 
 def generate_portal(users: int = 40, *, seed: int = 7, inactive: int = 3, hidden: int = 2,
-                    groups: int = 2, **kwargs: Any) -> PortalSimulator:
-    """A realistic portal: named employees, a few dismissed and a few the webhook cannot see."""
-    rnd = random.Random(seed)
-    people = []
-    for i in range(users + inactive):
-        first, last = rnd.choice(FIRST), rnd.choice(LAST)
-        people.append(SimUser(user_id=i + 1, name=first, last_name=last, active=i < users,
-                              email=f"{first.lower()}.{last.lower()}{i}@example.com"))
-    sim = PortalSimulator(users=people, groups=list(range(groups + 1)), seed=seed, **kwargs)
+                    groups: int = 2, special_groups: bool = True, **kwargs: Any) -> PortalSimulator:
+    """A realistic portal: named employees in a company structure, workgroups, a few dismissed users and a
+    few the webhook cannot see.
+
+    Users 1..`users` are active, the next `inactive` dismissed; the last `hidden` active ones answer `[]`.
+    Departments: see bitrix24_org.build_structure. Workgroups 1..`groups` are readable; with
+    `special_groups` four more follow (special_group_ids: archived, secret, members_only, with_outsiders).
+    """
+    people = generate_people(users, seed=seed, inactive=inactive)
+    departments = build_structure(people, seed=seed)
+    sim = PortalSimulator(users=people, departments=departments, seed=seed, **kwargs)
+    sim.workgroups = build_groups(people, groups, special=special_groups, seed=seed, caller=sim.user_id)
     sim.hidden = {u.user_id for u in people[users - hidden:users]} if hidden else set()
     return sim
 
 
 # --- request handling ---------------------------------------------------------------------------
-
-
-def php_query(query: str) -> dict[str, Any]:
-    """Parse a PHP-style query string (`FILTER[ACTIVE]=true&cmd[0]=...`) into nested dicts."""
-    out: dict[str, Any] = {}
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        parts = key.replace("]", "").split("[")
-        node = out
-        for part in parts[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = node[part] = {}
-            node = child
-        node[parts[-1]] = value
-    return out
 
 
 def _time_block(started: float, operating: float | None = None, reset_at: int | None = None) -> dict[str, Any]:
@@ -174,16 +220,6 @@ def _time_block(started: float, operating: float | None = None, reset_at: int | 
         block["operating"] = round(operating, 4)
         block["operating_reset_at"] = reset_at
     return block
-
-
-class MethodError(Exception):
-    def __init__(self, status: int, code: str, description: str) -> None:
-        super().__init__(code)
-        self.status, self.code, self.description = status, code, description
-
-
-def _truthy(value: Any) -> bool:
-    return value in (True, 1, "1", "true", "Y", "y", "True")
 
 
 def _int(value: Any, name: str) -> int:
@@ -200,51 +236,47 @@ class _Portal:
     def run(self, method: str, params: dict[str, Any], in_batch: bool) -> tuple[Any, dict[str, Any]]:
         """Execute one method; returns (result, extra top-level fields like total/next)."""
         sim = self.sim
+        sim.commands_by_method[method] += 1
+        scopes = METHOD_SCOPES.get(method)
+        if scopes is None:
+            raise MethodError(404, "ERROR_METHOD_NOT_FOUND", "Method not found!")
+        if not sim.scopes.intersection(scopes):
+            raise MethodError(sim.status_for_scope_error, "insufficient_scope", SCOPE_DENIED)
         if method == "user.get":
             if in_batch and not sim.user_get_in_batch:
                 raise MethodError(403, "ACCESS_DENIED", "Method is not allowed in batch")
-            return self.user_get(params)
+            return user_get(sim.users, params, sim.scopes)
         if method == "tasks.task.counters.get":
             operating, _ = sim.charge(method, 0.0)
             if sim.operating_per_command and operating > sim.operating_limit:
                 raise MethodError(429, "OPERATION_TIME_LIMIT", "Method is blocked due to operation time limit.")
             sim.charge(method, sim.operating_per_command)
             return self.counters(params), {"total": 1}
-        if method == "batch" and in_batch:
-            raise MethodError(405, "ERROR_BATCH_METHOD_NOT_ALLOWED", "Batch call is not allowed in batch")
-        raise MethodError(404, "ERROR_METHOD_NOT_FOUND", "Method not found!")
-
-    def user_get(self, params: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        filt = params.get("FILTER") or params.get("filter") or {}
-        filt = filt if isinstance(filt, dict) else {}
-        users = self.sim.users
-        active = filt.get("ACTIVE", params.get("ACTIVE"))
-        if active is not None:
-            users = [u for u in users if u.active == _truthy(active)]
-        wanted = filt.get("ID", params.get("ID"))
-        if wanted is not None:
-            ids = {_int(v, "ID") for v in (wanted.values() if isinstance(wanted, dict) else
-                                           wanted if isinstance(wanted, list) else [wanted])}
-            users = [u for u in users if u.user_id in ids]
-        start = _int(params.get("start", 0) or 0, "start")
-        page = users[start:start + 50]
-        extra: dict[str, Any] = {"total": len(users)}
-        if start + 50 < len(users):
-            extra["next"] = start + 50
-        result = [{"ID": str(u.user_id), "ACTIVE": u.active, "NAME": u.name, "LAST_NAME": u.last_name,
-                   "EMAIL": u.email, "USER_TYPE": "employee"} for u in page]
-        return result, extra
+        if method == "department.get":
+            return department_get(sim.departments, params)
+        if method == "department.fields":
+            return {"ID": "ID", "NAME": "Name", "SORT": "Sorting", "PARENT": "Parent department",
+                    "UF_HEAD": "Supervisor"}, {}
+        if method == "sonet_group.get":
+            return sonet_group_get(sim.workgroups, params, caller=sim.user_id, module_admin=sim.sonet_admin)
+        active = {u.user_id for u in sim.users if u.active}
+        return sonet_group_user_get(sim.workgroups, params, caller=sim.user_id, module_admin=sim.sonet_admin,
+                                    active_users=active), {}
 
     def counters(self, params: dict[str, Any]) -> Any:
+        """Three checks in the portal's order: the caller's rights in the group, access to the user, values."""
         sim = self.sim
         user_id = _int(params.get("userId", sim.user_id), "userId")
         group_id = _int(params.get("groupId", 0) or 0, "groupId")
         kind = str(params.get("type", "view_all"))
+        sim.counter_reads[(user_id, group_id)] += 1
         if user_id in sim.command_errors:
             code = sim.command_errors[user_id]
             raise MethodError(400, code, "Simulated command error")
-        if group_id and group_id not in sim.groups:
-            raise MethodError(400, "0", "Group not found or access denied. (internal error)")
+        if group_id:
+            group = sim.workgroup(group_id)
+            if group is None or not can_view_tasks(group, sim.user_id, sim.sonet_admin):
+                raise MethodError(400, "0", GROUP_DENIED)
         known = {u.user_id for u in sim.users if u.active}
         if user_id not in known or user_id in sim.hidden or kind not in TYPES:
             return []
@@ -252,38 +284,44 @@ class _Portal:
                 for key, v in sim.counters(user_id, group_id, kind).items()}
 
     def batch(self, params: dict[str, Any]) -> dict[str, Any]:
-        cmd = params.get("cmd")
+        """batch as rest_provider.php runs it: commands past the 50th fail one by one, halt stops at an error."""
+        query = upper_keys(params)
+        cmd = query.get("CMD")
         if isinstance(cmd, list):
             cmd = {str(i): c for i, c in enumerate(cmd)}
         if not isinstance(cmd, dict):
-            raise MethodError(400, "ERROR_ARGUMENT", "cmd is required")
-        if len(cmd) > 50:
-            raise MethodError(400, "ERROR_BATCH_LENGTH_EXCEEDED", "Max batch length exceeded")
+            cmd = {}
         self.sim.max_batch = max(self.sim.max_batch, len(cmd))
-        halt = _truthy(params.get("halt", 0))
+        halt = php_truthy(query.get("HALT"))
         sections: dict[str, dict[str, Any]] = {n: {} for n in
                                                ("result", "result_error", "result_total", "result_next",
                                                 "result_time")}
-        for key, text in cmd.items():
+        for index, (key, text) in enumerate(cmd.items()):
+            if not isinstance(text, str):
+                continue  # the portal skips a command that is not a string
             started = time.time()
-            method, _, query = str(text).partition("?")
+            method, _, command_query = text.partition("?")
             self.sim.commands += 1
             try:
-                result, extra = self.run(method, php_query(query), in_batch=True)
+                if index >= BATCH_LIMIT:
+                    raise MethodError(400, "ERROR_BATCH_LENGTH_EXCEEDED", "Max batch length exceeded")
+                if method.lower() == "batch":
+                    raise MethodError(405, "ERROR_BATCH_METHOD_NOT_ALLOWED", "Method is not allowed for batch usage")
+                result, extra = self.run(method.lower(), php_query(command_query), in_batch=True)
             except MethodError as exc:
-                sections["result_error"][key] = {"error": exc.code, "error_description": exc.description}
+                sections["result_error"][str(key)] = {"error": exc.code, "error_description": exc.description}
                 if halt:
                     break
                 continue
-            sections["result"][key] = result
+            sections["result"][str(key)] = result
             if "total" in extra:
-                sections["result_total"][key] = extra["total"]
+                sections["result_total"][str(key)] = extra["total"]
             if "next" in extra:
-                sections["result_next"][key] = extra["next"]
+                sections["result_next"][str(key)] = extra["next"]
             operating, reset_at = self.sim.charge(method, 0.0)
-            sections["result_time"][key] = _time_block(started, operating, reset_at)
-        # PHP serialises an empty associative array as [] (docs/api-notes.md#b24-batch-empty-list)
-        return {name: (section or []) for name, section in sections.items()}
+            sections["result_time"][str(key)] = _time_block(started, operating, reset_at)
+        # PHP writes an array keyed 0..n-1 (an empty one too) as a JSON list (docs/api-notes.md#b24-batch-empty-list)
+        return {name: php_array(section) for name, section in sections.items()}
 
 
 def create_app(sim: PortalSimulator) -> web.Application:
@@ -327,11 +365,11 @@ def create_app(sim: PortalSimulator) -> web.Application:
             else:
                 params.update(php_query(raw.decode("utf-8", "replace")))
         try:
-            if method == "batch":
+            if method.lower() == "batch":
                 result: Any = portal.batch(params)
                 extra: dict[str, Any] = {}
             else:
-                result, extra = portal.run(method, params, in_batch=False)
+                result, extra = portal.run(method.lower(), params, in_batch=False)
         except MethodError as exc:
             return _error(exc.status, exc.code, exc.description)
         if sim.fault == "wrong_types":
@@ -360,8 +398,7 @@ async def _fault(request: web.Request, sim: PortalSimulator) -> web.StreamRespon
     if fault == "unauthorized":
         return _error(401, "NO_AUTH_FOUND", "Wrong authorization data")
     if fault == "insufficient_scope":
-        return _error(403, "insufficient_scope", "The request requires higher privileges than provided by "
-                                                 "the webhook token")
+        return _error(sim.status_for_scope_error, "insufficient_scope", SCOPE_DENIED)
     if fault == "query_limit_storm":
         return _error(sim.status_for_rate_limit, "QUERY_LIMIT_EXCEEDED", "Too many requests")
     if fault == "operation_time_limit":

@@ -1,8 +1,11 @@
-"""A fake Pachca API (GET /tasks, GET /users) that behaves like the real one, quirks included.
+"""A fake Pachca API (GET /tasks, /users, /group_tags...) that behaves like the real one, quirks included.
 
 Mirrors docs/api-notes.md#pachca: cursors are never null (since 2026-05-06 the last page still
-carries a `next_page`, with `has_next: false`), `limit` is 1-50, 401/403 answer the OAuthError shape,
-400/429 the ApiError shape, and 429 carries Retry-After. Tests and the fault-injection suite change the
+carries a `next_page`, with `has_next: false`), `limit` is 1-50, 401/403 answer the OAuthError shape
+(a missing scope: 403 `insufficient_scope`, "Insufficient scope. Required: <scope>"), 400/404/429 the
+ApiError shape, and 429 carries Retry-After. GET /users with `query` answers the search meta (`total` and
+`paginate.next_page` only). Employee tags: GET /group_tags (`names[]` filter), /group_tags/{id} and
+/group_tags/{id}/users, all under `group_tags:read`. Tests and the fault-injection suite change the
 `PachcaSimulator` state while the app runs.
 """
 
@@ -15,32 +18,53 @@ import json
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 
+from exporter.simulator.bitrix24_users import generate_people
+
 PREFIX = "/api/shared/v1"
 DEMO_TOKEN = "pachca-demo-token"
-FULL_SCOPES = frozenset({"tasks:read", "users:read"})
+FULL_SCOPES = frozenset({"tasks:read", "users:read", "group_tags:read"})
 MAX_LIMIT = 50
 FAULTS = frozenset({
     "http_500", "http_502", "http_503", "html", "truncated_json", "wrong_types", "unauthorized",
     "insufficient_scope", "rate_limit_storm", "reset", "timeout",
 })
 KINDS = ("call", "meeting", "reminder", "event", "email")
-SCOPE_OF = {"/tasks": "tasks:read", "/users": "users:read"}
+TAG_NAMES = ("Design", "Product", "Backend", "On-call", "Managers", "Moscow office", "Interns")
+FIRST_TAG_ID = 9111
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """A paged answer: `records` walked by cursor; `search` gives the search meta (total, next_page)."""
+
+    records: list[Any]
+    search: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Single:
+    """A `{data: record}` answer."""
+
+    record: Any
+
+
+Resource = Callable[[web.Request], "Listing | Single | web.Response"]
 
 
 @dataclass(frozen=True, slots=True)
 class SimRequest:
     """One request the fake received, for tests to assert on."""
 
-    path: str  # "/tasks" or "/users" (without the /api/shared/v1 prefix)
+    path: str  # e.g. "/tasks", "/users", "/group_tags/9111/users" (without the /api/shared/v1 prefix)
     query: dict[str, str]
     token: str | None
     status: int  # 0 when the fake answered nothing (reset, timeout)
@@ -51,6 +75,16 @@ class SimRequest:
 class Workspace:
     reminders: list[dict[str, Any]]
     users: list[dict[str, Any]]
+    tags: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Colleague:
+    """Someone who also works in Bitrix24: the workspace gives them these names and (mostly) this e-mail."""
+
+    first_name: str
+    last_name: str
+    email: str
 
 
 class PachcaSimulator:
@@ -65,9 +99,11 @@ class PachcaSimulator:
 
     def __init__(self, reminders: list[Any] | None = None,
                  users: list[Any] | None = None, *,
-                 tokens: dict[str, frozenset[str]] | None = None) -> None:
+                 tokens: dict[str, frozenset[str]] | None = None,
+                 tags: list[dict[str, Any]] | None = None) -> None:
         self.reminders: list[Any] = reminders if reminders is not None else []
         self.users: list[Any] = users if users is not None else []
+        self.tags: list[dict[str, Any]] = tags if tags is not None else []  # {"id", "name"}; users_count derived
         self.tokens: dict[str, frozenset[str]] = dict(tokens) if tokens else {DEMO_TOKEN: FULL_SCOPES}
         self.latency = 0.0  # seconds added to every answer
         self.rate_limit: float | None = None  # requests per second per token before 429; None = no limit
@@ -106,8 +142,16 @@ class PachcaSimulator:
         self.fault_times = times
 
     def count(self, path: str | None = None) -> int:
-        """Requests received so far, optionally only those to `path` ("/tasks" or "/users")."""
+        """Requests received so far, optionally only those to `path` ("/tasks", "/group_tags", ...)."""
         return sum(1 for r in self.requests if path is None or r.path == path)
+
+    def tag_users(self, name: str) -> list[Any]:
+        """The users carrying the tag `name` in their list_tags, in /users order."""
+        return [u for u in self.users if isinstance(u, dict) and name in (u.get("list_tags") or [])]
+
+    def tag_record(self, tag: dict[str, Any]) -> dict[str, Any]:
+        """A GroupTag as the API writes it: {id, name, users_count}."""
+        return {"id": tag["id"], "name": tag["name"], "users_count": len(self.tag_users(tag["name"]))}
 
     def _take_fault(self) -> str | None:
         mode = self._fault
@@ -131,15 +175,49 @@ class PachcaSimulator:
 
 
 def create_app(sim: PachcaSimulator) -> web.Application:
-    """The aiohttp app serving /api/shared/v1/tasks and /api/shared/v1/users from `sim`."""
+    """The aiohttp app serving /api/shared/v1/{tasks,users,group_tags...} from `sim`."""
     app = web.Application()
-    app.router.add_get(f"{PREFIX}/tasks", _endpoint(sim, "/tasks", lambda: sim.reminders))
-    app.router.add_get(f"{PREFIX}/users", _endpoint(sim, "/users", lambda: sim.users))
+    routes: list[tuple[str, str, Resource]] = [
+        ("/tasks", "tasks:read", lambda _: Listing(sim.reminders)),
+        ("/users", "users:read", lambda request: _users(sim, request)),
+        ("/group_tags", "group_tags:read", lambda request: _tags(sim, request)),
+        ("/group_tags/{tag_id}", "group_tags:read", lambda request: _tag(sim, request, users=False)),
+        ("/group_tags/{tag_id}/users", "group_tags:read", lambda request: _tag(sim, request, users=True)),
+    ]
+    for path, scope, resource in routes:
+        app.router.add_get(f"{PREFIX}{path}", _endpoint(sim, scope, resource))
     app.router.add_route("*", "/{tail:.*}", _not_found)
     return app
 
 
-def _endpoint(sim: PachcaSimulator, path: str, records: Callable[[], list[Any]]) -> Handler:
+def _users(sim: PachcaSimulator, request: web.Request) -> Listing:
+    """GET /users; `query` searches names, e-mail, phone and nickname and switches to the search meta."""
+    query = request.query.get("query")
+    if query is None:
+        return Listing(sim.users)
+    needle = query.strip().lower()
+    fields = ("first_name", "last_name", "email", "phone_number", "nickname")
+    found = [u for u in sim.users if isinstance(u, dict)
+             and any(needle in str(u.get(f) or "").lower() for f in fields)]
+    return Listing(found, search=True)
+
+
+def _tags(sim: PachcaSimulator, request: web.Request) -> Listing:
+    """GET /group_tags, optionally narrowed by `names[]` (exact tag names)."""
+    names = set(request.query.getall("names[]", [])) | set(request.query.getall("names", []))
+    tags = [t for t in sim.tags if not names or t["name"] in names]
+    return Listing([sim.tag_record(t) for t in tags])
+
+
+def _tag(sim: PachcaSimulator, request: web.Request, *, users: bool) -> Single | Listing | web.Response:
+    raw = request.match_info["tag_id"]
+    tag = next((t for t in sim.tags if str(t["id"]) == raw), None)
+    if tag is None:
+        return _api_error(404, "not_found", "Tag not found", key="id", value=raw)
+    return Listing(sim.tag_users(tag["name"])) if users else Single(sim.tag_record(tag))
+
+
+def _endpoint(sim: PachcaSimulator, scope: str, resource: Resource) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         token = _bearer(request)
         arrived = time.monotonic()
@@ -147,33 +225,41 @@ def _endpoint(sim: PachcaSimulator, path: str, records: Callable[[], list[Any]])
         try:
             if sim.latency > 0:
                 await asyncio.sleep(sim.latency)
-            response = await _answer(sim, request, path, token, records())
+            response = await _answer(sim, request, scope, token, resource)
             transport = request.transport
             status = 0 if transport is None or transport.is_closing() else response.status
             return response
         finally:
+            path = request.path.removeprefix(PREFIX)
             sim.requests.append(SimRequest(path, dict(request.query), token, status, arrived))
     return handle
 
 
-async def _answer(sim: PachcaSimulator, request: web.Request, path: str, token: str | None,
-                  records: list[Any]) -> web.StreamResponse:
+async def _answer(sim: PachcaSimulator, request: web.Request, scope: str, token: str | None,
+                  resource: Resource) -> web.StreamResponse:
     fault = sim._take_fault()
     if fault is not None and fault not in ("wrong_types", "html", "truncated_json"):
         return await _fault_answer(sim, request, fault)
     if token is None or token not in sim.tokens:
         return _oauth_error(401, "invalid_token", "Access token is missing" if token is None
                             else "Access token is invalid")
-    if SCOPE_OF[path] not in sim.tokens[token]:
-        return _oauth_error(403, "insufficient_scope", f"Token lacks the {SCOPE_OF[path]} scope")
+    if scope not in sim.tokens[token]:
+        return _oauth_error(403, "insufficient_scope", f"Insufficient scope. Required: {scope}")
     if sim._over_limit(token):
         return _rate_limited(sim.retry_after if sim.retry_after is not None else 1.0)
-    limit, cursor, problem = _paging_params(request)
-    if problem is not None:
-        return problem
-    body = _page(sim, records, limit, cursor)
-    if fault == "wrong_types":
-        body["data"] = [_corrupt(record, i) for i, record in enumerate(body["data"])]
+    outcome = resource(request)
+    if isinstance(outcome, web.Response):
+        return outcome
+    if isinstance(outcome, Single):
+        body: dict[str, Any] = {"data": outcome.record}
+    else:
+        limit, cursor, problem = _paging_params(request)
+        if problem is not None:
+            return problem
+        body = _search_page(outcome.records, limit, cursor) if outcome.search else \
+            _page(sim, outcome.records, limit, cursor)
+        if fault == "wrong_types":
+            body["data"] = [_corrupt(record, i) for i, record in enumerate(body["data"])]
     text = json.dumps(body, ensure_ascii=False)
     if fault == "html":
         return web.Response(status=200, text=_HTML, content_type="text/html")
@@ -241,6 +327,13 @@ def _page(sim: PachcaSimulator, records: list[Any], limit: int, offset: int) -> 
         paginate["has_next"] = has_next
         paginate["has_prev"] = offset > 0
     return {"data": data, "meta": {"paginate": paginate}}
+
+
+def _search_page(records: list[Any], limit: int, offset: int) -> dict[str, Any]:
+    """The search meta: `total` and a forward cursor only (no prev_page, no has_next)."""
+    data = records[offset: offset + limit]
+    return {"data": data, "meta": {"total": len(records),
+                                   "paginate": {"next_page": encode_cursor(offset + len(data))}}}
 
 
 def encode_cursor(offset: int, direction: str = "asc") -> str:
@@ -315,47 +408,87 @@ _FIRST = ("Oleg", "Anna", "Ivan", "Maria", "Pavel", "Olga", "Sergey", "Elena", "
 _LAST = ("Petrov", "Ivanova", "Smirnov", "Kuznetsova", "Popov", "Volkova", "Sokolov", "Lebedeva")
 _CONTENT = ("Call the client back", "Prepare the quarterly report", "Team sync", "Send the invoice",
             "Pick up 21 orders from the warehouse", "Review the contract", "Product demo")
+_DEPARTMENTS = ("Sales", "Engineering", "Finance", "Backend", "Sales Moscow")
+DEMO_PORTAL_SEED = 7  # the Bitrix24 simulator's default seed: the default workspace shares its people
 
 
 def generate_workspace(n: int = 500, *, seed: int = 0, now: float | None = None, users: int = 12,
-                       tokens: dict[str, frozenset[str]] | None = None) -> PachcaSimulator:
+                       tokens: dict[str, frozenset[str]] | None = None,
+                       colleagues: Sequence[Colleague] | None = None) -> PachcaSimulator:
     """A simulator serving a realistic workspace (see `generate`), accepting DEMO_TOKEN by default."""
-    ws = generate(n, seed=seed, now=now, users=users)
-    return PachcaSimulator(ws.reminders, ws.users, tokens=tokens)
+    ws = generate(n, seed=seed, now=now, users=users, colleagues=colleagues)
+    return PachcaSimulator(ws.reminders, ws.users, tokens=tokens, tags=ws.tags)
 
 
-def generate(n: int = 500, *, seed: int = 0, now: float | None = None, users: int = 12) -> Workspace:
+def demo_colleagues(count: int, seed: int = DEMO_PORTAL_SEED) -> list[Colleague]:
+    """The first `count` employees of the Bitrix24 simulator's portal built with `seed` (same names, e-mails)."""
+    return [Colleague(p.name, p.last_name, p.email) for p in generate_people(count, seed=seed)]
+
+
+def generate(n: int = 500, *, seed: int = 0, now: float | None = None, users: int = 12,
+             colleagues: Sequence[Colleague] | None = None) -> Workspace:
     """A deterministic workspace of `n` reminders and `users` users around `now` (unix seconds).
 
     All kinds, priorities 1-3, ~40 % done, ~15 % without due_at, ~20 % of the dated ones all-day (due at
     midnight UTC of the day, as the API gives them), one to three performers each, due dates from a
-    month ago to a month ahead with a cluster in the next day. Users include a registered-later invitee
-    (first_name null), one with an empty last name and a bot.
+    month ago to a month ahead with a cluster in the next day.
+
+    User i (id 10 + i, i from 1) is `colleagues[i - 1]` of the Bitrix24 portal (by default the demo
+    portal's users 1, 2, ...), with that person's names and e-mail, except: user 3's e-mail differs in
+    case, user 6's has spaces around it, user 9's is not known to Bitrix24, user 11 repeats user 10's
+    e-mail, and user 4 is a bot without an e-mail. Every 7th is an invitee (first/last name null), every
+    5th has an empty last name, user 8 is suspended. `department` is null for i % 6 == 1 and "" for
+    i % 6 == 2; tags (list_tags) come from TAG_NAMES, the last of which ("Interns") nobody carries.
     """
     rng = random.Random(seed)
     now_dt = datetime.fromtimestamp(time.time() if now is None else now, UTC)
-    people = [_user(i, rng, now_dt) for i in range(1, users + 1)]
+    people_of = list(colleagues) if colleagues is not None else demo_colleagues(users)
+    people = [_user(i, now_dt, people_of[i - 1] if i <= len(people_of) else None) for i in range(1, users + 1)]
+    if len(people) >= 11:
+        people[10]["email"] = people[9]["email"]  # one e-mail shared by two Pachca users
     ids = [u["id"] for u in people]
     reminders = [_reminder(22283 + i, rng, now_dt, ids) for i in range(n)]
-    return Workspace(reminders=reminders, users=people)
+    tags = [{"id": FIRST_TAG_ID + k, "name": name} for k, name in enumerate(TAG_NAMES)]
+    return Workspace(reminders=reminders, users=people, tags=tags)
 
 
-def _user(i: int, rng: random.Random, now: datetime) -> dict[str, Any]:
+def _user(i: int, now: datetime, colleague: Colleague | None) -> dict[str, Any]:
     uid = 10 + i
-    first: str | None = _FIRST[i % len(_FIRST)]
-    last: str | None = _LAST[i % len(_LAST)]
+    first: str | None = colleague.first_name if colleague else _FIRST[i % len(_FIRST)]
+    last: str | None = colleague.last_name if colleague else _LAST[i % len(_LAST)]
+    email: str | None = colleague.email if colleague else f"user{uid}@example.com"
     bot = False
     if i % 7 == 0:
         first, last = None, None  # invited, not registered yet: only the nickname is known
     elif i % 5 == 0:
         last = ""
+    if i == 3 and email:
+        local, _, domain = email.partition("@")
+        email = f"{local.title()}@{domain.upper()}"
+    elif i == 6 and email:
+        email = f"  {email} "
+    elif i == 9:
+        email = f"user{uid}@contractor.example.com"
+    department: str | None = _DEPARTMENTS[i % len(_DEPARTMENTS)]
+    if i % 6 == 1:
+        department = None
+    elif i % 6 == 2:
+        department = ""
+    tags: list[str] = []
+    if i % 4 != 2:
+        tags.append(TAG_NAMES[i % 5])
+    if i % 3 == 0:
+        tags.append(TAG_NAMES[(i + 2) % 5])
+    if i % 5 == 1:
+        tags.append("Moscow office")
+    tags = list(dict.fromkeys(tags))
     if i == 4:
-        first, last, bot = "Reminder", "Bot", True
+        first, last, bot, email, department, tags = "Reminder", "Bot", True, None, None, []
     return {
         "id": uid, "first_name": first, "last_name": last, "nickname": f"user{uid}",
-        "email": f"user{uid}@example.com", "phone_number": None, "department": "Sales", "title": "",
-        "role": "admin" if i == 1 else "user", "suspended": False,
-        "invite_status": "sent" if first is None else "confirmed", "inviter_id": None, "list_tags": [],
+        "email": email, "phone_number": None, "department": department, "title": "" if i % 2 else None,
+        "role": "admin" if i == 1 else "user", "suspended": i == 8,
+        "invite_status": "sent" if first is None else "confirmed", "inviter_id": None, "list_tags": tags,
         "custom_properties": [], "user_status": None, "bot": bot, "sso": False,
         "created_at": _iso(now - timedelta(days=400 - i)), "last_activity_at": _iso(now - timedelta(hours=i)),
         "time_zone": "Europe/Moscow", "image_url": None,
