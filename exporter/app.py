@@ -60,7 +60,7 @@ class Exporter:
         self.store = store or Store()
         self.sources = build_sources(config, self.store) if sources is None else sources
         self.loops = [SourceLoop(s, self.store, max_backoff=max_backoff) for s in self.sources]
-        collector = SnapshotCollector(self.store)
+        collector = SnapshotCollector(self.store, config.people)
         self.exposition = Exposition(collector.render, collector.render_live)
         self.stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []

@@ -11,16 +11,21 @@ from __future__ import annotations
 import io
 import math
 import platform
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from exporter import __version__
+from exporter.config import PeopleConfig
+from exporter.people import PeopleMatch, match_by_email
 from exporter.snapshot import PortalSnapshot, ReminderTally, SourceState, Store
 
 Row = tuple[Sequence[str], float]
+log = structlog.get_logger()
 
 
 @dataclass(slots=True)
@@ -52,8 +57,9 @@ FAILURE_REASONS = ("auth", "rate_limited", "server_error", "timeout", "network_e
 class SnapshotCollector(Collector):
     """Every metric of the exporter from the current store contents."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, people: PeopleConfig | None = None) -> None:
         self._store = store
+        self._people = PeopleFamilies(people)
 
     def families(self) -> Iterator[Family]:
         yield from self.snapshot_families()
@@ -64,6 +70,7 @@ class SnapshotCollector(Collector):
         states = sorted(self._store.states(), key=lambda s: (s.key.source, s.key.target))
         yield from _bitrix24([s for s in states if isinstance(s.data, PortalSnapshot)])
         yield from _pachca([s for s in states if isinstance(s.data, ReminderTally)])
+        yield from self._people.families(states)
         yield from _source_health(states)
         info = GaugeFamily("tasks_exporter_build_info", "Version of tasks-exporter, value 1.",
                            labels=["version", "python_version"])
@@ -186,8 +193,15 @@ def _pachca(states: list[SourceState]) -> Iterator[Family]:
     oldest = GaugeFamily("pachca_reminder_oldest_overdue_seconds",
                          "How long the most overdue open reminder is past its due time (0 if none).",
                          labels=["workspace"])
-    info = GaugeFamily("pachca_user_info", "A Pachca user seen as a performer, value 1.",
-                       labels=["workspace", "user_id", "name"])
+    info = GaugeFamily(
+        "pachca_user_info", "A Pachca user, value 1: every active user GET /users lists, plus bots and "
+        "deactivated users who perform reminders. name is empty with names: false; department is free text.",
+        labels=["workspace", "user_id", "name", "department"])
+    tags = GaugeFamily("pachca_user_tag", "An employee tag (list_tags) of a user in pachca_user_info, value 1.",
+                       labels=["workspace", "user_id", "tag"])
+    users_read = GaugeFamily(
+        "pachca_users_last_read_timestamp_seconds", "Unix time GET /users was last read to the end; "
+        "names, departments and tags are that old. Absent until the first good read.", labels=["workspace"])
     malformed = GaugeFamily(
         "pachca_reminders_malformed", "Reminders in the last cycle with a field that could not be read; "
         "they are counted with the label value 'unknown' where that field mattered.", labels=["workspace"])
@@ -209,9 +223,65 @@ def _pachca(states: list[SourceState]) -> Iterator[Family]:
             performer_overdue.add_metric([ws, str(pid)], n)
         oldest.add_metric([ws], t.oldest_overdue_seconds)
         malformed.add_metric([ws], t.malformed)
-        for uid, name in sorted(t.user_names.items()):
-            info.add_metric([ws, str(uid), name], 1)
-    yield from (reminders, overdue, due_soon, no_due, performer, performer_overdue, oldest, info, malformed)
+        for user in t.listed_users:
+            uid = str(user.user_id)
+            info.add_metric([ws, uid, user.name, user.department], 1)
+            for tag in user.tags:
+                tags.add_metric([ws, uid, tag], 1)
+        if t.users_read_at is not None:
+            users_read.add_metric([ws], t.users_read_at)
+    yield from (reminders, overdue, due_soon, no_due, performer, performer_overdue, oldest, info, tags, users_read,
+                malformed)
+
+
+class PeopleFamilies:
+    """tasks_exporter_person_info and tasks_exporter_people from the `people` config, joined at render time.
+
+        tasks_exporter_people{portal="acme",workspace="team",state="matched"} 40
+
+    Logs each e-mail that several users share once (by user ids, never the e-mail), however often it renders.
+    """
+
+    def __init__(self, people: PeopleConfig | None) -> None:
+        self._people = people
+        self._reported: set[tuple[str, str, str]] = set()  # (side, portal or workspace, e-mail)
+        self._lock = threading.Lock()
+
+    def families(self, states: list[SourceState]) -> Iterator[Family]:
+        if self._people is None:
+            return
+        person = GaugeFamily(
+            "tasks_exporter_person_info", "One person in both tools, value 1: a Bitrix24 user and a Pachca user "
+            "with the same e-mail. person is the e-mail, or the Bitrix24 name with people.label: name.",
+            labels=["person", "portal", "bitrix24_user_id", "workspace", "pachca_user_id"])
+        people = GaugeFamily(
+            "tasks_exporter_people", "Users of a portal and a workspace by match state: matched (pairs), "
+            "bitrix24_only, pachca_only, ambiguous (users of both sides whose e-mail is shared on one side).",
+            labels=["portal", "workspace", "state"])
+        portals = {s.key.target: s.data for s in states if isinstance(s.data, PortalSnapshot)}
+        workspaces = {s.key.target: s.data for s in states if isinstance(s.data, ReminderTally)}
+        for pair in self._people.pairs or ():
+            portal, workspace = portals.get(pair.portal), workspaces.get(pair.workspace)
+            if portal is None or workspace is None or workspace.users_read_at is None:
+                continue  # a side not read yet: no series rather than a misleading count
+            joined = match_by_email(portal.users, workspace.users, label=self._people.label)
+            self._report(pair.portal, pair.workspace, joined)
+            for m in joined.matches:
+                person.add_metric([m.person, pair.portal, str(m.bitrix24_user_id), pair.workspace,
+                                   str(m.pachca_user_id)], 1)
+            for state, n in joined.states.items():
+                people.add_metric([pair.portal, pair.workspace, state], n)
+        yield from (person, people)
+
+    def _report(self, portal: str, workspace: str, joined: PeopleMatch) -> None:
+        for shared in joined.shared:
+            target = portal if shared.side == "bitrix24" else workspace
+            with self._lock:
+                if (shared.side, target, shared.email) in self._reported:
+                    continue
+                self._reported.add((shared.side, target, shared.email))
+            log.warning("people_email_shared", side=shared.side, target=target, user_ids=list(shared.user_ids),
+                        hint="an e-mail several users carry matches nobody; they count as ambiguous")
 
 
 def _source_health(states: list[SourceState]) -> Iterator[Family]:
