@@ -13,8 +13,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
+from exporter.app import running
 from exporter.collector import SnapshotCollector
-from exporter.config import PachcaConfig, PeopleConfig, PeoplePair, Secret
+from exporter.config import Config, PachcaConfig, PeopleConfig, PeoplePair, Secret
 from exporter.people import normalize_email
 from exporter.simulator import serve
 from exporter.simulator.bitrix24_users import generate_people
@@ -22,7 +23,7 @@ from exporter.simulator.pachca import DEMO_TOKEN, PREFIX, PachcaSimulator, creat
 from exporter.snapshot import ApiTelemetry, PachcaUser, PortalSnapshot, PortalUser, ReminderTally, SourceKey, Store
 from exporter.sources.pachca import PachcaSource
 from exporter.sources.pachca_client import RetryPolicy
-from tests.conftest import promtool
+from tests.conftest import eventually, promtool
 
 NOW = 1_780_000_000.0
 FAST = RetryPolicy(attempts=3, rate_limit_attempts=3, base_delay=0.001, max_delay=0.005, max_retry_after=1.0)
@@ -345,5 +346,30 @@ async def test_org_metrics_pass_promtool_check_metrics(sim: PachcaSimulator, mak
     text = render(await make_source().collect(), demo_portal(), EMAIL)
     assert series(text, "pachca_user_tag") and series(text, "tasks_exporter_person_info")
     result = subprocess.run([tool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and not (result.stdout.strip() or result.stderr.strip()), \
+        result.stdout + result.stderr
+
+
+async def test_running_exporter_serves_the_org_families_and_people(portal_factory: Any) -> None:
+    """Config -> sources -> store -> collector -> HTTP: the `people` section reaches the collector."""
+    portal = await portal_factory(users=12, inactive=0)
+    workspace = generate_workspace(60, seed=7)
+    async with serve(create_app(workspace)) as url:
+        config = Config(bitrix24=(portal.config(name="acme"),),
+                        pachca=(PachcaConfig(name="team", token=Secret(DEMO_TOKEN), base_url=url + PREFIX),),
+                        people=EMAIL)
+        async with running(config) as exp, httpx.AsyncClient() as client:
+            async def people_served() -> str | None:
+                text = (await client.get(f"{exp.url}/metrics")).text
+                return text if "tasks_exporter_people{" in text and "bitrix24_tasks{" in text else None
+            text = await eventually(people_served)
+    info = series(text, "pachca_user_info")
+    assert {dict(labels)["department"] for labels in info} >= {"", "Sales"}
+    assert series(text, "pachca_user_tag")
+    states = {dict(labels)["state"]: v for labels, v in series(text, "tasks_exporter_people").items()}
+    assert set(states) == {"matched", "bitrix24_only", "pachca_only", "ambiguous"}
+    # every user lands in one state: 12 monitored Bitrix24 users, 10 active Pachca users (a bot, one deactivated)
+    assert states["matched"] * 2 + states["bitrix24_only"] + states["pachca_only"] + states["ambiguous"] == 12 + 10
+    result = subprocess.run([promtool(), "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0 and not (result.stdout.strip() or result.stderr.strip()), \
         result.stdout + result.stderr
