@@ -23,7 +23,8 @@ from exporter.simulator.bitrix24 import (
     generate_portal,
     special_group_ids,
 )
-from exporter.simulator.bitrix24_org import globally_active, subtree
+from exporter.simulator.bitrix24_company import subtree
+from exporter.simulator.bitrix24_org import globally_active
 from tests.conftest import eventually
 
 Call = Callable[..., Awaitable[tuple[int, Any]]]

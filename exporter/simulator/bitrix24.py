@@ -21,16 +21,14 @@ from typing import Any
 
 from aiohttp import web
 
+from exporter.simulator.bitrix24_company import build_groups, build_structure, special_group_ids
 from exporter.simulator.bitrix24_org import (
     SimDepartment,
     SimGroup,
-    build_groups,
-    build_structure,
     can_view_tasks,
     department_get,
     sonet_group_get,
     sonet_group_user_get,
-    special_group_ids,
 )
 from exporter.simulator.bitrix24_php import MethodError, php_array, php_query, php_truthy, upper_keys
 from exporter.simulator.bitrix24_users import FIRST, LAST, USER_SCOPES, SimUser, generate_people, user_get
@@ -196,7 +194,7 @@ def generate_portal(users: int = 40, *, seed: int = 7, inactive: int = 3, hidden
     few the webhook cannot see.
 
     Users 1..`users` are active, the next `inactive` dismissed; the last `hidden` active ones answer `[]`.
-    Departments: see bitrix24_org.build_structure. Workgroups 1..`groups` are readable; with
+    Departments: see bitrix24_company.build_structure. Workgroups 1..`groups` are readable; with
     `special_groups` four more follow (special_group_ids: archived, secret, members_only, with_outsiders).
     """
     people = generate_people(users, seed=seed, inactive=inactive)

@@ -149,7 +149,6 @@ def _user_matches(user: SimUser, operation: str, name: str, raw: Any) -> bool:
     if name == "NAME_SEARCH":
         needle = php_str(raw).lower()
         return needle in f"{user.name} {user.last_name}".lower()
-    actual = user.values()[name]
     listed = php_list(raw)
     if name == "ACTIVE":
         want = php_truthy(raw) and raw != "N"  # ($value && $value !== 'N') ? 'Y' : 'N'
@@ -167,6 +166,7 @@ def _user_matches(user: SimUser, operation: str, name: str, raw: Any) -> bool:
     if name == "UF_DEPARTMENT":
         wanted = [php_intval(v) for v in listed] if listed is not None else [php_intval(raw)]
         return bool(set(user.departments) & set(wanted)) != negate
+    actual = user.values()[name]
     text = "" if actual is None else str(actual).lower()
     options = [php_str(v).lower() for v in listed] if listed is not None else [php_str(raw).lower()]
     result = any(o in text for o in options) if operation == "%" else text in options
