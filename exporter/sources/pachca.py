@@ -4,6 +4,10 @@ Records are counted page by page and dropped; only counters (and the ids already
 cursor that loops back) live for the cycle. Enums are open (docs/api-notes.md#pachca-open-enums): an
 unknown kind, status or priority is kept as its own label value; a field of the wrong type costs only that
 field's contribution.
+
+The user directory (GET /users: names, departments, employee tags, e-mails) is the workspace's structure: it is
+walked every `structure_interval`, or sooner when a reminder names an unknown performer, and kept between
+reads, so a failed read costs nothing but freshness (docs/api-notes.md#org-pachca-users-department).
 """
 
 from __future__ import annotations
