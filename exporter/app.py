@@ -10,8 +10,9 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from exporter.collector import SnapshotCollector
+from exporter.collector import ExporterFaults, SnapshotCollector
 from exporter.config import Config
+from exporter.errors import ExporterError
 from exporter.log import mask, register_secrets
 from exporter.scheduler import SourceLoop
 from exporter.server import Exposition, build_app
@@ -60,8 +61,9 @@ class Exporter:
         self.store = store or Store()
         self.sources = build_sources(config, self.store) if sources is None else sources
         self.loops = [SourceLoop(s, self.store, max_backoff=max_backoff) for s in self.sources]
-        collector = SnapshotCollector(self.store, config.people)
-        self.exposition = Exposition(collector.render, collector.render_live)
+        faults = ExporterFaults()
+        collector = SnapshotCollector(self.store, faults, people=config.people)
+        self.exposition = Exposition(collector.render, collector.render_live, faults=faults)
         self.stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
@@ -108,15 +110,24 @@ class Exporter:
         log.info("stopped")
 
 
+class ListenError(ExporterError):
+    """The listen address cannot be bound (in use, not this host's, not resolvable): a user's problem."""
+
+    def __init__(self, address: str, detail: str) -> None:
+        super().__init__(f"cannot listen on {address}: {detail}")
+        self.address = address
+        self.detail = detail
+
+
 def _listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        raise ListenError(f"{host}:{port}", exc.strerror or str(exc)) from exc
     return sock
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import signal
 import sys
 from collections.abc import Sequence
@@ -11,7 +12,7 @@ from collections.abc import Sequence
 import structlog
 
 from exporter import __version__, log
-from exporter.app import DEFAULT_PORT, Exporter
+from exporter.app import DEFAULT_PORT, Exporter, ListenError
 from exporter.config import Config, load_config
 from exporter.errors import ConfigError
 from exporter.webconfig import WebConfig, load_web_config
@@ -21,25 +22,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="tasks-exporter",
         description="Prometheus exporter for Bitrix24 task counters and Pachca reminders.")
-    parser.add_argument("--config", metavar="FILE", help="YAML config file (see config.example.yaml)")
-    parser.add_argument("--web.listen-address", dest="listen", default=f"0.0.0.0:{DEFAULT_PORT}",
-                        metavar="HOST:PORT", help=f"address to serve /metrics on (default 0.0.0.0:{DEFAULT_PORT})")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--config", metavar="FILE", help="YAML config file (see config.example.yaml)")
+    what.add_argument("--demo", action="store_true",
+                      help="run against the built-in Bitrix24 and Pachca simulators (no credentials)")
+    parser.add_argument("--web.listen-address", dest="listen", type=parse_listen,
+                        default=f"0.0.0.0:{DEFAULT_PORT}", metavar="HOST:PORT",
+                        help=f"address to serve /metrics on (default 0.0.0.0:{DEFAULT_PORT})")
     parser.add_argument("--web.config.file", dest="web_config", metavar="FILE",
                         help="exporter-toolkit web config: TLS and basic auth")
     parser.add_argument("--log.level", dest="log_level", default="info",
                         choices=["debug", "info", "warning", "error"])
     parser.add_argument("--log.format", dest="log_format", default="console", choices=["console", "json"])
-    parser.add_argument("--demo", action="store_true",
-                        help="run against the built-in Bitrix24 and Pachca simulators (no credentials)")
     parser.add_argument("--check-config", action="store_true", help="validate --config and exit")
     parser.add_argument("--version", action="version", version=f"tasks-exporter {__version__}")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.check_config and args.demo:
+        parser.error("argument --check-config: not allowed with argument --demo (it checks --config)")
+    return args
 
 
 def parse_listen(value: str) -> tuple[str, int]:
+    """argparse type of --web.listen-address: HOST:PORT (HOST may be empty or [IPv6]) -> (host, port)."""
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError([f"--web.listen-address: {value!r} is not HOST:PORT (e.g. 0.0.0.0:{DEFAULT_PORT})"])
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT (e.g. 0.0.0.0:{DEFAULT_PORT})")
     host = host.strip("[]") or "0.0.0.0"
     return host, int(port)
 
@@ -47,11 +54,10 @@ def parse_listen(value: str) -> tuple[str, int]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     log.configure(args.log_level, args.log_format)
+    logging.captureWarnings(True)  # Python's warnings are log records too
     logger = structlog.get_logger()
     try:
         if args.demo:
-            if args.config or args.check_config:
-                raise ConfigError(["--demo: runs on the built-in simulators; do not combine with --config"])
             config = None
         elif not args.config:
             raise ConfigError(["--config: required (or use --demo to run on the built-in simulators)"])
@@ -64,7 +70,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{args.config}: ok ({len(config.bitrix24)} Bitrix24 portal(s), "
                   f"{len(config.pachca)} Pachca workspace(s))")
             return 0
-        host, port = parse_listen(args.listen)
         web_config = load_web_config(args.web_config) if args.web_config else None
     except ConfigError as exc:
         for problem in exc.problems:
@@ -75,19 +80,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.warning("config_warning", detail=warning)
         if not config.bitrix24 and not config.pachca:
             logger.warning("no_sources", detail="the config has neither bitrix24 nor pachca; serving self-metrics only")
+    host, port = args.listen
     try:
         asyncio.run(_serve(config, host, port, web_config))
-    except OSError as exc:
-        print(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+    except ListenError as exc:
+        logger.error("cannot_listen", address=exc.address, detail=exc.detail)
         return 1
     except KeyboardInterrupt:
         pass
+    except Exception as exc:  # a bug that stopped the exporter: say what, with its cause, and fail
+        logger.error("exporter_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+        return 1
     return 0
 
 
 async def _serve(config: Config | None, host: str, port: int, web_config: WebConfig | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(log.log_loop_exception)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if config is None:

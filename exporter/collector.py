@@ -54,11 +54,21 @@ FAILURE_REASONS = ("auth", "rate_limited", "server_error", "timeout", "network_e
                    "api_error", "deadline", "internal")
 
 
+@dataclass(slots=True)
+class ExporterFaults:
+    """The exporter's own bugs that it survived, counted where they happen (exporter/server.py)."""
+
+    render_failures: int = 0
+    handler_failures: int = 0
+
+
 class SnapshotCollector(Collector):
     """Every metric of the exporter from the current store contents."""
 
-    def __init__(self, store: Store, people: PeopleConfig | None = None) -> None:
+    def __init__(self, store: Store, faults: ExporterFaults | None = None, *,
+                 people: PeopleConfig | None = None) -> None:
         self._store = store
+        self._faults = faults or ExporterFaults()
         self._people = PeopleFamilies(people)
 
     def families(self) -> Iterator[Family]:
@@ -78,8 +88,10 @@ class SnapshotCollector(Collector):
         yield info
 
     def live_families(self) -> Iterator[Family]:
-        """API traffic, which moves during a cycle (one can last minutes): small, rendered per scrape."""
+        """API traffic, which moves during a cycle (one can last minutes), and the exporter's own faults
+        (a failing snapshot render must still be counted): small, rendered per scrape."""
         yield from _api_traffic(self._store)
+        yield from _faults(self._faults)
 
     def render(self) -> bytes:
         """The text exposition (format 0.0.4) of the snapshot families."""
@@ -334,3 +346,16 @@ def _api_traffic(store: Store) -> Iterator[Family]:
             errors.add_metric([*base, code], n)
         waited.add_metric(base, wait)
     yield from (requests, errors, waited)
+
+
+def _faults(faults: ExporterFaults) -> Iterator[Family]:
+    """Bugs the exporter survived, e.g. `tasks_exporter_render_failures_total 0.0`."""
+    renders = CounterFamily("tasks_exporter_render_failures",
+                            "Renders of /metrics that raised (a bug, logged as render_failed); the last good "
+                            "exposition is served meanwhile.", labels=[])
+    renders.add_metric([], faults.render_failures)
+    handlers = CounterFamily("tasks_exporter_http_handler_failures",
+                             "HTTP requests answered 500 because a handler raised (a bug, logged as "
+                             "request_failed).", labels=[])
+    handlers.add_metric([], faults.handler_failures)
+    yield from (renders, handlers)

@@ -137,7 +137,9 @@ class Bitrix24Config:
         subset(ROLE_NAMES, "role"), "Roles to read counters for (the `role` label)."))
     interval: float = field(default=60.0, metadata=key(
         DURATION, "How often to collect; one cycle needs users x groups x roles / 50 batch requests."))
-    timeout: float = field(default=30.0, metadata=key(DURATION, "Timeout of one HTTP request."))
+    timeout: float = field(default=10.0, metadata=key(
+        DURATION, "Timeout of one HTTP request, from sending to the last byte of the answer "
+        "(rate-limit waits excluded)."))
     cycle_timeout: float = field(default=900.0, metadata=key(DURATION, "Deadline of a whole cycle."))
     max_concurrency: int = field(default=16, metadata=key(
         integer(1), "Requests in flight at once (all of them still pass the rate limit)."))
@@ -169,7 +171,9 @@ class PachcaConfig:
     interval: float = field(default=60.0, metadata=key(DURATION, "How often to collect."))
     due_soon: float = field(default=86400.0, metadata=key(
         DURATION, "Open reminders due within this window count as due soon."))
-    timeout: float = field(default=30.0, metadata=key(DURATION, "Timeout of one HTTP request."))
+    timeout: float = field(default=10.0, metadata=key(
+        DURATION, "Timeout of one HTTP request, from sending to the last byte of the answer "
+        "(rate-limit waits excluded)."))
     cycle_timeout: float = field(default=600.0, metadata=key(DURATION, "Deadline of a whole cycle."))
     page_size: int = field(default=50, metadata=key(integer(1, 50), "Reminders per page (the API allows 1-50)."))
     max_pages: int = field(default=2000, metadata=key(

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import structlog
+from structlog.contextvars import bound_contextvars
 
 from exporter.errors import SourceFailure
 from exporter.snapshot import PortalSnapshot, ReminderTally, SourceData, SourceKey, Store
@@ -33,17 +34,23 @@ class SourceLoop:
         self._warned_bound = False
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            started = time.monotonic()
-            await self.run_once()
-            delay = self._next_delay()
-            remaining = delay - (time.monotonic() - started)
-            if remaining > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), remaining)
+        with bound_contextvars(source=self.key.source, target=self.key.target):
+            while not stop.is_set():
+                started = time.monotonic()
+                await self.run_once()
+                delay = self._next_delay()
+                remaining = delay - (time.monotonic() - started)
+                if remaining > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), remaining)
 
     async def run_once(self) -> bool:
-        """One cycle with its deadline; True when it succeeded."""
+        """One cycle with its deadline; True when it succeeded. Every event logged inside it, by this
+        loop, the source, its client or a task they start, names `source` and `target`."""
+        with bound_contextvars(source=self.key.source, target=self.key.target):
+            return await self._cycle()
+
+    async def _cycle(self) -> bool:
         started = time.monotonic()
         src, key = self.source, self.key
         try:
@@ -57,7 +64,7 @@ class SourceLoop:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug, not an API fault: log it loudly, keep serving
-            log.exception("cycle_crashed", source=key.source, target=key.target, error=repr(exc))
+            log.exception("cycle_crashed", error=repr(exc))
             self._failed("internal", type(exc).__name__, started, logged=True)
             return False
         duration = time.monotonic() - started
@@ -65,12 +72,10 @@ class SourceLoop:
         self.store.succeeded(key, data, duration, bound)
         self.failures = 0
         self.cycles += 1
-        log.info("cycle_done", source=key.source, target=key.target, duration_s=round(duration, 3),
-                 requests=src.last_calls, **_summary(data))
+        log.info("cycle_done", duration_s=round(duration, 3), requests=src.last_calls, **_summary(data))
         if bound > src.interval and not self._warned_bound:
             self._warned_bound = True
-            log.warning("cycle_bound_exceeds_interval", source=key.source, target=key.target,
-                        bound_s=round(bound, 1), interval_s=src.interval,
+            log.warning("cycle_bound_exceeds_interval", bound_s=round(bound, 1), interval_s=src.interval,
                         hint="the API rate limit makes a cycle longer than the interval; raise the interval")
         return True
 
@@ -80,8 +85,8 @@ class SourceLoop:
         self.cycles += 1
         self.store.failed(self.key, reason, detail, duration)
         if not logged:
-            log.warning("cycle_failed", source=self.key.source, target=self.key.target, reason=reason,
-                        detail=detail, duration_s=round(duration, 3), consecutive_failures=self.failures)
+            log.warning("cycle_failed", reason=reason, detail=detail, duration_s=round(duration, 3),
+                        consecutive_failures=self.failures)
 
     def _next_delay(self) -> float:
         if self.failures == 0:

@@ -1,20 +1,24 @@
-"""The command line as a user meets it: exit codes, one-line errors, --demo serving real metrics."""
+"""The command line as a user meets it: exit codes (0, 1 runtime, 2 usage), one-line errors, --demo serving."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import errno
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from exporter import __version__
-from tests.conftest import free_port
+from exporter.cli import parse_listen
+from tests.conftest import eventually, free_port
 
 EXE = [sys.executable, "-m", "exporter"]
 
@@ -56,50 +60,116 @@ def test_check_config_reports_each_problem_on_its_own_line(tmp_path: Path):
 @pytest.mark.parametrize("args", [
     ["--config", "/nonexistent.yaml"],
     [],
-    ["--config", "x.yaml", "--web.listen-address", "nonsense"],
 ])
-def test_user_mistakes_exit_2_without_traceback(args):
+def test_config_mistakes_exit_2_with_one_line(args):
     result = run(*args)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and result.stderr.startswith("config error: ")
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_port_in_use_is_one_line(tmp_path: Path):
+@pytest.mark.parametrize(("args", "error"), [
+    (["--demo", "--web.listen-address", "nonsense"],
+     "argument --web.listen-address: 'nonsense' is not HOST:PORT (e.g. 0.0.0.0:10057)"),
+    (["--demo", "--web.listen-address", "127.0.0.1:65536"],
+     "argument --web.listen-address: '127.0.0.1:65536' is not HOST:PORT (e.g. 0.0.0.0:10057)"),
+    (["--demo", "--config", "c.yaml"], "argument --config: not allowed with argument --demo"),
+    (["--demo", "--check-config"], "argument --check-config: not allowed with argument --demo (it checks --config)"),
+])
+def test_usage_mistakes_exit_2_with_the_usage(args, error):
+    result = run(*args)
+    assert result.returncode == 2
+    assert result.stderr.startswith("usage: tasks-exporter ")
+    assert result.stderr.strip().splitlines()[-1] == f"tasks-exporter: error: {error}"
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("127.0.0.1:9100", ("127.0.0.1", 9100)),
+    (":10057", ("0.0.0.0", 10057)),
+    ("[::1]:0", ("::1", 0)),
+    ("localhost:65535", ("localhost", 65535)),
+])
+def test_listen_address_parses_host_and_port(value, expected):
+    assert parse_listen(value) == expected
+
+
+@pytest.mark.parametrize("value", ["nonsense", "127.0.0.1", "127.0.0.1:", "127.0.0.1:-1", "127.0.0.1:70000",
+                                   "127.0.0.1:\u00b2", "127.0.0.1:1e3"])
+def test_listen_address_rejects_what_is_not_host_port(value):
+    with pytest.raises(argparse.ArgumentTypeError, match="is not HOST:PORT"):
+        parse_listen(value)
+
+
+@pytest.mark.parametrize("fmt", ["console", "json"])
+def test_port_in_use_is_one_error_line(tmp_path: Path, fmt: str):
     config = tmp_path / "c.yaml"
     config.write_text("{}\n")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = run("--config", str(config), "--web.listen-address", f"127.0.0.1:{port}")
+        result = run("--config", str(config), "--web.listen-address", f"127.0.0.1:{port}", "--log.format", fmt)
     assert result.returncode == 1
-    assert "cannot listen on 127.0.0.1" in result.stderr and "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if "cannot_listen" in line]
+    if fmt == "json":
+        event = json.loads(line)
+        assert (event["level"], event["event"], event["address"]) == ("error", "cannot_listen", f"127.0.0.1:{port}")
+        assert event["detail"] == os.strerror(errno.EADDRINUSE)
+    else:
+        assert "[error" in line and f"address=127.0.0.1:{port}" in line
 
 
-def test_demo_serves_task_counters_within_seconds_and_stops_on_sigterm():
+# Exporter.start raising stands for a bug anywhere between flags and serving
+BROKEN_START = """
+import sys
+from exporter import app, cli
+
+async def start(self):
+    raise RuntimeError("wiring bug")
+
+app.Exporter.start = start
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_bug_that_stops_the_exporter_is_logged_with_its_cause_and_exits_1(tmp_path: Path):
+    config = tmp_path / "c.yaml"
+    config.write_text("{}\n")
+    result = subprocess.run([sys.executable, "-c", BROKEN_START, "--config", str(config), "--log.format", "json",
+                             "--web.listen-address", f"127.0.0.1:{free_port()}"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    events = [json.loads(line) for line in result.stderr.splitlines()]
+    (failed,) = [e for e in events if e["level"] == "error"]
+    assert failed["event"] == "exporter_failed" and failed["error"] == "RuntimeError: wiring bug"
+    assert failed["exception"].startswith("Traceback") and "in start" in failed["exception"]
+    assert "cannot_listen" not in result.stderr
+
+
+async def test_demo_serves_task_counters_within_seconds_and_stops_on_sigterm():
     port = free_port()
-    proc = subprocess.Popen([*EXE, "--demo", "--web.listen-address", f"127.0.0.1:{port}", "--log.format", "json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = await asyncio.create_subprocess_exec(
+        *EXE, "--demo", "--web.listen-address", f"127.0.0.1:{port}", "--log.format", "json",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 20
-        text = ""
-        while time.monotonic() < deadline:
-            try:
-                text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
-                if "bitrix24_tasks{" in text and "pachca_reminders{" in text:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        assert "bitrix24_tasks{" in text
-        assert "pachca_reminders{" in text
+        async with httpx.AsyncClient() as client:
+            async def served() -> str | None:
+                try:
+                    text = (await client.get(f"http://127.0.0.1:{port}/metrics", timeout=2)).text
+                except httpx.TransportError:
+                    return None
+                return text if "bitrix24_tasks{" in text and "pachca_reminders{" in text else None
+
+            await eventually(served, timeout=20, interval=0.1)
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=15)
+        _, err = await asyncio.wait_for(proc.communicate(), 15)
         assert proc.returncode == 0
-        assert "Traceback" not in err
-        assert '"event": "cycle_done"' in err and '"event": "stopped"' in err
+        events = [json.loads(line) for line in err.decode().splitlines()]
+        assert "Traceback" not in err.decode()
+        assert {"cycle_done", "stopped"} <= {e["event"] for e in events}
     finally:
-        if proc.poll() is None:
+        if proc.returncode is None:
             proc.kill()
-            proc.communicate()
+            await proc.communicate()

@@ -25,6 +25,7 @@ import yaml
 
 from exporter.app import DEFAULT_PORT
 from exporter.collector import SnapshotCollector
+from exporter.healthcheck import healthz_url
 from exporter.snapshot import Store
 from tests.conftest import require_tool
 
@@ -255,12 +256,14 @@ def test_image_serves_on_the_default_port_with_a_healthcheck_on_healthz() -> Non
     runtime = final_stage()
     assert [i.args for i in runtime if i.keyword == "EXPOSE"] == [str(DEFAULT_PORT)]
     (healthcheck,) = [i.args for i in runtime if i.keyword == "HEALTHCHECK"]
-    assert f"127.0.0.1:{DEFAULT_PORT}/healthz" in healthcheck
+    assert json.loads(healthcheck.partition(" CMD ")[2]) == ["python", "-m", "exporter.healthcheck"]
     (entrypoint,) = [i.args for i in runtime if i.keyword == "ENTRYPOINT"]
     assert json.loads(entrypoint) == ["tasks-exporter"]
     # `docker run IMAGE --demo` replaces CMD; the demo then listens on the default 0.0.0.0:PORT.
     (cmd,) = [i.args for i in runtime if i.keyword == "CMD"]
     assert arg_value(json.loads(cmd), "--web.listen-address") is None
+    # The check reads the listen address from the running command line (tests/test_image.py runs it).
+    assert healthz_url([*json.loads(entrypoint), *json.loads(cmd)]) == f"http://127.0.0.1:{DEFAULT_PORT}/healthz"
 
 
 def test_dockerignore_lets_in_exactly_what_the_dockerfile_copies() -> None:

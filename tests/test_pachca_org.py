@@ -75,7 +75,7 @@ def render(tally: ReminderTally, portal: PortalSnapshot | None = None, people: P
         if data is not None:
             store.register(key, 60)
             store.succeeded(key, data, 0.1)
-    return SnapshotCollector(store, people).render().decode()
+    return SnapshotCollector(store, people=people).render().decode()
 
 
 def series(text: str, name: str) -> dict[Labels, float]:
@@ -320,7 +320,7 @@ async def test_shared_email_is_logged_once_however_often_it_renders(sim: PachcaS
     for key, data in ((SourceKey("pachca", "team"), tally), (SourceKey("bitrix24", "acme"), demo_portal())):
         store.register(key, 60)
         store.succeeded(key, data, 0.1)
-    collector = SnapshotCollector(store, EMAIL)
+    collector = SnapshotCollector(store, people=EMAIL)
     with capture_logs() as logs:
         for _ in range(3):
             collector.render()

@@ -21,7 +21,7 @@ import structlog
 from exporter.errors import ApiError
 from exporter.ratelimit import LeakyBucket
 from exporter.snapshot import ApiTelemetry
-from exporter.sources.transport import paced_send
+from exporter.sources.transport import FaultRetries, pace, timed_send
 
 BATCH_LIMIT = 50
 AUTH_CODES = frozenset({
@@ -56,10 +56,11 @@ class BatchResult:
 
 @dataclass(slots=True)
 class RetryPolicy:
-    attempts: int = 5
+    attempts: int = 5  # tries of one call on 5xx, network faults, timeouts and unreadable answers
     rate_limit_attempts: int = 10
     base_delay: float = 0.5
     max_delay: float = 30.0
+    retry_budget: float = 30.0  # seconds of failed tries and backoff one call may spend (transport.FaultRetries)
     default_operation_pause: float = 60.0
     min_operation_pause: float = 1.0
     max_operation_pause: float = 600.0
@@ -131,6 +132,10 @@ class Bitrix24Client:
         self._bucket = bucket
         self._telemetry = telemetry
         self._retry = retry or RetryPolicy()
+        self._timeout = timeout
+        self._faults = FaultRetries()
+        # one slot per call, held across its retries, and as many connections as slots: a request never
+        # queues for a connection, so httpx's pool timeout cannot fire because the cycle is long
         self._slots = asyncio.Semaphore(max_concurrency)
         self._paused_until: dict[str, float] = {}
         self.operating: dict[str, float] = {}
@@ -146,21 +151,29 @@ class Bitrix24Client:
 
     async def call(self, method: str, params: Mapping[str, Any], *, pause_key: str | None = None) -> Any:
         """POST one method with a JSON body; retries rate limits, 5xx and network faults with backoff."""
-        pause_key = pause_key or method
+        async with self._slots:
+            return await self._call(method, params, pause_key or method)
+
+    async def _call(self, method: str, params: Mapping[str, Any], pause_key: str) -> Any:
         failures = 0
         rate_limited = 0
+        spent = 0.0  # seconds of failed tries and their backoff (FaultRetries)
         while True:
             await self._wait_for_pause(pause_key)
+            await pace(self._bucket, self._telemetry)
+            started = time.monotonic()
             try:
-                return await self._attempt(method, params)
+                body = await self._attempt(method, params)
             except ApiError as exc:
                 if exc.code == OPERATION_LIMIT:
+                    self._faults.answered()
                     self._pause(pause_key, exc.retry_after)
                     rate_limited += 1
                     if rate_limited >= self._retry.rate_limit_attempts:
                         raise
                     continue
                 if exc.code in RATE_LIMIT_CODES:
+                    self._faults.answered()
                     self._bucket.saturate()
                     rate_limited += 1
                     if rate_limited >= self._retry.rate_limit_attempts:
@@ -168,10 +181,16 @@ class Bitrix24Client:
                     await asyncio.sleep(self._backoff(rate_limited))
                     continue
                 failures += 1
-                if not exc.retryable or failures >= self._retry.attempts:
+                delay = self._backoff(failures)
+                spent += time.monotonic() - started + delay
+                if not self._faults.retry(exc, failures, spent, attempts=self._retry.attempts,
+                                          budget=self._retry.retry_budget, timeout=self._timeout):
                     raise
                 log.debug("bitrix24_retry", method=method, code=exc.code, attempt=failures)
-                await asyncio.sleep(self._backoff(failures))
+                await asyncio.sleep(delay)
+            else:
+                self._faults.answered()
+                return body
 
     async def batch(self, call: BatchCall, *, pause_key: str) -> BatchResult:
         """Send one batch (halt=0: a failing command costs only itself)."""
@@ -191,10 +210,9 @@ class Bitrix24Client:
         return result
 
     async def _attempt(self, method: str, params: Mapping[str, Any]) -> Any:
-        async with self._slots:
-            self.calls += 1
-            response = await paced_send(self._bucket, self._telemetry, method,
-                                        lambda: self._http.post(self._base + method, json=dict(params)))
+        self.calls += 1
+        response = await timed_send(self._telemetry, method,
+                                    lambda: self._http.post(self._base + method, json=dict(params)), self._timeout)
         return self._decode(method, response)
 
     def _decode(self, method: str, response: httpx.Response) -> Any:

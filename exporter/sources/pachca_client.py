@@ -25,7 +25,7 @@ from exporter.config import Secret
 from exporter.errors import ApiError
 from exporter.ratelimit import LeakyBucket
 from exporter.snapshot import ApiTelemetry
-from exporter.sources.transport import paced_send
+from exporter.sources.transport import FaultRetries, pace, timed_send
 
 REQUESTS_PER_SECOND = 50  # "all other API methods", per token (docs/api-notes.md#pachca-rate-limit)
 NETWORK_CODES = frozenset({"timeout", "network_error", "invalid_response"})
@@ -40,6 +40,7 @@ class RetryPolicy:
     base_delay: float = 1.0  # backoff base_delay * 2^(n-1), x jitter 0.5-1.5
     max_delay: float = 30.0
     max_retry_after: float = 60.0  # a longer Retry-After fails the cycle and pauses requests instead
+    retry_budget: float = 30.0  # seconds of failed tries and backoff one request may spend (transport.FaultRetries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +86,8 @@ class PachcaClient:
         self._base = base_url.rstrip("/")
         self._telemetry = telemetry
         self._retry = retry or RetryPolicy()
+        self._timeout = timeout
+        self._faults = FaultRetries()
         self._clock = clock
         self._bucket = LeakyBucket(REQUESTS_PER_SECOND, REQUESTS_PER_SECOND)
         self._paused_until = 0.0
@@ -125,26 +128,35 @@ class PachcaClient:
         method = f"GET {path}"
         failures = 0
         rate_limited = 0
+        spent = 0.0  # seconds of failed tries and their backoff (FaultRetries)
         while True:
             self._check_pause(path)
+            await pace(self._bucket, self._telemetry)
+            started = time.monotonic()
             try:
-                return await self._attempt(method, path, params)
+                body = await self._attempt(method, path, params)
             except ApiError as exc:
                 if exc.status == 429:
+                    self._faults.answered()
                     rate_limited += 1
                     delay = self._rate_limit_delay(exc, rate_limited, path)
                 else:
                     failures += 1
-                    if not exc.retryable or failures >= self._retry.attempts:
-                        raise
                     delay = self._backoff(failures)
+                    spent += time.monotonic() - started + delay
+                    if not self._faults.retry(exc, failures, spent, attempts=self._retry.attempts,
+                                              budget=self._retry.retry_budget, timeout=self._timeout):
+                        raise
                 log.debug("pachca_retry", path=path, code=exc.code, delay_s=round(delay, 3))
                 await asyncio.sleep(delay)
+            else:
+                self._faults.answered()
+                return body
 
     async def _attempt(self, method: str, path: str, params: Mapping[str, str]) -> dict[str, Any]:
         self.calls += 1
-        response = await paced_send(self._bucket, self._telemetry, method,
-                                    lambda: self._http.get(self._base + path, params=dict(params)))
+        response = await timed_send(self._telemetry, method,
+                                    lambda: self._http.get(self._base + path, params=dict(params)), self._timeout)
         return self._decode(method, response)
 
     def _decode(self, method: str, response: httpx.Response) -> dict[str, Any]:
