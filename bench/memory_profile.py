@@ -44,13 +44,13 @@ async def profile(webhook: str) -> None:
     steps.begin()
     from exporter.collector import SnapshotCollector
     from exporter.config import Bitrix24Config, RateLimit, Secret
-    from exporter.server import Exposition
+    from exporter.exposition import Exposition
     from exporter.snapshot import SourceKey, Store
     from exporter.sources.bitrix24 import Bitrix24Source
     steps.end("imports (exporter, aiohttp, httpx, prometheus_client)")
 
     store, key = Store(), SourceKey("bitrix24", "profile")
-    exposition = Exposition(SnapshotCollector(store).render)
+    exposition = Exposition(SnapshotCollector(store).snapshot_families)
     config = Bitrix24Config(name="profile", webhook_url=Secret(webhook), rate_limit=RateLimit(1e6, 10**6))
     source = Bitrix24Source(config, store.register(key, config.interval))
     at_peak: list[Any] = []

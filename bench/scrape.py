@@ -51,12 +51,13 @@ async def _exporter(conn: Connection, series: int) -> None:
     from aiohttp import web
 
     from exporter.collector import SnapshotCollector
-    from exporter.server import Exposition, build_app
+    from exporter.exposition import Exposition
+    from exporter.server import build_app
     from exporter.simulator import serve
     from exporter.snapshot import SourceKey, Store
 
     store = Store()
-    exposition = Exposition(SnapshotCollector(store).render)
+    exposition = Exposition(SnapshotCollector(store).snapshot_families)
     key = SourceKey("bitrix24", "big")
     store.register(key, 60.0)
     store.succeeded(key, big_snapshot(series), 1.0)

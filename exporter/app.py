@@ -13,9 +13,10 @@ from aiohttp import web
 from exporter.collector import ExporterFaults, SnapshotCollector
 from exporter.config import Config
 from exporter.errors import ExporterError
+from exporter.exposition import Exposition
 from exporter.log import mask, register_secrets
 from exporter.scheduler import SourceLoop
-from exporter.server import Exposition, build_app
+from exporter.server import build_app
 from exporter.snapshot import SourceKey, Store
 from exporter.sources import Source
 from exporter.sources.bitrix24 import Bitrix24Source
@@ -63,7 +64,7 @@ class Exporter:
         self.loops = [SourceLoop(s, self.store, max_backoff=max_backoff) for s in self.sources]
         faults = ExporterFaults()
         collector = SnapshotCollector(self.store, faults, people=config.people)
-        self.exposition = Exposition(collector.render, collector.render_live, faults=faults)
+        self.exposition = Exposition(collector.snapshot_families, collector.live_families, faults=faults)
         self.stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None

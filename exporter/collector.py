@@ -1,19 +1,18 @@
-"""Snapshot -> metric families -> text exposition. The only module where metric names live.
+"""Snapshot -> metric families. The only module where metric names live.
 
 Families are built fresh from the store on every render, so a series whose source disappeared
-(a user who left, a reminder kind no longer seen) disappears from /metrics with it. The renderer writes
-the text format straight from the families (the biggest one streams from the snapshot), so a render
-at 100,000 series costs the text's size in memory, not an object per series.
+(a user who left, a reminder kind no longer seen) disappears from /metrics with it. Every producer yields
+all of its families whatever the store holds (with no rows when there is nothing to say), so the families of
+an empty store name everything the exporter can expose: that is `SnapshotCollector.describe()`.
+exporter/render.py writes them as text.
 """
 
 from __future__ import annotations
 
-import io
-import math
 import platform
 import threading
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -22,33 +21,10 @@ from prometheus_client.registry import Collector
 from exporter import __version__
 from exporter.config import PeopleConfig
 from exporter.people import PeopleMatch, match_by_email
+from exporter.render import Family, Row
 from exporter.snapshot import PortalSnapshot, ReminderTally, SourceState, Store
 
-Row = tuple[Sequence[str], float]
 log = structlog.get_logger()
-
-
-@dataclass(slots=True)
-class Family:
-    """One metric family; `rows` may be a generator that is read once, at render time."""
-
-    name: str
-    help: str
-    labels: Sequence[str]
-    kind: str = "gauge"  # or "counter": the exposed name then ends in _total
-    rows: Iterable[Row] = field(default_factory=list)
-
-    def add_metric(self, values: Sequence[str], value: float) -> None:
-        assert isinstance(self.rows, list)
-        self.rows.append((values, value))
-
-
-def GaugeFamily(name: str, help: str, labels: Sequence[str]) -> Family:
-    return Family(name, help, labels)
-
-
-def CounterFamily(name: str, help: str, labels: Sequence[str]) -> Family:
-    return Family(name, help, labels, kind="counter")
 
 FAILURE_REASONS = ("auth", "rate_limited", "server_error", "timeout", "network_error", "invalid_response",
                    "api_error", "deadline", "internal")
@@ -56,7 +32,8 @@ FAILURE_REASONS = ("auth", "rate_limited", "server_error", "timeout", "network_e
 
 @dataclass(slots=True)
 class ExporterFaults:
-    """The exporter's own bugs that it survived, counted where they happen (exporter/server.py)."""
+    """The exporter's own bugs that it survived, counted where they happen (exporter/exposition.py for
+    renders, exporter/server.py for handlers)."""
 
     render_failures: int = 0
     handler_failures: int = 0
@@ -76,14 +53,17 @@ class SnapshotCollector(Collector):
         yield from self.live_families()
 
     def snapshot_families(self) -> Iterator[Family]:
-        """What changes only when a cycle ends: rendered once per change."""
+        """What changes only when a cycle ends: rendered once per change. Besides the sources' families:
+
+        tasks_exporter_build_info{version="0.1.0",python_version="3.11.7"} 1.0
+        """
         states = sorted(self._store.states(), key=lambda s: (s.key.source, s.key.target))
         yield from _bitrix24([s for s in states if isinstance(s.data, PortalSnapshot)])
         yield from _pachca([s for s in states if isinstance(s.data, ReminderTally)])
         yield from self._people.families(states)
         yield from _source_health(states)
-        info = GaugeFamily("tasks_exporter_build_info", "Version of tasks-exporter, value 1.",
-                           labels=["version", "python_version"])
+        info = Family.gauge("tasks_exporter_build_info", "Version of tasks-exporter, value 1.",
+                            labels=["version", "python_version"])
         info.add_metric([__version__, platform.python_version()], 1)
         yield info
 
@@ -93,70 +73,48 @@ class SnapshotCollector(Collector):
         yield from _api_traffic(self._store)
         yield from _faults(self._faults)
 
-    def render(self) -> bytes:
-        """The text exposition (format 0.0.4) of the snapshot families."""
-        return render(self.snapshot_families())
-
-    def render_live(self) -> bytes:
-        return render(self.live_families())
-
     def collect(self) -> Iterator[Metric]:
         """The same families as prometheus_client objects, for registering in a CollectorRegistry."""
         for family in self.families():
-            kind = CounterMetricFamily if family.kind == "counter" else GaugeMetricFamily
-            metric = kind(family.name, family.help, labels=list(family.labels))
-            for values, value in family.rows:
-                metric.add_metric(list(values), value)
-            yield metric
+            yield _client_metric(family, family.rows)
+
+    @staticmethod
+    def describe() -> Iterator[Metric]:
+        """Every family the collector can produce, without samples: prometheus_client's describe() (a
+        registry checks names with it) and the metric-name contract the alerts and dashboard are tested on."""
+        for family in SnapshotCollector(Store()).families():
+            yield _client_metric(family, ())
 
 
-def render(families: Iterable[Family]) -> bytes:
-    out = io.BytesIO()
-    for family in families:
-        name = family.name + "_total" if family.kind == "counter" else family.name
-        help_text = family.help.replace("\\", "\\\\").replace("\n", "\\n")
-        out.write(f"# HELP {name} {help_text}\n# TYPE {name} {family.kind}\n".encode())
-        labels = family.labels
-        for values, value in family.rows:
-            if labels:
-                pairs = ",".join(f'{k}="{_escape(v)}"' for k, v in zip(labels, values, strict=True))
-                out.write(f"{name}{{{pairs}}} {_number(value)}\n".encode())
-            else:
-                out.write(f"{name} {_number(value)}\n".encode())
-    return out.getvalue()
-
-
-def _escape(value: str) -> str:
-    if "\\" in value or '"' in value or "\n" in value:
-        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return value
-
-
-def _number(value: float) -> str:
-    if value == math.inf:
-        return "+Inf"
-    if value == -math.inf:
-        return "-Inf"
-    if math.isnan(value):
-        return "NaN"
-    return repr(float(value))
+def _client_metric(family: Family, rows: Iterable[Row]) -> Metric:
+    kind = CounterMetricFamily if family.kind == "counter" else GaugeMetricFamily
+    metric = kind(family.name, family.help, labels=list(family.labels))
+    for values, value in rows:
+        metric.add_metric(list(values), value)
+    return metric
 
 
 def _bitrix24(states: list[SourceState]) -> Iterator[Family]:
+    """Each portal's task counters, users and REST budget, e.g.
+
+    bitrix24_tasks{portal="acme",user_id="1",group_id="0",role="all",counter="expired"} 3.0
+    bitrix24_user_info{portal="acme",user_id="1",name="Anna Petrova"} 1.0
+    bitrix24_method_operating_seconds{portal="acme",method="tasks.task.counters.get"} 1.5
+    """
     tasks = Family(
         "bitrix24_tasks", "Bitrix24 task counter (tasks.task.counters.get) per user, workgroup and role; "
         "group_id 0 is all groups. Muted tasks are not counted.",
         labels=["portal", "user_id", "group_id", "role", "counter"], rows=_task_rows(states))
-    info = GaugeFamily("bitrix24_user_info", "A monitored Bitrix24 user, value 1.",
-                       labels=["portal", "user_id", "name"])
-    users = GaugeFamily("bitrix24_users", "Users monitored in the last good cycle.", labels=["portal"])
-    hidden = GaugeFamily(
+    info = Family.gauge("bitrix24_user_info", "A monitored Bitrix24 user, value 1.",
+                        labels=["portal", "user_id", "name"])
+    users = Family.gauge("bitrix24_users", "Users monitored in the last good cycle.", labels=["portal"])
+    hidden = Family.gauge(
         "bitrix24_users_hidden", "Monitored users whose counters the webhook could not see (empty answer); "
         "reading other users' counters needs an administrator's webhook.", labels=["portal"])
-    failed = GaugeFamily("bitrix24_commands_failed",
-                         "Batch commands that failed in the last good cycle (their last values are kept).",
-                         labels=["portal"])
-    operating = GaugeFamily(
+    failed = Family.gauge("bitrix24_commands_failed",
+                          "Batch commands that failed in the last good cycle (their last values are kept).",
+                          labels=["portal"])
+    operating = Family.gauge(
         "bitrix24_method_operating_seconds", "Execution time the portal has accounted to a REST method "
         "in its 10-minute window (time.operating); calls are blocked above the portal's limit.",
         labels=["portal", "method"])
@@ -186,35 +144,43 @@ def _task_rows(states: list[SourceState]) -> Iterator[Row]:
 
 
 def _pachca(states: list[SourceState]) -> Iterator[Family]:
-    reminders = GaugeFamily("pachca_reminders", "Pachca reminders by status, kind and priority.",
-                            labels=["workspace", "status", "kind", "priority"])
-    overdue = GaugeFamily("pachca_reminders_overdue",
-                          "Open (undone) reminders whose due_at is in the past.",
-                          labels=["workspace", "kind", "priority"])
-    due_soon = GaugeFamily("pachca_reminders_due_soon",
-                           "Open reminders due within the configured due_soon window.",
-                           labels=["workspace", "kind"])
-    no_due = GaugeFamily("pachca_reminders_without_due_date", "Reminders with no due_at.",
-                         labels=["workspace", "status"])
-    performer = GaugeFamily("pachca_performer_reminders",
-                            "Reminders per performer (a reminder counts once for each performer).",
-                            labels=["workspace", "performer_id", "status"])
-    performer_overdue = GaugeFamily("pachca_performer_reminders_overdue",
-                                    "Overdue open reminders per performer.",
-                                    labels=["workspace", "performer_id"])
-    oldest = GaugeFamily("pachca_reminder_oldest_overdue_seconds",
-                         "How long the most overdue open reminder is past its due time (0 if none).",
-                         labels=["workspace"])
-    info = GaugeFamily(
+    """Each workspace's reminder counts, overall and per performer, and its users, e.g.
+
+    pachca_reminders{workspace="team",status="undone",kind="call",priority="2"} 4.0
+    pachca_performer_reminders_overdue{workspace="team",performer_id="7"} 1.0
+    pachca_reminder_oldest_overdue_seconds{workspace="team"} 3600.5
+    pachca_user_info{workspace="team",user_id="7",name="Anna Petrova",department="Sales"} 1.0
+    pachca_user_tag{workspace="team",user_id="7",tag="Backend"} 1.0
+    """
+    reminders = Family.gauge("pachca_reminders", "Pachca reminders by status, kind and priority.",
+                             labels=["workspace", "status", "kind", "priority"])
+    overdue = Family.gauge("pachca_reminders_overdue",
+                           "Open (undone) reminders whose due_at is in the past.",
+                           labels=["workspace", "kind", "priority"])
+    due_soon = Family.gauge("pachca_reminders_due_soon",
+                            "Open reminders due within the configured due_soon window.",
+                            labels=["workspace", "kind"])
+    no_due = Family.gauge("pachca_reminders_without_due_date", "Reminders with no due_at.",
+                          labels=["workspace", "status"])
+    performer = Family.gauge("pachca_performer_reminders",
+                             "Reminders per performer (a reminder counts once for each performer).",
+                             labels=["workspace", "performer_id", "status"])
+    performer_overdue = Family.gauge("pachca_performer_reminders_overdue",
+                                     "Overdue open reminders per performer.",
+                                     labels=["workspace", "performer_id"])
+    oldest = Family.gauge("pachca_reminder_oldest_overdue_seconds",
+                          "How long the most overdue open reminder is past its due time (0 if none).",
+                          labels=["workspace"])
+    info = Family.gauge(
         "pachca_user_info", "A Pachca user, value 1: every active user GET /users lists, plus bots and "
         "deactivated users who perform reminders. name is empty with names: false; department is free text.",
         labels=["workspace", "user_id", "name", "department"])
-    tags = GaugeFamily("pachca_user_tag", "An employee tag (list_tags) of a user in pachca_user_info, value 1.",
-                       labels=["workspace", "user_id", "tag"])
-    users_read = GaugeFamily(
+    tags = Family.gauge("pachca_user_tag", "An employee tag (list_tags) of a user in pachca_user_info, value 1.",
+                        labels=["workspace", "user_id", "tag"])
+    users_read = Family.gauge(
         "pachca_users_last_read_timestamp_seconds", "Unix time GET /users was last read to the end; "
         "names, departments and tags are that old. Absent until the first good read.", labels=["workspace"])
-    malformed = GaugeFamily(
+    malformed = Family.gauge(
         "pachca_reminders_malformed", "Reminders in the last cycle with a field that could not be read; "
         "they are counted with the label value 'unknown' where that field mattered.", labels=["workspace"])
     for state in states:
@@ -247,11 +213,13 @@ def _pachca(states: list[SourceState]) -> Iterator[Family]:
 
 
 class PeopleFamilies:
-    """tasks_exporter_person_info and tasks_exporter_people from the `people` config, joined at render time.
+    """One person across both tools, joined at render time for each `people` pair, e.g.
 
-        tasks_exporter_people{portal="acme",workspace="team",state="matched"} 40
+    tasks_exporter_person_info{person="a@x.io",portal="acme",bitrix24_user_id="1",workspace="team",pachca_user_id="7"} 1
+    tasks_exporter_people{portal="acme",workspace="team",state="matched"} 40.0
 
-    Logs each e-mail that several users share once (by user ids, never the e-mail), however often it renders.
+    Without a `people` section both families are there with no rows. Each e-mail that several users share is
+    logged once (by user ids, never the e-mail), however often it renders.
     """
 
     def __init__(self, people: PeopleConfig | None) -> None:
@@ -260,23 +228,22 @@ class PeopleFamilies:
         self._lock = threading.Lock()
 
     def families(self, states: list[SourceState]) -> Iterator[Family]:
-        if self._people is None:
-            return
-        person = GaugeFamily(
+        person = Family.gauge(
             "tasks_exporter_person_info", "One person in both tools, value 1: a Bitrix24 user and a Pachca user "
             "with the same e-mail. person is the e-mail, or the Bitrix24 name with people.label: name.",
             labels=["person", "portal", "bitrix24_user_id", "workspace", "pachca_user_id"])
-        people = GaugeFamily(
+        people = Family.gauge(
             "tasks_exporter_people", "Users of a portal and a workspace by match state: matched (pairs), "
             "bitrix24_only, pachca_only, ambiguous (users of both sides whose e-mail is shared on one side).",
             labels=["portal", "workspace", "state"])
         portals = {s.key.target: s.data for s in states if isinstance(s.data, PortalSnapshot)}
         workspaces = {s.key.target: s.data for s in states if isinstance(s.data, ReminderTally)}
-        for pair in self._people.pairs or ():
+        pairs, label = (self._people.pairs or (), self._people.label) if self._people else ((), "email")
+        for pair in pairs:
             portal, workspace = portals.get(pair.portal), workspaces.get(pair.workspace)
             if portal is None or workspace is None or workspace.users_read_at is None:
                 continue  # a side not read yet: no series rather than a misleading count
-            joined = match_by_email(portal.users, workspace.users, label=self._people.label)
+            joined = match_by_email(portal.users, workspace.users, label=label)
             self._report(pair.portal, pair.workspace, joined)
             for m in joined.matches:
                 person.add_metric([m.person, pair.portal, str(m.bitrix24_user_id), pair.workspace,
@@ -297,21 +264,26 @@ class PeopleFamilies:
 
 
 def _source_health(states: list[SourceState]) -> Iterator[Family]:
+    """How each source's cycles go, e.g.
+
+    tasks_exporter_source_up{source="bitrix24",target="acme"} 1.0
+    tasks_exporter_source_failures_total{source="bitrix24",target="acme",reason="rate_limited"} 0.0
+    """
     labels = ["source", "target"]
-    up = GaugeFamily("tasks_exporter_source_up",
-                     "1 when the source's last collection cycle succeeded.", labels=labels)
-    last = GaugeFamily("tasks_exporter_source_last_success_timestamp_seconds",
-                       "Unix time of the source's last successful cycle.", labels=labels)
-    duration = GaugeFamily("tasks_exporter_source_collection_duration_seconds",
-                           "Wall time of the source's last collection cycle.", labels=labels)
-    interval = GaugeFamily("tasks_exporter_source_interval_seconds",
-                           "Configured collection interval.", labels=labels)
-    bound = GaugeFamily(
+    up = Family.gauge("tasks_exporter_source_up",
+                      "1 when the source's last collection cycle succeeded.", labels=labels)
+    last = Family.gauge("tasks_exporter_source_last_success_timestamp_seconds",
+                        "Unix time of the source's last successful cycle.", labels=labels)
+    duration = Family.gauge("tasks_exporter_source_collection_duration_seconds",
+                            "Wall time of the source's last collection cycle.", labels=labels)
+    interval = Family.gauge("tasks_exporter_source_interval_seconds",
+                            "Configured collection interval.", labels=labels)
+    bound = Family.gauge(
         "tasks_exporter_source_cycle_bound_seconds", "Least time the API's rate limit allows for one cycle "
         "of this size; above the interval, cycles run back to back and data is older than the interval.",
         labels=labels)
-    failures = CounterFamily("tasks_exporter_source_failures",
-                             "Failed collection cycles by reason.", labels=[*labels, "reason"])
+    failures = Family.counter("tasks_exporter_source_failures",
+                              "Failed collection cycles by reason.", labels=[*labels, "reason"])
     for s in states:
         key = [s.key.source, s.key.target]
         up.add_metric(key, 1 if s.up else 0)
@@ -328,34 +300,42 @@ def _source_health(states: list[SourceState]) -> Iterator[Family]:
 
 
 def _api_traffic(store: Store) -> Iterator[Family]:
+    """Each source's HTTP traffic so far, e.g.
+
+    tasks_exporter_api_requests_total{source="bitrix24",target="acme",method="batch",outcome="success"} 12.0
+    tasks_exporter_api_errors_total{source="bitrix24",target="acme",code="QUERY_LIMIT_EXCEEDED"} 1.0
+    """
     labels = ["source", "target"]
-    requests = CounterFamily("tasks_exporter_api_requests", "HTTP requests to the APIs by outcome.",
-                             labels=[*labels, "method", "outcome"])
-    errors = CounterFamily("tasks_exporter_api_errors",
-                           "Errors the APIs answered, by API error code (including batch commands).",
-                           labels=[*labels, "code"])
-    waited = CounterFamily("tasks_exporter_rate_limit_wait_seconds",
-                           "Time spent waiting for the client-side rate limit or a method pause.",
-                           labels=labels)
+    requests = Family.counter("tasks_exporter_api_requests", "HTTP requests to the APIs by outcome.",
+                              labels=[*labels, "method", "outcome"])
+    errors = Family.counter("tasks_exporter_api_errors",
+                            "Errors the APIs answered, by API error code (including batch commands).",
+                            labels=[*labels, "code"])
+    waited = Family.counter("tasks_exporter_rate_limit_wait_seconds",
+                            "Time spent waiting for the client-side rate limit or a method pause.",
+                            labels=labels)
     for key, telemetry in sorted(store.telemetry().items(), key=lambda kv: (kv[0].source, kv[0].target)):
-        counts, codes, wait = telemetry.copy()
+        counts = telemetry.counts()
         base = [key.source, key.target]
-        for (method, outcome), n in sorted(counts.items()):
+        for (method, outcome), n in sorted(counts.requests.items()):
             requests.add_metric([*base, method, outcome], n)
-        for code, n in sorted(codes.items()):
+        for code, n in sorted(counts.errors.items()):
             errors.add_metric([*base, code], n)
-        waited.add_metric(base, wait)
+        waited.add_metric(base, counts.rate_limit_wait_seconds)
     yield from (requests, errors, waited)
 
 
 def _faults(faults: ExporterFaults) -> Iterator[Family]:
-    """Bugs the exporter survived, e.g. `tasks_exporter_render_failures_total 0.0`."""
-    renders = CounterFamily("tasks_exporter_render_failures",
-                            "Renders of /metrics that raised (a bug, logged as render_failed); the last good "
-                            "exposition is served meanwhile.", labels=[])
+    """Bugs the exporter survived, e.g.
+
+    tasks_exporter_render_failures_total 0.0
+    """
+    renders = Family.counter("tasks_exporter_render_failures",
+                             "Renders of /metrics that raised (a bug, logged as render_failed); the last good "
+                             "exposition is served meanwhile.", labels=[])
     renders.add_metric([], faults.render_failures)
-    handlers = CounterFamily("tasks_exporter_http_handler_failures",
-                             "HTTP requests answered 500 because a handler raised (a bug, logged as "
-                             "request_failed).", labels=[])
+    handlers = Family.counter("tasks_exporter_http_handler_failures",
+                              "HTTP requests answered 500 because a handler raised (a bug, logged as "
+                              "request_failed).", labels=[])
     handlers.add_metric([], faults.handler_failures)
     yield from (renders, handlers)

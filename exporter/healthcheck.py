@@ -17,7 +17,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
-from exporter.cli import parse_args, parse_listen
+from exporter.cli import parse_args
 from exporter.errors import ConfigError
 
 PID1_CMDLINE = Path("/proc/1/cmdline")
@@ -43,11 +43,10 @@ def healthz_url(cmdline: Sequence[str]) -> str:
     stderr = io.StringIO()
     try:
         with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
-            listen = parse_args(exporter_flags(cmdline)).listen
+            host, port = parse_args(exporter_flags(cmdline)).listen
     except SystemExit:
         reason = stderr.getvalue().strip().splitlines()
         raise ConfigError([f"the exporter's flags: {reason[-1] if reason else 'not parseable'}"]) from None
-    host, port = parse_listen(listen)
     host = LOOPBACK.get(host, host)
     return f"http://[{host}]:{port}/healthz" if ":" in host else f"http://{host}:{port}/healthz"
 

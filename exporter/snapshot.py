@@ -144,30 +144,40 @@ class SourceState:
     failures: Mapping[str, int] = field(default_factory=dict)  # reason -> count
 
 
+@dataclass(frozen=True, slots=True)
+class TelemetryCounts:
+    """One consistent reading of a source's ApiTelemetry."""
+
+    requests: Mapping[tuple[str, str], int]  # (method, outcome) -> n
+    errors: Mapping[str, int]  # API error code -> n
+    rate_limit_wait_seconds: float
+
+
 class ApiTelemetry:
     """Counts API requests by method and outcome, and errors by code, for one source target."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.requests: Counter[tuple[str, str]] = Counter()
-        self.errors: Counter[str] = Counter()
-        self.rate_limit_wait_seconds = 0.0
+        self._requests: Counter[tuple[str, str]] = Counter()
+        self._errors: Counter[str] = Counter()
+        self._rate_limit_wait_seconds = 0.0
 
     def request(self, method: str, outcome: str) -> None:
         with self._lock:
-            self.requests[(method, outcome)] += 1
+            self._requests[(method, outcome)] += 1
 
     def error(self, code: str) -> None:
         with self._lock:
-            self.errors[code] += 1
+            self._errors[code] += 1
 
     def waited(self, seconds: float) -> None:
         with self._lock:
-            self.rate_limit_wait_seconds += seconds
+            self._rate_limit_wait_seconds += seconds
 
-    def copy(self) -> tuple[dict[tuple[str, str], int], dict[str, int], float]:
+    def counts(self) -> TelemetryCounts:
+        """The counts so far, read together (a source's loop goes on counting in another thread)."""
         with self._lock:
-            return dict(self.requests), dict(self.errors), self.rate_limit_wait_seconds
+            return TelemetryCounts(dict(self._requests), dict(self._errors), self._rate_limit_wait_seconds)
 
 
 class Store:

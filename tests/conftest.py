@@ -29,6 +29,35 @@ FAST_RETRY = RetryPolicy(attempts=3, rate_limit_attempts=20, base_delay=0.01, ma
                          default_operation_pause=0.2, min_operation_pause=0.02,
                          max_operation_pause=0.3)
 
+# the `reason` a cycle fails with under each simulator fault (Pachca's "wrong_types" fails no cycle: a record
+# with fields of the wrong type costs only those fields)
+B24_FAULT_REASONS = {
+    "http_500": "server_error",
+    "http_502": "server_error",
+    "http_503": "server_error",
+    "html": "invalid_response",
+    "truncated_json": "invalid_response",
+    "wrong_types": "invalid_response",
+    "unauthorized": "auth",
+    "insufficient_scope": "auth",
+    "query_limit_storm": "rate_limited",
+    "operation_time_limit": "rate_limited",
+    "reset": "network_error",
+    "timeout": "timeout",
+}
+PACHCA_FAULT_REASONS = {
+    "http_500": "server_error",
+    "http_502": "server_error",
+    "http_503": "server_error",
+    "html": "invalid_response",
+    "truncated_json": "invalid_response",
+    "unauthorized": "auth",
+    "insufficient_scope": "auth",
+    "rate_limit_storm": "rate_limited",
+    "reset": "network_error",
+    "timeout": "timeout",
+}
+
 
 @pytest.fixture(autouse=True)
 def _quiet_logs() -> None:
@@ -51,10 +80,10 @@ class PortalServer:
         values.update(overrides)
         return Bitrix24Config(**values)
 
-    def source(self, **overrides: Any) -> Bitrix24Source:
+    def source(self, retry: RetryPolicy = FAST_RETRY, **overrides: Any) -> Bitrix24Source:
         config = self.config(**overrides)
         telemetry = self.store.register(SourceKey("bitrix24", config.name), config.interval)
-        source = Bitrix24Source(config, telemetry, retry=FAST_RETRY)
+        source = Bitrix24Source(config, telemetry, retry=retry)
         self._sources.append(source)
         return source
 
@@ -124,21 +153,10 @@ def free_port() -> int:
 
 
 def contract_metric_names() -> set[str]:
-    """Metric names as exposed by exporter/collector.py (counters gain `_total`)."""
-    import ast
+    """Metric names the collector can expose, as exposed (counters gain `_total`): from its describe()."""
+    from exporter.collector import SnapshotCollector
 
-    names = set()
-    collector = Path(__file__).resolve().parents[1] / "exporter" / "collector.py"
-    for node in ast.walk(ast.parse(collector.read_text(encoding="utf-8"))):
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.args):
-            continue
-        first = node.args[0]
-        if node.func.id in {"Family", "GaugeFamily", "CounterFamily"} and isinstance(first, ast.Constant):
-            counter = node.func.id == "CounterFamily" or any(
-                k.arg == "kind" and isinstance(k.value, ast.Constant) and k.value.value == "counter"
-                for k in node.keywords)
-            names.add(first.value + ("_total" if counter else ""))
-    return names
+    return {m.name + "_total" if m.type == "counter" else m.name for m in SnapshotCollector.describe()}
 
 
 def load_dashboard_generator():  # type: ignore[no-untyped-def]

@@ -17,7 +17,6 @@ PROMETHEUS = ROOT / "prometheus"
 ALERTS = PROMETHEUS / "alerts.yml"
 ALERTS_TEST = PROMETHEUS / "alerts_test.yml"
 CONFIG = PROMETHEUS / "prometheus.yml"
-COLLECTOR = ROOT / "exporter" / "collector.py"
 PREFIXES = ("bitrix24_", "pachca_", "tasks_exporter_")
 EXPECTED_ALERTS = {
     "TasksExporterAbsent", "TasksExporterSourceDown", "TasksExporterDataStale",

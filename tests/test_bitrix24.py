@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from exporter.errors import SourceFailure
 from exporter.simulator.bitrix24 import LEGACY_KEYS
 from exporter.snapshot import PortalSnapshot
+from tests.conftest import eventually
 
 
 def readings_by_key(data: PortalSnapshot) -> dict[tuple[int, int, str, str], float]:
@@ -143,8 +146,9 @@ async def test_rate_limit_answer_is_retried(portal_factory):
     data = await source.collect()
     assert server.sim.rejected > 0
     assert len({r.user_id for r in data.readings}) == 100
-    requests, errors, _ = server.store.telemetry()[next(iter(server.store.telemetry()))].copy()
-    assert errors["QUERY_LIMIT_EXCEEDED"] == server.sim.rejected
+    counts = server.store.telemetry()[next(iter(server.store.telemetry()))].counts()
+    assert counts.errors["QUERY_LIMIT_EXCEEDED"] == server.sim.rejected
+    requests = counts.requests
     assert requests[("batch", "rate_limited")] + requests.get(("user.get", "rate_limited"), 0) == server.sim.rejected
 
 
@@ -163,16 +167,16 @@ async def test_operation_time_limit_pauses_the_method_until_reset(portal_factory
     source = server.source()
     server.sim.fault = "operation_time_limit"
     server.sim.fault_retry_after = 0.3
-    import asyncio
 
-    async def lift() -> None:
-        await asyncio.sleep(0.1)
+    async def lift_after_the_first_refusal() -> None:
+        await eventually(lambda: server.sim.calls["user.get"] >= 1)
         server.sim.fault = None
 
-    lifter = asyncio.create_task(lift())
+    lifter = asyncio.create_task(lift_after_the_first_refusal())
     data = await source.collect()
     await lifter
     assert len(data.users) == 2
+    assert server.sim.calls["user.get"] >= 2  # refused, paused, asked again
 
 
 async def test_bad_webhook_secret_fails_the_cycle_as_auth(portal_factory):
@@ -193,17 +197,17 @@ async def test_html_answer_fails_the_cycle_cleanly(portal_factory):
 
 
 async def test_commands_blocked_by_operation_limit_are_retried_after_the_pause(portal_factory):
-    import asyncio
-
     server = await portal_factory(users=3)
     server.sim.command_errors[2] = "OPERATION_TIME_LIMIT"
     source = server.source()
 
-    async def lift() -> None:
-        await asyncio.sleep(0.05)
+    async def lift_after_the_first_batch() -> None:
+        # the portal answers a batch in one go, so once it counted commands, user 2's were refused; the
+        # client then pauses the method for max_operation_pause (0.3 s), far longer than one poll (0.02 s)
+        await eventually(lambda: server.sim.commands > 0)
         del server.sim.command_errors[2]
 
-    lifter = asyncio.create_task(lift())
+    lifter = asyncio.create_task(lift_after_the_first_batch())
     data = await source.collect()
     await lifter
     assert 2 in {r.user_id for r in data.readings}
@@ -227,12 +231,13 @@ async def test_users_are_all_found_when_batch_refuses_user_get(portal_factory):
 
 
 async def test_a_cycle_past_its_deadline_leaves_no_request_running(portal_factory):
-    import asyncio
-
     server = await portal_factory(users=400, latency=0.2)
     source = server.source(max_concurrency=2)
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(source.collect(), 0.5)  # the scheduler's cycle deadline does exactly this
     received = server.sim.received
-    await asyncio.sleep(0.6)
-    assert server.sim.received == received  # no request went out after the deadline
+    # nothing of the cycle is left that could send later: no task but this test's and the portal's own
+    assert [t.get_coro() for t in asyncio.all_tasks() if t is not asyncio.current_task()
+            and "aiohttp" not in t.get_coro().cr_code.co_filename] == []
+    await eventually(lambda: server.sim.in_flight == 0)  # the portal answered what was cut off
+    assert server.sim.received == received  # and no request went out after the deadline

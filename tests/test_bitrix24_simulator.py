@@ -191,6 +191,20 @@ async def test_active_false_as_text_is_true_for_php(portal: Portal) -> None:
     assert len(rows) == 40
 
 
+async def test_someone_without_a_department_is_seen_only_by_group_mates(portal: Portal) -> None:
+    from exporter.simulator.bitrix24 import SimUser
+
+    portal.sim.users += [SimUser(50, "Ext", "Partner", email="ext@partner.example"),
+                         SimUser(51, "Ext", "Mate", email="mate@partner.example")]
+    group = portal.sim.workgroup(1)
+    assert group is not None and group.is_member(portal.sim.user_id)
+    group.members[51] = "K"
+    rows = {r["ID"]: r for r in await portal.result("user.get", {"FILTER": {">ID": 40}})}
+    assert "50" not in rows and rows["51"]["USER_TYPE"] == "extranet" and rows["51"]["UF_DEPARTMENT"] == []
+    portal.sim.sonet_admin = True
+    assert "50" in {r["ID"] for r in await portal.result("user.get", {"ADMIN_MODE": True, ">ID": 40})}
+
+
 async def test_sorting_needs_both_sort_and_order(portal: Portal) -> None:
     unsorted = await portal.result("user.get", {"sort": "LAST_NAME"})
     assert [r["ID"] for r in unsorted][:3] == ["1", "2", "3"]

@@ -16,7 +16,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from exporter import __version__
 from exporter.cli import parse_listen
 from tests.conftest import eventually, free_port
 
@@ -26,12 +25,6 @@ EXE = [sys.executable, "-m", "exporter"]
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*EXE, *args], capture_output=True, text=True, timeout=60,
                           env={**os.environ, **(env or {})})
-
-
-def test_version_matches_the_package():
-    result = run("--version")
-    assert result.returncode == 0
-    assert result.stdout.strip() == f"tasks-exporter {__version__}"
 
 
 def test_check_config_accepts_the_example():

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.collector import Family, SnapshotCollector, render
+from exporter.collector import SnapshotCollector
+from exporter.render import Family, render
 from exporter.snapshot import (
     CounterQuery,
     PachcaUser,
@@ -77,3 +79,17 @@ def test_every_source_reason_starts_at_zero():
     text = render(SnapshotCollector(store_with_data()).families()).decode()
     failures = [s for s in samples(text) if s[0] == "tasks_exporter_source_failures_total"]
     assert len(failures) == 2 * 9 and all(value == 0 for *_, value in failures)
+
+
+def test_describe_names_every_family_a_populated_store_exposes():
+    described = list(SnapshotCollector.describe())
+    populated = {(f.name, f.kind) for f in SnapshotCollector(store_with_data()).families()}
+    assert {(m.name, m.type) for m in described} == populated
+    assert all(not m.samples for m in described)
+
+
+def test_a_registry_refuses_a_second_collector_with_the_same_names():
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(Store()))
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        registry.register(SnapshotCollector(store_with_data()))

@@ -18,7 +18,6 @@ pytest.importorskip("grafana_foundation_sdk", reason="grafana-foundation-sdk is 
 ROOT = Path(__file__).resolve().parents[1]
 GENERATOR = ROOT / "grafana" / "dashboard.py"
 COMMITTED = ROOT / "grafana" / "tasks-exporter.json"
-COLLECTOR = ROOT / "exporter" / "collector.py"
 PREFIXES = ("bitrix24_", "pachca_", "tasks_exporter_")
 
 

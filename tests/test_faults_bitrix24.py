@@ -13,22 +13,9 @@ from exporter import log
 from exporter.app import Exporter
 from exporter.config import Config
 from exporter.sources.bitrix24_client import RetryPolicy
-from tests.conftest import eventually
+from tests.conftest import B24_FAULT_REASONS, eventually
 
-FAULTS = {
-    "http_500": "server_error",
-    "http_502": "server_error",
-    "http_503": "server_error",
-    "html": "invalid_response",
-    "truncated_json": "invalid_response",
-    "wrong_types": "invalid_response",
-    "unauthorized": "auth",
-    "insufficient_scope": "auth",
-    "query_limit_storm": "rate_limited",
-    "operation_time_limit": "rate_limited",
-    "reset": "network_error",
-    "timeout": "timeout",
-}
+FAULTS = B24_FAULT_REASONS
 
 
 def metric(text: str, name: str) -> dict[frozenset, float]:
@@ -57,12 +44,13 @@ def log_lines():
     yield lambda: [json.loads(line) for line in buffer.getvalue().splitlines() if line.strip()]
 
 
+RETRY = RetryPolicy(attempts=2, rate_limit_attempts=3, base_delay=0.01, max_delay=0.02,
+                    default_operation_pause=0.05, min_operation_pause=0.01)
+
+
 async def exporter_for(server, name="acme", **config):
-    cfg = server.config(name=name, interval=0.1, timeout=0.5, **config)
-    source = server.source(name=name, interval=0.1, timeout=0.5, **config)
-    source._client._retry = RetryPolicy(attempts=2, rate_limit_attempts=3, base_delay=0.01, max_delay=0.02,
-                                        default_operation_pause=0.05, min_operation_pause=0.01)
-    return cfg, source
+    config = {"interval": 0.1, "timeout": 0.5, **config}
+    return server.config(name=name, **config), server.source(retry=RETRY, name=name, **config)
 
 
 @pytest.mark.parametrize("fault", sorted(FAULTS))
@@ -98,10 +86,9 @@ async def _down_with(url: str, reason: str) -> str | None:
 
 async def test_one_portals_failure_never_touches_another(portal_factory, log_lines):
     healthy, broken = await portal_factory(users=2), await portal_factory(users=2)
+    broken.store = healthy.store  # both sources report into one store
     cfg_a, source_a = await exporter_for(healthy, name="a")
     cfg_b, source_b = await exporter_for(broken, name="b")
-    broken.store = healthy.store  # both sources report into one store
-    source_b = broken.source(name="b", interval=0.1, timeout=0.5)
     async with Exporter(Config(bitrix24=(cfg_a, cfg_b)), "127.0.0.1", 0, sources=[source_a, source_b],
                         store=healthy.store, max_backoff=0.2) as exp:
         await eventually(lambda: exp.store.ready())
@@ -121,9 +108,8 @@ async def _when(url: str, check) -> str | None:
 
 async def test_cycle_deadline_fails_a_hanging_cycle(portal_factory, log_lines):
     server = await portal_factory(users=2)
-    cfg, source = await exporter_for(server)
-    source.cycle_timeout = 0.3
-    source._client._http.timeout = httpx.Timeout(30.0)  # requests would wait; the cycle deadline does not
+    # requests would wait 30 s; the cycle deadline does not
+    cfg, source = await exporter_for(server, timeout=30.0, cycle_timeout=0.3)
     server.sim.fault = "timeout"
     async with Exporter(Config(bitrix24=(cfg,)), "127.0.0.1", 0, sources=[source], store=server.store,
                         max_backoff=0.2) as exp:

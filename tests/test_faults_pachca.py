@@ -17,20 +17,9 @@ from exporter.simulator import serve
 from exporter.snapshot import SourceKey
 from exporter.sources.pachca import PachcaSource
 from exporter.sources.pachca_client import RetryPolicy
-from tests.conftest import eventually
+from tests.conftest import PACHCA_FAULT_REASONS, eventually
 
-FAULTS = {
-    "http_500": "server_error",
-    "http_502": "server_error",
-    "http_503": "server_error",
-    "html": "invalid_response",
-    "truncated_json": "invalid_response",
-    "unauthorized": "auth",
-    "insufficient_scope": "auth",
-    "rate_limit_storm": "rate_limited",
-    "reset": "network_error",
-    "timeout": "timeout",
-}
+FAULTS = PACHCA_FAULT_REASONS
 
 
 def metric(text: str, name: str, **labels: str) -> dict[frozenset, float]:

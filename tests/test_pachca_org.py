@@ -17,6 +17,7 @@ from exporter.app import running
 from exporter.collector import SnapshotCollector
 from exporter.config import Config, PachcaConfig, PeopleConfig, PeoplePair, Secret
 from exporter.people import normalize_email
+from exporter.render import render as render_text
 from exporter.simulator import serve
 from exporter.simulator.bitrix24_users import generate_people
 from exporter.simulator.pachca import DEMO_TOKEN, PREFIX, PachcaSimulator, create_app, generate_workspace
@@ -75,7 +76,7 @@ def render(tally: ReminderTally, portal: PortalSnapshot | None = None, people: P
         if data is not None:
             store.register(key, 60)
             store.succeeded(key, data, 0.1)
-    return SnapshotCollector(store, people=people).render().decode()
+    return render_text(SnapshotCollector(store, people=people).snapshot_families()).decode()
 
 
 def series(text: str, name: str) -> dict[Labels, float]:
@@ -175,9 +176,9 @@ async def test_429_on_users_waits_retry_after_and_reads_them(make_source: MakeSo
     source = make_source(telemetry=telemetry, transport=routed(no_tasks, lambda: next(answers)))
     tally = await source.collect()
     assert [(u.user_id, u.tags) for u in tally.users] == [(1, ("Design",))]
-    requests, errors, waited = telemetry.copy()
-    assert requests[("GET /users", "rate_limited")] == 1 and requests[("GET /users", "success")] == 1
-    assert errors == {"rate_limit": 1} and waited >= 0.05
+    counts = telemetry.counts()
+    assert counts.requests[("GET /users", "rate_limited")] == 1 and counts.requests[("GET /users", "success")] == 1
+    assert counts.errors == {"rate_limit": 1} and counts.rate_limit_wait_seconds >= 0.05
 
 
 async def test_missing_users_scope_turns_departments_and_tags_off_with_one_warning(
@@ -247,7 +248,7 @@ async def test_failing_refresh_keeps_the_last_good_users_and_never_fails_the_cou
     assert later.users == good.users and later.users_read_at == NOW
     failed = [e for e in logs if e["event"] == "pachca_user_names_failed"]
     assert len(failed) == 1 and failed[0]["kept_users"] == 1
-    assert telemetry.copy()[0][("GET /users", "server_error")] == FAST.attempts
+    assert telemetry.counts().requests[("GET /users", "server_error")] == FAST.attempts
 
 
 # --- rendering --------------------------------------------------------------------------------------
@@ -323,7 +324,7 @@ async def test_shared_email_is_logged_once_however_often_it_renders(sim: PachcaS
     collector = SnapshotCollector(store, people=EMAIL)
     with capture_logs() as logs:
         for _ in range(3):
-            collector.render()
+            render_text(collector.snapshot_families())
     assert len([e for e in logs if e["event"] == "people_email_shared"]) == 1
 
 
@@ -335,10 +336,11 @@ async def test_people_wait_for_both_sides(sim: PachcaSimulator, make_source: Mak
     assert "# TYPE tasks_exporter_people gauge" in text
 
 
-def test_people_families_are_absent_without_the_people_section() -> None:
+def test_people_families_have_no_series_without_the_people_section() -> None:
     tally = ReminderTally(by_status={}, overdue={}, due_soon={}, without_due_date={}, performer={},
-                          performer_overdue={}, oldest_overdue_seconds=0, total=0, pages=0)
-    assert "tasks_exporter_people" not in render(tally, demo_portal())
+                          performer_overdue={}, oldest_overdue_seconds=0, total=0, pages=0, users_read_at=NOW)
+    text = render(tally, demo_portal())
+    assert series(text, "tasks_exporter_people") == {} and series(text, "tasks_exporter_person_info") == {}
 
 
 async def test_org_metrics_pass_promtool_check_metrics(sim: PachcaSimulator, make_source: MakeSource) -> None:

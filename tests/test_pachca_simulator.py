@@ -1,4 +1,4 @@
-"""The fake Pachca API answers like the real one (docs/api-notes.md#pachca), quirks and faults included."""
+"""The fake Pachca API answers like the real one (docs/api-notes.md), quirks and faults included."""
 
 from __future__ import annotations
 

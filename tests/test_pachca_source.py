@@ -312,9 +312,9 @@ async def test_429_honours_retry_after_then_succeeds(sim: PachcaSimulator, make_
     first, second = sim.requests[0], sim.requests[1]
     assert first.status == 429 and second.status == 200
     assert second.at - first.at >= 0.2
-    requests, errors, waited = telemetry.copy()
-    assert requests == {("GET /tasks", "rate_limited"): 1, ("GET /tasks", "success"): 4}
-    assert errors == {"rate_limit": 1} and waited >= 0.2
+    counts = telemetry.counts()
+    assert counts.requests == {("GET /tasks", "rate_limited"): 1, ("GET /tasks", "success"): 4}
+    assert counts.errors == {"rate_limit": 1} and counts.rate_limit_wait_seconds >= 0.2
 
 
 async def test_retry_after_beyond_the_cap_fails_and_pauses_requests(sim: PachcaSimulator,
@@ -346,9 +346,9 @@ async def test_server_error_then_success(sim: PachcaSimulator, make_source: Make
     telemetry = ApiTelemetry()
     tally = await make_source(telemetry=telemetry, performer_names=False).collect()
     assert tally.total == 180
-    requests, errors, _ = telemetry.copy()
-    assert requests[("GET /tasks", "server_error")] == 2
-    assert errors == ({"unhandled": 2} if fault == "http_500" else {f"http_{fault[5:]}": 2})
+    counts = telemetry.counts()
+    assert counts.requests[("GET /tasks", "server_error")] == 2
+    assert counts.errors == ({"unhandled": 2} if fault == "http_500" else {f"http_{fault[5:]}": 2})
 
 
 async def test_server_errors_past_the_attempts_fail_the_cycle(sim: PachcaSimulator,
@@ -363,7 +363,7 @@ async def test_connection_reset_is_retried(sim: PachcaSimulator, make_source: Ma
     sim.inject("reset", times=1)
     telemetry = ApiTelemetry()
     assert (await make_source(telemetry=telemetry, performer_names=False).collect()).total == 180
-    assert telemetry.copy()[0][("GET /tasks", "network_error")] == 1
+    assert telemetry.counts().requests[("GET /tasks", "network_error")] == 1
 
 
 async def test_timeout_is_retried_then_fails_with_reason_timeout(sim: PachcaSimulator,
@@ -373,7 +373,7 @@ async def test_timeout_is_retried_then_fails_with_reason_timeout(sim: PachcaSimu
     with pytest.raises(SourceFailure) as failure:
         await make_source(telemetry=telemetry, timeout=0.05).collect()
     assert failure.value.reason == "timeout"
-    assert telemetry.copy()[0] == {("GET /tasks", "timeout"): FAST.attempts}
+    assert telemetry.counts().requests == {("GET /tasks", "timeout"): FAST.attempts}
 
 
 @pytest.mark.parametrize("fault", ["html", "truncated_json"])
@@ -384,8 +384,9 @@ async def test_unreadable_body_is_invalid_response_after_retries(sim: PachcaSimu
     with pytest.raises(SourceFailure) as failure:
         await make_source(telemetry=telemetry).collect()
     assert failure.value.reason == "invalid_response"
-    assert telemetry.copy()[:2] == ({("GET /tasks", "invalid_response"): FAST.attempts},
-                                    {"invalid_response": FAST.attempts})
+    counts = telemetry.counts()
+    assert counts.requests == {("GET /tasks", "invalid_response"): FAST.attempts}
+    assert counts.errors == {"invalid_response": FAST.attempts}
 
 
 @pytest.mark.parametrize("body", [{"data": {"id": 1}}, {"result": []}, [1, 2], "data"])
@@ -403,7 +404,8 @@ async def test_invalid_token_stops_the_cycle_with_reason_auth(sim: PachcaSimulat
         await make_source(token="wrong-token-123", telemetry=telemetry).collect()
     assert failure.value.reason == "auth" and "invalid_token" in failure.value.detail
     assert sim.count() == 1  # never retried
-    assert telemetry.copy()[:2] == ({("GET /tasks", "auth_error"): 1}, {"invalid_token": 1})
+    counts = telemetry.counts()
+    assert counts.requests == {("GET /tasks", "auth_error"): 1} and counts.errors == {"invalid_token": 1}
     assert events(logs, "pachca_auth_failed")[0]["code"] == "invalid_token"
     assert "wrong-token-123" not in repr(logs) + str(failure.value)
 
@@ -422,7 +424,7 @@ async def test_bad_request_is_an_api_error_without_retries(sim: PachcaSimulator,
     with pytest.raises(SourceFailure) as failure:
         await make_source(page_size=60, telemetry=telemetry).collect()  # the fake allows 1-50
     assert failure.value.reason == "api_error" and failure.value.detail.startswith("invalid")
-    assert sim.count() == 1 and telemetry.copy()[0] == {("GET /tasks", "client_error"): 1}
+    assert sim.count() == 1 and telemetry.counts().requests == {("GET /tasks", "client_error"): 1}
 
 
 async def test_bearer_token_is_sent(make_source: MakeSource) -> None:

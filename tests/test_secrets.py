@@ -3,65 +3,105 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import re
 import signal
 import sys
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.simulator import bitrix24 as b24sim
 from exporter.simulator import pachca as pachcasim
 from exporter.simulator import serve
-from tests.conftest import eventually, free_port
+from tests.conftest import B24_FAULT_REASONS, PACHCA_FAULT_REASONS, eventually, free_port
 
 WEBHOOK_SECRET = "w3bh00k-s3cr3t-value"
 PACHCA_TOKEN = "pachca-t0ken-value-42"
+# one portal and one workspace per fault, all at once: the exporter runs with its default retry policy, so a
+# retried fault takes ~10 s to fail its cycle, and in parallel they cost that once
+FAULTS = ("unauthorized", "http_500", "reset", "html")
+ROTATED = "rotated"  # a portal whose webhook secret changes under the exporter: errors name the cause only
+FIELD = re.compile(r"\b(source|target|reason)=(\S+)")
+
+
+def failed_cycles(lines: list[str]) -> set[tuple[str, str, str]]:
+    """(source, target, reason) of every cycle_failed event among console log lines."""
+    return {(f["source"], f["target"], f["reason"]) for f in
+            (dict(FIELD.findall(line)) for line in lines if " cycle_failed " in line)}
+
+
+def targets_up(text: str) -> set[tuple[str, str]]:
+    return {(s.labels["source"], s.labels["target"]) for f in text_string_to_metric_families(text)
+            for s in f.samples if s.name == "tasks_exporter_source_up" and s.value == 1}
+
+
+async def read_lines(stream: asyncio.StreamReader, into: list[str]) -> None:
+    async for line in stream:
+        into.append(line.decode("utf-8", "replace"))
 
 
 async def test_secrets_are_masked_in_every_output(tmp_path: Path):
-    portal = b24sim.generate_portal(5, secret=WEBHOOK_SECRET)
-    workspace = pachcasim.generate_workspace(40, tokens={PACHCA_TOKEN: pachcasim.FULL_SCOPES})
-    async with serve(b24sim.create_app(portal)) as b24_url, serve(pachcasim.create_app(workspace)) as p_url:
+    portals = {name: b24sim.generate_portal(5, secret=WEBHOOK_SECRET) for name in (*FAULTS, ROTATED)}
+    workspaces = {name: pachcasim.generate_workspace(40, tokens={PACHCA_TOKEN: pachcasim.FULL_SCOPES})
+                  for name in FAULTS}
+    expected = ({("bitrix24", name, B24_FAULT_REASONS[name]) for name in FAULTS} | {("bitrix24", ROTATED, "auth")}
+                | {("pachca", name, PACHCA_FAULT_REASONS[name]) for name in FAULTS})
+    async with contextlib.AsyncExitStack() as stack:
+        env = dict(os.environ)
+        b24_entries, pachca_entries = [], []
+        for name, portal in portals.items():
+            url = await stack.enter_async_context(serve(b24sim.create_app(portal)))
+            env[f"HOOK_{name.upper()}"] = f"{url}/rest/1/{WEBHOOK_SECRET}/"
+            b24_entries.append(f'  - {{name: {name}, webhook_url: "${{HOOK_{name.upper()}}}", interval: 0.2s, '
+                               'timeout: 1s}')
         token_file = tmp_path / "token"
         token_file.write_text(PACHCA_TOKEN + "\n")
+        for name, workspace in workspaces.items():
+            url = await stack.enter_async_context(serve(pachcasim.create_app(workspace)))
+            pachca_entries.append(f'  - {{name: {name}, token_file: "{token_file}", base_url: "{url}/api/shared/v1", '
+                                  'interval: 0.2s, timeout: 1s}')
         config = tmp_path / "config.yaml"
-        config.write_text(f"""
-bitrix24: {{webhook_url: "${{HOOK}}", interval: 0.2s, timeout: 1s}}
-pachca: {{token_file: "{token_file}", base_url: "{p_url}/api/shared/v1", interval: 0.2s, timeout: 1s}}
-""")
+        config.write_text("\n".join(["bitrix24:", *b24_entries, "pachca:", *pachca_entries, ""]))
         port = free_port()
-        env = {**os.environ, "HOOK": f"{b24_url}/rest/1/{WEBHOOK_SECRET}/"}
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "exporter", "--config", str(config), "--web.listen-address",
             f"127.0.0.1:{port}", "--log.level", "debug", env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        assert proc.stdout is not None
+        lines: list[str] = []
+        reader = asyncio.create_task(read_lines(proc.stdout, lines))
         pages = []
         try:
             async with httpx.AsyncClient() as client:
-                async def metrics() -> str | None:
+                async def all_up() -> str | None:
                     try:
                         text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
                     except httpx.TransportError:
                         return None
-                    return text if "pachca_reminders{" in text and "bitrix24_tasks{" in text else None
+                    return text if targets_up(text) == {(s, t) for s, t, _ in expected} else None
 
-                pages.append(await eventually(metrics, timeout=20))
-                for fault in ("unauthorized", "http_500", "reset", "html"):
-                    portal.fault = fault
-                    workspace.fault = fault
-                    await asyncio.sleep(0.5)
-                    pages.append((await client.get(f"http://127.0.0.1:{port}/")).text)
-                    pages.append((await client.get(f"http://127.0.0.1:{port}/metrics")).text)
-                portal.fault = workspace.fault = None
-                portal.secret = "rotated"  # the portal now rejects our secret: errors name the cause only
-                await asyncio.sleep(0.6)
+                pages.append(await eventually(all_up, timeout=20))
+                seen = len(lines)
+                for name in FAULTS:
+                    portals[name].fault = workspaces[name].fault = name
+                portals[ROTATED].secret = "rotated"
+
+                def each_fault_failed_a_cycle_for_its_reason() -> bool:
+                    missing = expected - failed_cycles(lines[seen:])
+                    assert not missing, f"no cycle_failed event for {sorted(missing)}"
+                    return True
+
+                await eventually(each_fault_failed_a_cycle_for_its_reason, timeout=40, interval=0.1)
                 pages.append((await client.get(f"http://127.0.0.1:{port}/")).text)
+                pages.append((await client.get(f"http://127.0.0.1:{port}/metrics")).text)
         finally:
             proc.send_signal(signal.SIGTERM)
-            out, err = await asyncio.wait_for(proc.communicate(), 20)
-    output = out.decode() + err.decode() + "".join(pages)
-    assert "cycle_failed" in output and "reason=auth" in output  # the faults were really seen
+            await asyncio.wait_for(proc.wait(), 20)
+            await reader
+    output = "".join(lines) + "".join(pages)
     assert WEBHOOK_SECRET not in output
     assert PACHCA_TOKEN not in output
     assert "/rest/1/***" in output

@@ -1,4 +1,4 @@
-"""A fake Bitrix24 portal behind an incoming webhook, faithful to docs/api-notes.md#bitrix24.
+"""A fake Bitrix24 portal behind an incoming webhook, faithful to the real REST API (docs/api-notes.md).
 
 It serves `tasks.task.counters.get` (dynamic keys, `[]` for users the webhook may not see, zeros for a
 user outside the group, an error for a group the webhook may not read), `user.get`, `department.get`,
@@ -37,7 +37,7 @@ __all__ = ["FAULTS", "FIRST", "FULL_SCOPES", "LAST", "LEGACY_KEYS", "MethodError
            "SimDepartment", "SimGroup", "SimUser", "create_app", "generate_portal", "php_query", "special_group_ids"]
 
 MODERN_KEYS = {"expired": 6291456, "new_comments": 12582912}
-# Legacy (tasks module before ~20.800): a different key set per role (docs/api-notes.md#b24-counters-keys).
+# Legacy (tasks module before ~20.800): a different key set per role (docs/api-notes.md).
 LEGACY_KEYS = {
     "view_all": ["wo_deadline", "expired", "expired_soon", "not_viewed", "wait_ctrl"],
     "view_role_responsible": ["wo_deadline", "expired", "expired_soon", "not_viewed"],
@@ -243,7 +243,9 @@ class _Portal:
         if method == "user.get":
             if in_batch and not sim.user_get_in_batch:
                 raise MethodError(403, "ACCESS_DENIED", "Method is not allowed in batch")
-            return user_get(sim.users, params, sim.scopes)
+            mates = {uid for g in sim.workgroups if g.is_member(sim.user_id) for uid in g.members
+                     if g.is_member(uid)}
+            return user_get(sim.users, params, sim.scopes, module_admin=sim.sonet_admin, group_mates=mates)
         if method == "tasks.task.counters.get":
             operating, _ = sim.charge(method, 0.0)
             if sim.operating_per_command and operating > sim.operating_limit:
@@ -318,7 +320,7 @@ class _Portal:
                 sections["result_next"][str(key)] = extra["next"]
             operating, reset_at = self.sim.charge(method, 0.0)
             sections["result_time"][str(key)] = _time_block(started, operating, reset_at)
-        # PHP writes an array keyed 0..n-1 (an empty one too) as a JSON list (docs/api-notes.md#b24-batch-empty-list)
+        # PHP writes an array keyed 0..n-1 (an empty one too) as a JSON list (docs/api-notes.md)
         return {name: php_array(section) for name, section in sections.items()}
 
 

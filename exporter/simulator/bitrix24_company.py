@@ -25,6 +25,8 @@ from exporter.simulator.bitrix24_org import (
 
 
 class Person(Protocol):
+    """What the builders need of an employee (bitrix24_users.SimUser)."""
+
     user_id: int
     active: bool
     departments: list[int]

@@ -103,16 +103,25 @@ def generate_people(count: int, *, seed: int = 7, inactive: int = 0) -> list[Sim
     return people
 
 
-def user_get(users: list[SimUser], params: dict[str, Any], scopes: set[str]) -> tuple[list[Any], dict[str, Any]]:
-    """user.get: filter (any key case, FILTER replaces the top level), sort+order, ORM paging."""
+def user_get(users: list[SimUser], params: dict[str, Any], scopes: set[str], *, module_admin: bool = False,
+             group_mates: set[int] | None = None) -> tuple[list[Any], dict[str, Any]]:
+    """user.get: filter (any key case, FILTER replaces the top level), sort+order, ORM paging.
+
+    Someone without a department (an extranet user) is answered only if they share a workgroup with the
+    webhook's owner (`group_mates`), unless ADMIN_MODE is set by a socialnetwork module admin.
+    """
     fields = fields_for(scopes)
     query = upper_keys(params)
     sort, order = query.get("SORT"), query.get("ORDER")
+    admin_mode = module_admin and php_truthy(query.get("ADMIN_MODE"))
     start = params.get("start", 0)  # read by the REST server itself, in lower case
     if isinstance(query.get("FILTER"), dict):
         query = upper_keys(query["FILTER"])
     allowed = set(fields) | set(_FILTER_ONLY) | {"IS_ONLINE"}
     matched = users
+    if not admin_mode and not (module_admin and "ID" in query):
+        mates = group_mates or set()
+        matched = [u for u in matched if u.departments or u.user_id in mates]
     for key, value in query.items():
         found = _FILTER_KEY.match(key)
         operation, name = (found.group(1), found.group(2)) if found else ("", key)

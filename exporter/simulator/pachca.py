@@ -1,6 +1,6 @@
 """A fake Pachca API (GET /tasks, /users, /group_tags...) that behaves like the real one, quirks included.
 
-Mirrors docs/api-notes.md#pachca: cursors are never null (since 2026-05-06 the last page still
+Mirrors the API notes (docs/api-notes.md): cursors are never null (since 2026-05-06 the last page still
 carries a `next_page`, with `has_next: false`), `limit` is 1-50, 401/403 answer the OAuthError shape
 (a missing scope: 403 `insufficient_scope`, "Insufficient scope. Required: <scope>"), 400/404/429 the
 ApiError shape, and 429 carries Retry-After. GET /users with `query` answers the search meta (`total` and
@@ -260,7 +260,7 @@ async def _answer(sim: PachcaSimulator, request: web.Request, scope: str, token:
 
 
 async def _fault_answer(sim: PachcaSimulator, request: web.Request, fault: str) -> web.StreamResponse:
-    if fault == "http_500":  # 5xx body undocumented, the SDK assumes JSON (docs/api-notes.md#pachca-error-shapes)
+    if fault == "http_500":  # body shape of 5xx is undocumented (docs/api-notes.md); the SDK assumes JSON
         return _api_error(500, "unhandled", "Internal server error", key="server")
     if fault in ("http_502", "http_503"):  # what a proxy in front of the API answers
         return web.Response(status=int(fault[5:]), text=_HTML, content_type="text/html")
@@ -310,7 +310,7 @@ def _page(sim: PachcaSimulator, records: list[Any], limit: int, offset: int) -> 
         data = records[offset: offset + size]
     end = offset + len(data)
     has_next = (sim.endless and bool(records)) or end < len(records)
-    next_page = encode_cursor(end if data else offset)  # never null past the end (docs/api-notes.md#pachca-has-next)
+    next_page = encode_cursor(end if data else offset)  # never null, even past the end (docs/api-notes.md)
     if sim.repeat_cursor and not has_next and data:
         has_next, next_page = True, encode_cursor(offset)
     paginate: dict[str, Any] = {"next_page": next_page, "prev_page": encode_cursor(offset, "desc")}

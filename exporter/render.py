@@ -1,0 +1,104 @@
+"""The text exposition format 0.0.4: the one writer of /metrics text, for our families and prometheus_client's.
+
+The writer works straight from the families (the biggest one streams from the snapshot), so a render at
+100,000 series costs the text's size in memory, not an object per series. prometheus_client's own
+generate_latest follows the library's release (recent ones gained name escaping schemes and call their text
+version 1.0.0), so its text is not bound to the 0.0.4 that CONTENT_TYPE promises; this writer is.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from prometheus_client.core import Metric
+
+# What `render` writes, whatever prometheus_client.CONTENT_TYPE_LATEST says in the installed release
+# (version=1.0.0 in recent ones, 0.0.4 in the older ones the pin allows)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+Kind = Literal["gauge", "counter"]
+Row = tuple[Sequence[str], float]
+
+
+@dataclass(slots=True)
+class Family:
+    """One metric family; `rows` may be a generator that is read once, at render time."""
+
+    name: str
+    help: str
+    labels: Sequence[str]
+    kind: Kind = "gauge"  # a counter's exposed name ends in _total
+    rows: Iterable[Row] = field(default_factory=list)
+
+    @classmethod
+    def gauge(cls, name: str, help: str, labels: Sequence[str]) -> Family:
+        """An empty gauge family, filled with `add_metric`."""
+        return cls(name, help, labels)
+
+    @classmethod
+    def counter(cls, name: str, help: str, labels: Sequence[str]) -> Family:
+        """An empty counter family, filled with `add_metric`; exposed as `<name>_total`."""
+        return cls(name, help, labels, kind="counter")
+
+    @property
+    def exposed_name(self) -> str:
+        return self.name + "_total" if self.kind == "counter" else self.name
+
+    def add_metric(self, values: Sequence[str], value: float) -> None:
+        assert isinstance(self.rows, list)
+        self.rows.append((values, value))
+
+
+def render(families: Iterable[Family]) -> bytes:
+    """The families as text format 0.0.4, e.g. `bitrix24_users{portal="acme"} 12.0`."""
+    out = io.BytesIO()
+    for family in families:
+        name = family.exposed_name
+        help_text = family.help.replace("\\", "\\\\").replace("\n", "\\n")
+        out.write(f"# HELP {name} {help_text}\n# TYPE {name} {family.kind}\n".encode())
+        labels = family.labels
+        for values, value in family.rows:
+            if labels:
+                pairs = ",".join(f'{k}="{_escape(v)}"' for k, v in zip(labels, values, strict=True))
+                out.write(f"{name}{{{pairs}}} {_number(value)}\n".encode())
+            else:
+                out.write(f"{name} {_number(value)}\n".encode())
+    return out.getvalue()
+
+
+def from_prometheus_client(metrics: Iterable[Metric]) -> Iterator[Family]:
+    """prometheus_client's metrics (its process, platform and GC collectors) as families for `render`.
+
+    Those collectors yield gauges and counters only; anything else is refused, not written wrong.
+    """
+    for metric in metrics:
+        if metric.type not in ("gauge", "counter"):
+            raise ValueError(f"{metric.name}: a {metric.type} has no place in this writer")
+        kind: Kind = "counter" if metric.type == "counter" else "gauge"
+        exposed = metric.name + "_total" if kind == "counter" else metric.name
+        samples = [s for s in metric.samples if s.name == exposed]  # drops OpenMetrics-only _created
+        labels = sorted(samples[0].labels) if samples else []
+        if any(sorted(s.labels) != labels for s in samples):
+            raise ValueError(f"{metric.name}: samples with different label names")
+        yield Family(metric.name, metric.documentation, labels, kind,
+                     [([s.labels[k] for k in labels], s.value) for s in samples])
+
+
+def _escape(value: str) -> str:
+    if "\\" in value or '"' in value or "\n" in value:
+        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return value
+
+
+def _number(value: float) -> str:
+    if value == math.inf:
+        return "+Inf"
+    if value == -math.inf:
+        return "-Inf"
+    if math.isnan(value):
+        return "NaN"
+    return repr(float(value))
