@@ -13,11 +13,13 @@ import math
 import platform
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import get_args
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from exporter import __version__
+from exporter.errors import FailureReason
 from exporter.snapshot import PortalSnapshot, ReminderTally, SourceState, Store
 
 Row = tuple[Sequence[str], float]
@@ -45,8 +47,7 @@ def GaugeFamily(name: str, help: str, labels: Sequence[str]) -> Family:
 def CounterFamily(name: str, help: str, labels: Sequence[str]) -> Family:
     return Family(name, help, labels, kind="counter")
 
-FAILURE_REASONS = ("auth", "rate_limited", "server_error", "timeout", "network_error", "invalid_response",
-                   "api_error", "deadline", "internal")
+FAILURE_REASONS: tuple[FailureReason, ...] = get_args(FailureReason)  # every one exported from the start
 
 
 @dataclass(slots=True)

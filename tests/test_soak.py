@@ -18,10 +18,9 @@ from exporter.config import Config, PachcaConfig, Secret
 from exporter.simulator import bitrix24 as b24sim
 from exporter.simulator import pachca as pachcasim
 from exporter.simulator import serve
-from exporter.snapshot import SourceKey
-from exporter.sources.bitrix24_client import RetryPolicy
+from exporter.sources.bitrix24_client import OperationPause
 from exporter.sources.pachca import PachcaSource
-from exporter.sources.pachca_client import RetryPolicy as PachcaRetry
+from exporter.sources.retries import RetryPolicy
 from tests.conftest import eventually
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "8"))
@@ -65,19 +64,18 @@ async def test_soak_with_faults_keeps_memory_sockets_and_tasks_flat(portal_facto
     portal = await portal_factory(users=30, rate=10_000.0, burst=10_000)  # pacing is not under test here
     portal.sim.fault_retry_after = 0.01
     b24_cfg = portal.config(name="soak", interval=0.05, timeout=0.5)
-    b24 = portal.source(name="soak", interval=0.05, timeout=0.5)
-    b24._client._retry = RetryPolicy(attempts=2, rate_limit_attempts=2, base_delay=0.005, max_delay=0.01,
-                                     default_operation_pause=0.01, min_operation_pause=0.005)
+    retry = RetryPolicy(attempts=2, rate_limit_attempts=2, base_delay=0.005, max_delay=0.01)
+    b24 = portal.source(name="soak", interval=0.05, timeout=0.5, retry=retry,
+                        pause=OperationPause(default=0.01, least=0.005))
     workspace = pachcasim.generate_workspace(200)
     workspace.retry_after = 0.01
     rng = random.Random(1)
     async with serve(pachcasim.create_app(workspace)) as p_url:
         p_cfg = PachcaConfig(name="soak", token=Secret(workspace.token), base_url=p_url + pachcasim.PREFIX,
                              interval=0.05, timeout=0.5)
-        pachca = PachcaSource(p_cfg, portal.store.register(SourceKey("pachca", "soak"), 0.05),
-                              retry=PachcaRetry(attempts=2, rate_limit_attempts=2, base_delay=0.005, max_delay=0.01))
+        pachca = PachcaSource(p_cfg, retry=retry)
         config = Config(bitrix24=(b24_cfg,), pachca=(p_cfg,))
-        async with Exporter(config, "127.0.0.1", 0, sources=[b24, pachca], store=portal.store,
+        async with Exporter(config, "127.0.0.1", 0, sources=[b24, pachca],
                             max_backoff=0.1) as exp, httpx.AsyncClient() as client:
             def all_up() -> bool:
                 return all(s.up for s in exp.store.states())
