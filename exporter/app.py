@@ -17,7 +17,7 @@ from exporter.exposition import Exposition
 from exporter.log import mask, register_secrets
 from exporter.scheduler import SourceLoop
 from exporter.server import build_app
-from exporter.snapshot import SourceKey, Store
+from exporter.snapshot import Store
 from exporter.sources import Source
 from exporter.sources.bitrix24 import Bitrix24Source
 from exporter.webconfig import WebConfig
@@ -26,17 +26,17 @@ DEFAULT_PORT = 10057
 log = structlog.get_logger()
 
 
-def build_sources(config: Config, store: Store) -> list[Source]:
-    """One source per configured portal and workspace, each with its own telemetry in the store."""
+def build_sources(config: Config) -> list[Source]:
+    """One source per configured portal and workspace."""
     sources: list[Source] = []
     for b24 in config.bitrix24:
         register_secrets(b24.secrets)
-        sources.append(Bitrix24Source(b24, store.register(SourceKey("bitrix24", b24.name), b24.interval)))
+        sources.append(Bitrix24Source(b24))
     for pc in config.pachca:
         from exporter.sources.pachca import PachcaSource
 
         register_secrets(pc.secrets)
-        sources.append(PachcaSource(pc, store.register(SourceKey("pachca", pc.name), pc.interval)))
+        sources.append(PachcaSource(pc))
     return sources
 
 
@@ -48,8 +48,8 @@ def _addresses(config: Config) -> list[tuple[str, str, str]]:
 class Exporter:
     """The running exporter. `async with Exporter(...) as exp:` serves on `exp.url` until the block ends.
 
-    `sources` replaces the ones built from `config` (tests inject sources with fast retry policies;
-    they must be registered in the same `store`, so pass `store` too).
+    `sources` replaces the ones built from `config` (tests inject sources with fast retry policies); every
+    source is registered in `store` (a new one unless given), which the HTTP side reads.
     """
 
     def __init__(self, config: Config, host: str = "0.0.0.0", port: int = DEFAULT_PORT,
@@ -59,8 +59,10 @@ class Exporter:
         self.host = host
         self.port = port
         self.web_config = web_config
-        self.store = store or Store()
-        self.sources = build_sources(config, self.store) if sources is None else sources
+        self.store = Store() if store is None else store
+        self.sources = build_sources(config) if sources is None else sources
+        for source in self.sources:
+            self.store.register(source)
         self.loops = [SourceLoop(s, self.store, max_backoff=max_backoff) for s in self.sources]
         faults = ExporterFaults()
         collector = SnapshotCollector(self.store, faults, people=config.people)

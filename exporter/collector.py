@@ -13,6 +13,7 @@ import platform
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import get_args
 
 import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -20,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.config import PeopleConfig
+from exporter.errors import FailureReason
 from exporter.org import StructureStatus
 from exporter.people import PeopleMatch, match_by_email
 from exporter.render import Family, Row
@@ -27,8 +29,7 @@ from exporter.snapshot import PortalSnapshot, ReminderTally, SourceKey, SourceSt
 
 log = structlog.get_logger()
 
-FAILURE_REASONS = ("auth", "rate_limited", "server_error", "timeout", "network_error", "invalid_response",
-                   "api_error", "deadline", "internal")
+FAILURE_REASONS: tuple[FailureReason, ...] = get_args(FailureReason)  # every one exported from the start
 
 
 @dataclass(slots=True)
@@ -361,7 +362,8 @@ def _structure_health(statuses: list[tuple[SourceKey, StructureStatus]]) -> Iter
         up.add_metric(base, 1 if status.up else 0)
         if status.last_success is not None:
             last.add_metric(base, status.last_success)
-        for reason, n in sorted({**dict.fromkeys(FAILURE_REASONS, 0), **status.failures}.items()):
+        counts: dict[str, int] = {**dict.fromkeys(FAILURE_REASONS, 0), **status.failures}
+        for reason, n in sorted(counts.items()):
             failures.add_metric([*base, reason], n)
     yield from (up, last, failures)
 

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -21,13 +22,20 @@ from exporter import log
 from exporter.config import Bitrix24Config, RateLimit, Secret
 from exporter.simulator import bitrix24 as b24sim
 from exporter.simulator import serve
-from exporter.snapshot import SourceKey, Store
+from exporter.snapshot import ApiTelemetry, SourceKey, Store
 from exporter.sources.bitrix24 import Bitrix24Source
-from exporter.sources.bitrix24_client import RetryPolicy
+from exporter.sources.bitrix24_client import OperationPause
+from exporter.sources.retries import RetryPolicy
 
-FAST_RETRY = RetryPolicy(attempts=3, rate_limit_attempts=20, base_delay=0.01, max_delay=0.05,
-                         default_operation_pause=0.2, min_operation_pause=0.02,
-                         max_operation_pause=0.3)
+FAST_RETRY = RetryPolicy(attempts=3, rate_limit_attempts=20, base_delay=0.01, max_delay=0.05)
+FAST_PAUSE = OperationPause(default=0.2, least=0.02, most=0.3)
+
+
+def register(store: Store, key: SourceKey, interval: float = 60.0) -> ApiTelemetry:
+    """Track `key` in `store` as a source would be, for tests that write its states by hand."""
+    telemetry = ApiTelemetry()
+    store.register(SimpleNamespace(source=key.source, target=key.target, interval=interval, telemetry=telemetry))
+    return telemetry
 
 # the `reason` a cycle fails with under each simulator fault (Pachca's "wrong_types" fails no cycle: a record
 # with fields of the wrong type costs only those fields)
@@ -71,7 +79,6 @@ class PortalServer:
         self.sim = sim
         self.url = url
         self.webhook = f"{url}{sim.webhook_path}"
-        self.store = Store()
         self._sources: list[Bitrix24Source] = []
 
     def config(self, **overrides: Any) -> Bitrix24Config:
@@ -80,10 +87,10 @@ class PortalServer:
         values.update(overrides)
         return Bitrix24Config(**values)
 
-    def source(self, retry: RetryPolicy = FAST_RETRY, **overrides: Any) -> Bitrix24Source:
-        config = self.config(**overrides)
-        telemetry = self.store.register(SourceKey("bitrix24", config.name), config.interval)
-        source = Bitrix24Source(config, telemetry, retry=retry)
+    def source(self, *, retry: RetryPolicy = FAST_RETRY, pause: OperationPause = FAST_PAUSE,
+               **overrides: Any) -> Bitrix24Source:
+        """A source for this portal with fast retries and pauses; `overrides` change its config."""
+        source = Bitrix24Source(self.config(**overrides), retry=retry, pause=pause)
         self._sources.append(source)
         return source
 
@@ -199,7 +206,7 @@ def run_cycle(source: Any, produces: type) -> None:
 
     async def cycle() -> None:
         try:
-            data = await source.collect()
+            data = (await source.collect()).data
         except SourceFailure as failure:
             assert failure.reason
         else:
