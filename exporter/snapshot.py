@@ -150,9 +150,22 @@ class Store:
         self._lock = threading.Lock()
 
     def register(self, key: SourceKey, interval: float) -> ApiTelemetry:
+        """A source's state and telemetry. A source that a reload replaces keeps both (its last good data
+        stays in /metrics until its successor's first cycle; counters go on counting)."""
         with self._lock:
-            self._states[key] = SourceState(key=key, interval=interval)
-            return self._telemetry.setdefault(key, ApiTelemetry())
+            state = self._states.get(key)
+            self._states[key] = SourceState(key=key, interval=interval) if state is None else replace(
+                state, interval=interval)
+            telemetry = self._telemetry.setdefault(key, ApiTelemetry())
+        self._notify()
+        return telemetry
+
+    def unregister(self, key: SourceKey) -> None:
+        """A source a reload removed: its series leave /metrics with it."""
+        with self._lock:
+            self._states.pop(key, None)
+            self._telemetry.pop(key, None)
+        self._notify()
 
     def states(self) -> list[SourceState]:
         with self._lock:
@@ -185,5 +198,8 @@ class Store:
     def _update(self, key: SourceKey, change: Callable[[SourceState], SourceState]) -> None:
         with self._lock:
             self._states[key] = change(self._states[key])
+        self._notify()
+
+    def _notify(self) -> None:
         for listener in self._listeners:
             listener()

@@ -127,9 +127,10 @@ class Bitrix24Source:
         self.target = config.name
         self.interval = config.interval
         self.cycle_timeout = config.cycle_timeout
-        self._bucket = LeakyBucket(config.rate_limit.requests_per_second, config.rate_limit.burst)
+        # public: a reload that replaces this source hands its level to the successor (LeakyBucket.take_over)
+        self.bucket = LeakyBucket(config.rate_limit.requests_per_second, config.rate_limit.burst)
         self._client = Bitrix24Client(
-            config.webhook_url.reveal(), self._bucket, telemetry, timeout=config.timeout,
+            config.webhook_url.reveal(), self.bucket, telemetry, timeout=config.timeout,
             max_concurrency=config.max_concurrency, retry=retry, transport=transport,
         )
         self._last: dict[CounterQuery, CounterSet] = {}
