@@ -85,7 +85,7 @@ def test_web_config_reports_every_problem_at_once_like_the_config_file(tmp_path)
         load_web_config(path)
     assert err.value.problems == [
         f"web config {path}: tls: unknown key (expected one of: basic_auth_users, http_server_config, "
-        "tls_server_config)",
+        "rate_limit, tls_server_config)",
         f"web config {path}: tls_server_config.min_version: unknown value 'TLS99' (expected one of: TLS10, TLS11, "
         "TLS12, TLS13)",
         f"web config {path}: basic_auth_users.u: must be a bcrypt hash ($2y$...)",
