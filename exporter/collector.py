@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 import platform
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -57,12 +58,22 @@ class ExporterFaults:
     handler_failures: int = 0
 
 
+@dataclass(slots=True)
+class ConfigReloads:
+    """How the latest load of the config went (start-up is a successful one); set by exporter/reload.py."""
+
+    successful: bool = True
+    success_timestamp: float = field(default_factory=time.time)
+
+
 class SnapshotCollector(Collector):
     """Every metric of the exporter from the current store contents."""
 
-    def __init__(self, store: Store, faults: ExporterFaults | None = None) -> None:
+    def __init__(self, store: Store, faults: ExporterFaults | None = None,
+                 reloads: ConfigReloads | None = None) -> None:
         self._store = store
         self._faults = faults or ExporterFaults()
+        self._reloads = reloads or ConfigReloads()
 
     def families(self) -> Iterator[Family]:
         yield from self.snapshot_families()
@@ -80,10 +91,11 @@ class SnapshotCollector(Collector):
         yield info
 
     def live_families(self) -> Iterator[Family]:
-        """API traffic, which moves during a cycle (one can last minutes), and the exporter's own faults
-        (a failing snapshot render must still be counted): small, rendered per scrape."""
+        """API traffic, which moves during a cycle (one can last minutes), the exporter's own faults
+        (a failing snapshot render must still be counted) and its config reloads: small, rendered per scrape."""
         yield from _api_traffic(self._store)
         yield from _faults(self._faults)
+        yield from _reloads(self._reloads)
 
     def render(self) -> bytes:
         """The text exposition (format 0.0.4) of the snapshot families."""
@@ -288,3 +300,15 @@ def _faults(faults: ExporterFaults) -> Iterator[Family]:
                              "request_failed).", labels=[])
     handlers.add_metric([], faults.handler_failures)
     yield from (renders, handlers)
+
+
+def _reloads(reloads: ConfigReloads) -> Iterator[Family]:
+    """Named as Prometheus names its own, e.g. `tasks_exporter_config_last_reload_successful 1.0`."""
+    successful = GaugeFamily("tasks_exporter_config_last_reload_successful",
+                             "1 when the latest config reload (SIGHUP or POST /-/reload) succeeded; start-up "
+                             "counts as one.", labels=[])
+    successful.add_metric([], 1 if reloads.successful else 0)
+    at = GaugeFamily("tasks_exporter_config_last_reload_success_timestamp_seconds",
+                     "Unix time of the latest successful config load (start-up or reload).", labels=[])
+    at.add_metric([], reloads.success_timestamp)
+    yield from (successful, at)
