@@ -127,10 +127,11 @@ class SourceFleet:
             self._store.unregister(key)
         for key in plan.replace:
             old = self._running[key]
+            delay = _first_delay(old.loop, built[key].interval)  # before stopping: is a cycle being cut short?
             await self._stop_one(old)
             _hand_over(old.source, built[key])
             self._running[key] = _Running(settings[key], built[key], self._loop(built[key]))
-            self._start(self._running[key], _first_delay(old.loop, built[key].interval))
+            self._start(self._running[key], delay)
         for key in plan.add:
             self._running[key] = _Running(settings[key], built[key], self._loop(built[key]))
             self._start(self._running[key])
