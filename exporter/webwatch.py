@@ -30,27 +30,35 @@ class LiveWebConfig:
     """Holds the WebConfig in force and its server TLS context; swaps both when their files change.
 
     A change that cannot be loaded (a certificate written before its key, a typo) is logged once as
-    `web_config_reload_failed`, and the last good config stays in force until the files change again.
+    `web_config_reload_failed`; the last good config stays in force, and the files are tried again at most
+    once a second (two writes within one tick of the file system's clock may leave the same mtime).
     """
 
-    def __init__(self, config: WebConfig) -> None:
+    def __init__(self, config: WebConfig, retry_after: float = 1.0) -> None:
         self._config = config
         self._context = config.ssl_context()
         self._signature = _signature(config.files)
         self._limiter = RequestLimiter(config.rate_limit)
+        self._retry_after = retry_after
+        self._failed: tuple[Signature, float] | None = None  # the files that did not load, and when
 
     def current(self) -> WebConfig:
         """The config in force, read again first when one of its files changed since it was loaded."""
         signature = _signature(self._config.files)
-        if signature != self._signature:
-            self._signature = signature
-            try:
-                self.install(self.load())
-            except ConfigError as exc:
+        if signature == self._signature:
+            return self._config
+        now = time.monotonic()
+        if self._failed is not None and self._failed[0] == signature and now - self._failed[1] < self._retry_after:
+            return self._config
+        try:
+            self.install(self.load())
+        except ConfigError as exc:
+            if self._failed is None or self._failed[0] != signature:
                 log.error("web_config_reload_failed", trigger="file_changed", problems=exc.problems,
                           hint="the last good web config stays in force")
-            else:
-                log.info("web_config_reloaded", trigger="file_changed")
+            self._failed = (signature, now)
+        else:
+            log.info("web_config_reloaded", trigger="file_changed")
         return self._config
 
     def load(self) -> WebConfig:
@@ -69,6 +77,7 @@ class LiveWebConfig:
             self._limiter = RequestLimiter(config.rate_limit)
         self._config, self._context = config, context
         self._signature = _signature(config.files)
+        self._failed = None
 
     def tls_context(self) -> ssl.SSLContext | None:
         """The server context of the config in force: a new connection's handshake uses it."""
