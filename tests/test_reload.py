@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import signal
 import sys
@@ -19,6 +20,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from exporter import log
 from exporter.app import running
 from exporter.config import Secret, load_config
 from exporter.errors import ConfigError
@@ -250,6 +252,8 @@ async def test_added_portal_appears_and_removed_portal_goes(tmp_path: Path, cli,
         text = await exporter.metrics()
         return value(text, "bitrix24_tasks", portal="b") is not None and value(text, "bitrix24_users", portal="a") == 2
     await eventually(has_b, timeout=20)
+    async with exporter.client() as client:
+        assert "<td>b</td>" in (await client.get(f"{exporter.url}/")).text  # the landing page lists it too
 
     config.write_text("bitrix24:\n" + portal_entry(url_a, sim_a, "a"))
     event = await exporter.reloaded(trigger)
@@ -259,6 +263,8 @@ async def test_added_portal_appears_and_removed_portal_goes(tmp_path: Path, cli,
         return None if 'portal="b"' in text or 'target="b"' in text else text
     text = await eventually(b_gone, timeout=5)
     assert value(text, "bitrix24_users", portal="a") == 2
+    async with exporter.client() as client:
+        assert "<td>b</td>" not in (await client.get(f"{exporter.url}/")).text
     calls_b, cycles_a = sim_b.received, len(exporter.named("cycle_done", target="a"))
     await eventually(lambda: len(exporter.named("cycle_done", target="a")) >= cycles_a + 2, timeout=20)
     assert sim_b.received == calls_b  # b's loop really stopped
@@ -387,6 +393,26 @@ async def test_unchanged_source_keeps_its_loop_and_a_changed_one_its_series_unti
             assert exp.loops[1].cycles == 0 and cycles_b == 1
             cycles_a = loop_a.cycles
             await eventually(lambda: loop_a.cycles > cycles_a, timeout=10)  # a's loop runs on, untouched
+
+
+async def test_concurrent_reloads_are_served_one_at_a_time(tmp_path: Path, portals):
+    url, sim = await portals(users=2)
+    config = tmp_path / "c.yaml"
+    config.write_text("bitrix24:\n" + portal_entry(url, sim, "acme", interval="1h"))
+    buffer = io.StringIO()
+    log.configure("info", "json", stream=buffer)
+    async with running(load_config(config), config_file=str(config)) as exp:
+        await eventually(lambda: exp.store.ready(), timeout=20)
+        config.write_text("bitrix24:\n" + portal_entry(url, sim, "acme", interval="1s"))
+        assert await asyncio.gather(*(exp.reload() for _ in range(3))) == [[], [], []]
+        (loop,) = exp.loops
+        await eventually(lambda: loop.cycles >= 2, timeout=20)
+        # every user.get came from the first source's one cycle or from this loop's: no orphaned successor
+        await eventually(lambda: sim.calls["user.get"] == 1 + loop.cycles, timeout=5)
+    reloads = [e for line in buffer.getvalue().splitlines() if (e := json.loads(line))["event"] == "config_reloaded"]
+    # the first replaced the source; the others found it already changed
+    assert [(e["replaced"], e["kept"]) for e in reloads] == [(["bitrix24/acme"], []), ([], ["bitrix24/acme"]),
+                                                             ([], ["bitrix24/acme"])]
 
 
 async def test_replacing_a_source_mid_cycle_sends_nothing_over_the_portal_limit(tmp_path: Path, portals):
