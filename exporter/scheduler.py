@@ -30,10 +30,16 @@ class SourceLoop:
         self.max_backoff = max(max_backoff, source.interval)
         self.failures = 0
         self.cycles = 0
+        self.cycle_started: float | None = None  # time.monotonic() when the latest cycle began
+        self.in_cycle = False
         self._warned_bound = False
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, first_delay: float = 0.0) -> None:
+        """Cycles until `stop`; the first after `first_delay` (a source a reload replaced keeps its schedule)."""
         with bound_contextvars(source=self.key.source, target=self.key.target):
+            if first_delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), first_delay)
             while not stop.is_set():
                 started = time.monotonic()
                 await self.run_once()
@@ -47,7 +53,11 @@ class SourceLoop:
         """One cycle with its deadline; True when it succeeded. Every event logged inside it, by this
         loop, the source, its client or a task they start, names `source` and `target`."""
         with bound_contextvars(source=self.key.source, target=self.key.target):
-            return await self._cycle()
+            self.cycle_started, self.in_cycle = time.monotonic(), True
+            try:
+                return await self._cycle()
+            finally:
+                self.in_cycle = False
 
     async def _cycle(self) -> bool:
         started = time.monotonic()

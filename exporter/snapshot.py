@@ -222,12 +222,24 @@ class Store:
         self._lock = threading.Lock()
 
     def register(self, source: Registrant) -> SourceKey:
-        """Start tracking a source: a fresh state, and its own telemetry for the traffic metrics."""
+        """Start tracking a source: its state and its own telemetry for the traffic metrics. A source that a
+        reload puts in another's place keeps that one's state (its last good data stays in /metrics until the
+        successor's first cycle)."""
         key = SourceKey(source.source, source.target)
         with self._lock:
-            self._states[key] = SourceState(key=key, interval=source.interval)
+            state = self._states.get(key)
+            self._states[key] = SourceState(key=key, interval=source.interval) if state is None else replace(
+                state, interval=source.interval)
             self._telemetry[key] = source.telemetry
+        self._notify()
         return key
+
+    def unregister(self, key: SourceKey) -> None:
+        """A source a reload removed: its series leave /metrics with it."""
+        with self._lock:
+            self._states.pop(key, None)
+            self._telemetry.pop(key, None)
+        self._notify()
 
     def states(self) -> list[SourceState]:
         with self._lock:
@@ -260,5 +272,8 @@ class Store:
     def _update(self, key: SourceKey, change: Callable[[SourceState], SourceState]) -> None:
         with self._lock:
             self._states[key] = change(self._states[key])
+        self._notify()
+
+    def _notify(self) -> None:
         for listener in self._listeners:
             listener()

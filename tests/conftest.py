@@ -8,6 +8,8 @@ import json
 import os
 import shutil
 import socket
+import ssl
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -215,3 +217,48 @@ def run_cycle(source: Any, produces: type) -> None:
             await source.aclose()
 
     asyncio.run(cycle())
+
+
+def make_certificate(folder: Path, name: str, *, san: str = "IP:127.0.0.1", issuer: tuple[Path, Path] | None = None,
+                     ca: bool = False, rsa: bool = False) -> tuple[Path, Path]:
+    """(certificate, key) PEM files made by the openssl command: self-signed, or signed by `issuer` (cert, key);
+    EC P-256 keys unless `rsa` (RSA cipher suites need an RSA key). Skips when openssl is missing."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
+    algorithm = ["-newkey", "rsa:2048"] if rsa else ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
+    extensions = ["-addext", f"subjectAltName={san}"] if san else []
+    if ca:
+        extensions += ["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"]
+    subject = ["-subj", f"/CN={name}", "-nodes", "-keyout", str(key)]
+    if issuer is None:
+        command = ["openssl", "req", "-x509", *algorithm, *subject, *extensions, "-days", "1", "-out", str(cert)]
+        subprocess.run(command, check=True, capture_output=True)
+    else:
+        request = folder / f"{name}.csr"
+        subprocess.run(["openssl", "req", "-new", *algorithm, *subject, *extensions, "-out", str(request)],
+                       check=True, capture_output=True)
+        subprocess.run(["openssl", "x509", "-req", "-in", str(request), "-CA", str(issuer[0]), "-CAkey",
+                        str(issuer[1]), "-set_serial", str(int.from_bytes(os.urandom(8), "big")), "-days", "1",
+                        "-copy_extensions", "copy", "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+async def served_certificate(port: int, context: ssl.SSLContext | None = None) -> bytes:
+    """The DER certificate a TLS server on loopback presents in a fresh handshake (not verified)."""
+    if context is None:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+    try:
+        ssl_object = writer.get_extra_info("ssl_object")
+        return bytes(ssl_object.getpeercert(binary_form=True))
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
+
+
+def der_of(cert: Path) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(cert.read_text())

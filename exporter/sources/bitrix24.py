@@ -195,9 +195,10 @@ class Bitrix24Source:
         self.interval = config.interval
         self.cycle_timeout = config.cycle_timeout
         self.telemetry = ApiTelemetry() if telemetry is None else telemetry
-        self._bucket = LeakyBucket(config.rate_limit.requests_per_second, config.rate_limit.burst)
+        # public: a reload that replaces this source hands its level to the successor (LeakyBucket.take_over)
+        self.bucket = LeakyBucket(config.rate_limit.requests_per_second, config.rate_limit.burst)
         self._client = Bitrix24Client(
-            config.webhook_url.reveal(), self._bucket, self.telemetry, timeout=config.timeout,
+            config.webhook_url.reveal(), self.bucket, self.telemetry, timeout=config.timeout,
             max_concurrency=config.max_concurrency, retry=retry, pause=pause, transport=transport,
         )
         self._last: dict[CounterQuery, CounterSet] = {}
