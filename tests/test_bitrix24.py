@@ -104,7 +104,8 @@ async def test_hidden_user_gets_no_series_and_is_counted(portal_factory):
     data = await source_collect(server)
     assert data.hidden_users == 2
     hidden = server.sim.hidden
-    assert hidden and not {r.user_id for r in data.readings} & hidden
+    assert hidden
+    assert not {r.user_id for r in data.readings} & hidden
     assert {u.user_id for u in data.users} >= hidden  # still listed as monitored users
 
 
@@ -280,7 +281,8 @@ async def test_redirect_is_not_followed_and_fails_naming_the_new_host(replay: Re
     with pytest.raises(SourceFailure) as failure:
         await source.collect()
     assert failure.value.reason == "api_error"
-    assert "moved.example" in failure.value.detail and SECRET not in failure.value.detail
+    assert "moved.example" in failure.value.detail
+    assert SECRET not in failure.value.detail
     assert [r.url.host for r in transport.calls] == ["portal.example"]  # tried once, never followed
     counts = source.telemetry.counts()
     requests, errors = counts.requests, counts.errors
@@ -298,7 +300,8 @@ async def test_error_codes_are_matched_in_any_case(replay: Replay, code: str, st
     source, transport = replay({"error": code, "error_description": "x"}, status)
     with pytest.raises(SourceFailure) as failure:
         await source.collect()
-    assert failure.value.reason == reason and len(transport.calls) == tries
+    assert failure.value.reason == reason
+    assert len(transport.calls) == tries
     assert source.telemetry.counts().requests == {("user.get", reason): tries}
 
 

@@ -254,7 +254,8 @@ async def test_group_names_kinds_and_members(portal_factory, make_source):
         (str(g), str(u), ROLE_NAMES[role]) for g in readable for u, role in members(sim, g).items()}
     outsiders = special_group_ids(4)["with_outsiders"]
     group = sim.workgroup(outsiders)
-    assert group is not None and set(group.members) - set(members(sim, outsiders))  # invited, banned, dismissed
+    assert group is not None
+    assert set(group.members) - set(members(sim, outsiders))  # invited, banned, dismissed
     assert not any(u == str(uid) for g, u, _ in series(text, "bitrix24_group_member", "group_id", "user_id", "role")
                    if g == str(outsiders) for uid in set(group.members) - set(members(sim, outsiders)))
 
@@ -317,7 +318,8 @@ async def test_emails_are_kept_trimmed_and_lower_cased(portal_factory, make_sour
 async def test_names_false_keeps_ids_only(portal_factory, make_source):
     server = await portal_factory(users=12, groups=2)
     data = (await make_source(server, names=False, groups=None).collect()).data
-    assert data.users and all(u.name == "" and u.email == "" for u in data.users)
+    assert data.users
+    assert all(u.name == "" and u.email == "" for u in data.users)
     text = exposition(data)
     assert {name for (name,) in series(text, "bitrix24_user_info", "name")} == {""}
     assert "@" not in text

@@ -162,8 +162,10 @@ async def test_department_scope_error_in_either_case_or_status_turns_departments
                              "tasks.task.counters.get": counters,
                              "user.get": users([{"ID": "7", "ACTIVE": True, "UF_DEPARTMENT": [1]}])})
     data = await collect(portal)
-    assert data.org.departments == () and data.org.user_departments == ()
-    assert data.structure is not None and data.structure.up
+    assert data.org.departments == ()
+    assert data.org.user_departments == ()
+    assert data.structure is not None
+    assert data.structure.up
     assert [u.user_id for u in data.users] == [7]
 
 
@@ -190,7 +192,8 @@ async def test_a_portal_without_users_answers_an_empty_list_without_total():
     portal = RecordedPortal({"department.get": department_pages([{"ID": "1", "NAME": "C", "SORT": 500}]),
                              "tasks.task.counters.get": counters, "user.get": users([])})
     data = await collect(portal)
-    assert data.users == () and data.counters == {}
+    assert data.users == ()
+    assert data.counters == {}
     assert [d.name for d in data.org.departments] == ["C"]
 
 
@@ -250,7 +253,8 @@ async def test_groups_auto_keeps_open_readable_groups_and_members_with_their_rol
         (1, 0), (1, 5), (2, 0), (2, 5), (3, 0), (3, 5), (4, 0), (5, 0)]
     assert data.failed_commands == 0
     [(_, body)] = [(m, b) for m, b in portal.requests if m == "sonet_group.get"]
-    assert body["FILTER"] == {"ACTIVE": "Y", "CLOSED": "N"} and "ORDER" in body  # upper-case keys only
+    assert body["FILTER"] == {"ACTIVE": "Y", "CLOSED": "N"}
+    assert "ORDER" in body  # upper-case keys only
 
 
 async def test_listed_groups_gain_names_and_skip_the_ones_the_webhook_cannot_read():
@@ -275,8 +279,10 @@ async def test_a_transient_error_in_a_member_list_keeps_the_last_good_structure(
         second = (await src.collect()).data
     finally:
         await src.aclose()
-    assert second.org.groups == first.org.groups and second.org.members == first.org.members
-    assert second.structure is not None and not second.structure.up
+    assert second.org.groups == first.org.groups
+    assert second.org.members == first.org.members
+    assert second.structure is not None
+    assert not second.structure.up
     assert second.structure.failures == {"rate_limited": 1}
 
 

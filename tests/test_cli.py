@@ -58,7 +58,8 @@ def test_check_config_reports_each_problem_on_its_own_line(tmp_path: Path):
 def test_config_mistakes_exit_2_with_one_line(args):
     result = run(*args)
     assert result.returncode == 2
-    assert "Traceback" not in result.stderr and result.stderr.startswith("config error: ")
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("config error: ")
     assert len(result.stderr.strip().splitlines()) == 1
 
 
@@ -75,7 +76,8 @@ def test_usage_mistakes_exit_2_with_the_usage(args, error):
     assert result.returncode == 2
     assert result.stderr.startswith("usage: tasks-exporter ")
     assert result.stderr.strip().splitlines()[-1] == f"tasks-exporter: error: {error}"
-    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
 
 
 @pytest.mark.parametrize(("value", "expected"), [
@@ -112,7 +114,8 @@ def test_port_in_use_is_one_error_line(tmp_path: Path, fmt: str):
         assert (event["level"], event["event"], event["address"]) == ("error", "cannot_listen", f"127.0.0.1:{port}")
         assert event["detail"] == os.strerror(errno.EADDRINUSE)
     else:
-        assert "[error" in line and f"address=127.0.0.1:{port}" in line
+        assert "[error" in line
+        assert f"address=127.0.0.1:{port}" in line
 
 
 # Exporter.start raising stands for a bug anywhere between flags and serving
@@ -137,8 +140,10 @@ def test_a_bug_that_stops_the_exporter_is_logged_with_its_cause_and_exits_1(tmp_
     assert result.returncode == 1
     events = [json.loads(line) for line in result.stderr.splitlines()]
     (failed,) = [e for e in events if e["level"] == "error"]
-    assert failed["event"] == "exporter_failed" and failed["error"] == "RuntimeError: wiring bug"
-    assert failed["exception"].startswith("Traceback") and "in start" in failed["exception"]
+    assert failed["event"] == "exporter_failed"
+    assert failed["error"] == "RuntimeError: wiring bug"
+    assert failed["exception"].startswith("Traceback")
+    assert "in start" in failed["exception"]
     assert "cannot_listen" not in result.stderr
 
 

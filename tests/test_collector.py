@@ -73,13 +73,15 @@ def test_label_values_are_escaped():
 def test_special_values():
     family = Family("x", "h", labels=[], rows=[((), math.inf), ((), -math.inf)])
     text = render([family, Family("y", "h", labels=[], rows=[((), math.nan)])]).decode()
-    assert "x +Inf\nx -Inf\n" in text and "y NaN\n" in text
+    assert "x +Inf\nx -Inf\n" in text
+    assert "y NaN\n" in text
 
 
 def test_every_source_reason_starts_at_zero():
     text = render(SnapshotCollector(store_with_data()).families()).decode()
     failures = [s for s in samples(text) if s[0] == "tasks_exporter_source_failures_total"]
-    assert len(failures) == 2 * 9 and all(value == 0 for *_, value in failures)
+    assert len(failures) == 2 * 9
+    assert all(value == 0 for *_, value in failures)
 
 
 def test_describe_names_every_family_a_populated_store_exposes():

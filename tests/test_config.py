@@ -38,9 +38,11 @@ def test_defaults_and_env_expansion():
     b24 = config.bitrix24[0]
     assert b24.webhook_url.reveal() == HOOK
     assert b24.name == "acme.bitrix24.ru"  # the portal's host name by default
-    assert b24.users is None and b24.groups == (0,)
+    assert b24.users is None
+    assert b24.groups == (0,)
     assert b24.roles == ("all", "responsible", "accomplice", "auditor", "originator")
-    assert b24.rate_limit.requests_per_second == 2.0 and b24.rate_limit.burst == 50
+    assert b24.rate_limit.requests_per_second == 2.0
+    assert b24.rate_limit.burst == 50
     assert config.pachca == ()
 
 
@@ -126,7 +128,8 @@ def test_secret_is_not_echoed_in_errors():
 
 def test_plain_http_to_a_remote_host_warns_but_works():
     config = parse_config({"bitrix24": {"webhook_url": "http://portal.lan/rest/1/abc/"}}, {})
-    assert config.warnings and "plain http to portal.lan" in config.warnings[0]
+    assert config.warnings
+    assert "plain http to portal.lan" in config.warnings[0]
     loopback = parse_config({"bitrix24": {"webhook_url": "http://127.0.0.1:8080/rest/1/abc/"}}, {})
     assert loopback.warnings == ()
 

@@ -23,7 +23,9 @@ def problems(doc: str) -> list[str]:
 
 def test_pachca_org_defaults() -> None:
     ws = parse_config(yaml.safe_load(ONE_EACH), ENV).pachca[0]
-    assert ws.names is True and ws.structure_interval == 3600.0 and ws.performer_names is None
+    assert ws.names is True
+    assert ws.structure_interval == 3600.0
+    assert ws.performer_names is None
 
 
 def test_people_is_off_unless_present() -> None:
@@ -32,7 +34,8 @@ def test_people_is_off_unless_present() -> None:
 
 def test_people_pairs_default_to_every_portal_with_every_workspace() -> None:
     people = parse_config(yaml.safe_load(TWO_EACH + "people: {match: email}"), ENV).people
-    assert people is not None and (people.match, people.label) == ("email", "email")
+    assert people is not None
+    assert (people.match, people.label) == ("email", "email")
     assert people.pairs == (PeoplePair("acme.bitrix24.ru", "team"), PeoplePair("acme.bitrix24.ru", "ops"),
                             PeoplePair("beta.bitrix24.ru", "team"), PeoplePair("beta.bitrix24.ru", "ops"))
 
@@ -40,7 +43,8 @@ def test_people_pairs_default_to_every_portal_with_every_workspace() -> None:
 def test_people_pairs_as_listed() -> None:
     doc = TWO_EACH + "people: {match: email, label: name, pairs: [{portal: beta.bitrix24.ru, workspace: ops}]}"
     people = parse_config(yaml.safe_load(doc), ENV).people
-    assert people is not None and people.label == "name"
+    assert people is not None
+    assert people.label == "name"
     assert people.pairs == (PeoplePair("beta.bitrix24.ru", "ops"),)
 
 

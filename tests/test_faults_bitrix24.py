@@ -69,7 +69,8 @@ async def test_fault_keeps_last_good_data_counts_the_reason_and_recovers(portal_
         await eventually(lambda: _good(exp.url), timeout=15)
     events = log_lines()
     failed = [e for e in events if e["event"] == "cycle_failed"]
-    assert failed and all(e["reason"] == FAULTS[fault] for e in failed)
+    assert failed
+    assert all(e["reason"] == FAULTS[fault] for e in failed)
     assert not [e for e in events if "exception" in e or e["level"] == "error"]
     assert server.sim.secret not in json.dumps(events)
 
@@ -97,7 +98,8 @@ async def test_one_portals_failure_never_touches_another(portal_factory, log_lin
         cycles_before = healthy.sim.calls["batch"]
         await eventually(lambda: healthy.sim.calls["batch"] > cycles_before + 2)
         text = await scrape(exp.url)
-        assert up(text, "a") == 1 and up(text, "b") == 0
+        assert up(text, "a") == 1
+        assert up(text, "b") == 0
 
 
 async def _when(url: str, check) -> str | None:

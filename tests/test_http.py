@@ -88,7 +88,8 @@ async def test_render_failure_keeps_the_last_good_metrics_is_logged_once_and_cou
         assert render_failures(text) == 2
     (failed,) = [e for e in events() if e["level"] != "info"]
     assert (failed["level"], failed["event"], failed["part"]) == ("error", "render_failed", "snapshot")
-    assert failed["exception"].startswith("Traceback") and "TypeError" in failed["exception"]
+    assert failed["exception"].startswith("Traceback")
+    assert "TypeError" in failed["exception"]
     assert failed["error"].startswith("TypeError: ")
 
 
@@ -102,7 +103,8 @@ class ReadinessBug(Store):
 async def test_handler_failure_is_one_error_event_a_500_and_metrics_go_on(events: Events):
     async with running(Config(), sources=[], store=ReadinessBug()) as exp, httpx.AsyncClient() as client:
         response = await client.get(f"{exp.url}/ready")
-        assert response.status_code == 500 and "request_failed" in response.text
+        assert response.status_code == 500
+        assert "request_failed" in response.text
         text = await metrics_when(
             exp.url, lambda t: value(t, "tasks_exporter_http_handler_failures_total") == 1)
         assert render_failures(text) == 0
@@ -110,7 +112,8 @@ async def test_handler_failure_is_one_error_event_a_500_and_metrics_go_on(events
     (failed,) = [e for e in events() if e["level"] != "info"]
     assert (failed["level"], failed["event"], failed["method"], failed["path"]) == (
         "error", "request_failed", "GET", "/ready")
-    assert failed["exception"].startswith("Traceback") and "RuntimeError: readiness bug" in failed["exception"]
+    assert failed["exception"].startswith("Traceback")
+    assert "RuntimeError: readiness bug" in failed["exception"]
 
 
 def another_format(*args: Any, **kwargs: Any) -> bytes:
@@ -132,7 +135,8 @@ async def test_content_type_names_the_format_written_whatever_prometheus_client_
     assert response.headers["content-type"] == TEXT_0_0_4
     names = {family.name for family in text_string_to_metric_families(response.text)}
     assert {"process_resident_memory_bytes", "python_info", "tasks_exporter_build_info"} <= names
-    assert "# EOF" not in response.text and "process.cpu" not in response.text
+    assert "# EOF" not in response.text
+    assert "process.cpu" not in response.text
     tool = promtool()
     checked = subprocess.run([tool, "check", "metrics"], input=response.text, capture_output=True, text=True,
                              timeout=30)

@@ -68,7 +68,8 @@ async def test_json_run_prints_only_json_lines_including_aiohttp_asyncio_and_htt
     loggers = {e.get("logger") for e in events}
     assert {"asyncio", "httpx"} <= loggers, loggers
     (bad,) = [e for e in events if e["event"] == "http_bad_request"]
-    assert (bad["level"], bad["logger"]) == ("warning", "aiohttp.server") and "exception" not in bad
+    assert (bad["level"], bad["logger"]) == ("warning", "aiohttp.server")
+    assert "exception" not in bad
     assert "Got more than" in bad["detail"]
     requests = [e for e in events if e.get("logger") == "httpx"]
     assert all((e["source"], e["target"]) in {("bitrix24", "demo-portal"), ("pachca", "demo-workspace")}
@@ -95,7 +96,8 @@ def test_unretrieved_task_exception_is_an_error_event_with_traceback(events: Eve
     (event,) = [e for e in events() if e["event"] == "asyncio_error"]
     assert event["level"] == "error"
     assert event["detail"] == "Task exception was never retrieved"
-    assert event["exception"].startswith("Traceback") and "RuntimeError: nobody awaited me" in event["exception"]
+    assert event["exception"].startswith("Traceback")
+    assert "RuntimeError: nobody awaited me" in event["exception"]
     assert "lost()" in event["future"]  # the task, as asyncio names it
 
 
@@ -110,8 +112,10 @@ def test_stdlib_records_keep_level_traceback_and_masking(events: Events):
     error, debug = events()
     assert (error["level"], error["logger"]) == ("error", "some.library")
     assert error["event"] == "call to https://x.bitrix24.ru/rest/1/***/ failed"
-    assert error["exception"].startswith("Traceback") and "ConnectionError: refused by" in error["exception"]
-    assert "webhookpart" not in json.dumps(error) and "s3cr3t-token-value" not in json.dumps(error)
+    assert error["exception"].startswith("Traceback")
+    assert "ConnectionError: refused by" in error["exception"]
+    assert "webhookpart" not in json.dumps(error)
+    assert "s3cr3t-token-value" not in json.dumps(error)
     assert (debug["level"], debug["event"]) == ("debug", "detail 42")
 
 
@@ -129,7 +133,8 @@ def test_console_format_renders_stdlib_records_with_their_logger():
     log.configure("info", "console", stream=buffer)
     logging.getLogger("some.library").warning("careful")
     (line,) = buffer.getvalue().splitlines()
-    assert "[warning  ] careful" in line and line.endswith("[some.library]")
+    assert "[warning  ] careful" in line
+    assert line.endswith("[some.library]")
 
 
 async def test_every_event_of_a_cycle_names_its_source_and_target(portal_factory, events: Events):
@@ -182,7 +187,8 @@ async def test_a_client_that_hangs_up_mid_request_is_one_debug_line(level):
     server = [e for e in events if e.get("logger") == "aiohttp.server"]
     if level == "debug":
         (gone,) = server
-        assert (gone["event"], gone["level"]) == ("http_client_gone", "debug") and "exception" not in gone
+        assert (gone["event"], gone["level"]) == ("http_client_gone", "debug")
+        assert "exception" not in gone
         assert gone["detail"] == "Connection lost"
     else:
         assert server == []

@@ -127,8 +127,10 @@ async def test_departments_tags_and_emails_come_from_users_with_nulls_as_empty(s
         assert (got.bot, got.suspended) == (raw["bot"], raw["suspended"])
     # the generated workspace has each awkward value, so the loop above checked it
     departments = [raw["department"] for raw in sim.users]
-    assert None in departments and "" in departments
-    assert any(raw["email"] is None for raw in sim.users) and any(not raw["list_tags"] for raw in sim.users)
+    assert None in departments
+    assert "" in departments
+    assert any(raw["email"] is None for raw in sim.users)
+    assert any(not raw["list_tags"] for raw in sim.users)
     assert tally.users_read_at == NOW
 
 
@@ -177,8 +179,10 @@ async def test_429_on_users_waits_retry_after_and_reads_them(make_source: MakeSo
     tally = (await source.collect()).data
     assert [(u.user_id, u.tags) for u in tally.users] == [(1, ("Design",))]
     counts = telemetry.counts()
-    assert counts.requests[("GET /users", "rate_limited")] == 1 and counts.requests[("GET /users", "success")] == 1
-    assert counts.errors == {"rate_limit": 1} and counts.rate_limit_wait_seconds >= 0.05
+    assert counts.requests[("GET /users", "rate_limited")] == 1
+    assert counts.requests[("GET /users", "success")] == 1
+    assert counts.errors == {"rate_limit": 1}
+    assert counts.rate_limit_wait_seconds >= 0.05
 
 
 async def test_missing_users_scope_turns_departments_and_tags_off_with_one_warning(
@@ -191,10 +195,13 @@ async def test_missing_users_scope_turns_departments_and_tags_off_with_one_warni
         clock.now += 2 * 3600  # past the structure interval: still no second try
         second = (await source.collect()).data
     warnings = [e for e in logs if e["log_level"] == "warning"]
-    assert [e["event"] for e in warnings] == ["pachca_user_names_off"] and warnings[0]["scope"] == "users:read"
-    assert sim.count("/users") == 1 and first.total == second.total == 60
+    assert [e["event"] for e in warnings] == ["pachca_user_names_off"]
+    assert warnings[0]["scope"] == "users:read"
+    assert sim.count("/users") == 1
+    assert first.total == second.total == 60
     text = render(second)
-    assert series(text, "pachca_user_info") == {} and series(text, "pachca_user_tag") == {}
+    assert series(text, "pachca_user_info") == {}
+    assert series(text, "pachca_user_tag") == {}
     assert series(text, "pachca_users_last_read_timestamp_seconds") == {}
     assert sum(series(text, "pachca_reminders").values()) == 60
 
@@ -204,7 +211,8 @@ async def test_names_false_keeps_departments_and_tags_but_no_names(sim: PachcaSi
     tally = (await make_source(names=False).collect()).data
     text = render(tally)
     info = series(text, "pachca_user_info")
-    assert info and all(dict(labels)["name"] == "" for labels in info)
+    assert info
+    assert all(dict(labels)["name"] == "" for labels in info)
     departments = {dict(labels)["user_id"]: dict(labels)["department"] for labels in info}
     expected = {str(u["id"]): (u["department"] or "") for u in sim.users if not u["bot"] and not u["suspended"]}
     assert {uid: d for uid, d in departments.items() if uid in expected} == expected
@@ -226,10 +234,12 @@ async def test_users_are_reread_on_the_structure_interval_not_every_cycle(sim: P
     sim.users[0]["list_tags"] = ["Night shift"]
     clock.now += 599
     before = (await source.collect()).data
-    assert sim.count("/users") == 1 and before.users == first.users
+    assert sim.count("/users") == 1
+    assert before.users == first.users
     clock.now += 1
     after = (await source.collect()).data
-    assert sim.count("/users") == 2 and sim.count("/tasks") == 3 * 2  # two pages of tasks every cycle
+    assert sim.count("/users") == 2
+    assert sim.count("/tasks") == 3 * 2  # two pages of tasks every cycle
     renamed = next(u for u in after.users if u.user_id == sim.users[0]["id"])
     assert (renamed.department, renamed.tags) == ("Renamed", ("Night shift",))
     assert after.users_read_at == NOW + 600
@@ -245,9 +255,11 @@ async def test_failing_refresh_keeps_the_last_good_users_and_never_fails_the_cou
     clock.now += 3600
     with capture_logs() as logs:
         later = (await source.collect()).data
-    assert later.users == good.users and later.users_read_at == NOW
+    assert later.users == good.users
+    assert later.users_read_at == NOW
     failed = [e for e in logs if e["event"] == "pachca_user_names_failed"]
-    assert len(failed) == 1 and failed[0]["kept_users"] == 1
+    assert len(failed) == 1
+    assert failed[0]["kept_users"] == 1
     assert telemetry.counts().requests[("GET /users", "server_error")] == FAST.attempts
 
 
@@ -306,12 +318,14 @@ async def test_people_label_name_and_names_false_portal(sim: PachcaSimulator, ma
     by_name = PeopleConfig(match="email", label="name", pairs=EMAIL.pairs)
     named = series(render(tally, demo_portal(), by_name), "tasks_exporter_person_info")
     names = {f"{p.name} {p.last_name}" for p in generate_people(12)}
-    assert named and all(dict(labels)["person"] in names for labels in named)
+    assert named
+    assert all(dict(labels)["person"] in names for labels in named)
     # a portal with names: false reports empty names: person falls back to the e-mail, never a name
     blank = PortalSnapshot(tuple(PortalUser(u.user_id, "", u.email) for u in demo_portal().users), counters={},
                            hidden_users=0, failed_commands=0)
     anonymous = series(render(tally, blank, by_name), "tasks_exporter_person_info")
-    assert len(anonymous) == len(named) and all("@" in dict(labels)["person"] for labels in anonymous)
+    assert len(anonymous) == len(named)
+    assert all("@" in dict(labels)["person"] for labels in anonymous)
 
 
 async def test_shared_email_is_logged_once_however_often_it_renders(sim: PachcaSimulator,
@@ -332,7 +346,8 @@ async def test_people_wait_for_both_sides(sim: PachcaSimulator, make_source: Mak
     sim.tokens = {DEMO_TOKEN: frozenset({"tasks:read"})}
     tally = (await make_source().collect()).data  # users never read: matching would call everyone bitrix24_only
     text = render(tally, demo_portal(), EMAIL)
-    assert series(text, "tasks_exporter_people") == {} and series(text, "tasks_exporter_person_info") == {}
+    assert series(text, "tasks_exporter_people") == {}
+    assert series(text, "tasks_exporter_person_info") == {}
     assert "# TYPE tasks_exporter_people gauge" in text
 
 
@@ -340,13 +355,15 @@ def test_people_families_have_no_series_without_the_people_section() -> None:
     tally = ReminderTally(by_status={}, overdue={}, due_soon={}, without_due_date={}, performer={},
                           performer_overdue={}, oldest_overdue_seconds=0, total=0, pages=0, users_read_at=NOW)
     text = render(tally, demo_portal())
-    assert series(text, "tasks_exporter_people") == {} and series(text, "tasks_exporter_person_info") == {}
+    assert series(text, "tasks_exporter_people") == {}
+    assert series(text, "tasks_exporter_person_info") == {}
 
 
 async def test_org_metrics_pass_promtool_check_metrics(sim: PachcaSimulator, make_source: MakeSource) -> None:
     tool = promtool()
     text = render((await make_source().collect()).data, demo_portal(), EMAIL)
-    assert series(text, "pachca_user_tag") and series(text, "tasks_exporter_person_info")
+    assert series(text, "pachca_user_tag")
+    assert series(text, "tasks_exporter_person_info")
     result = subprocess.run([tool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0 and not (result.stdout.strip() or result.stderr.strip()), \
         result.stdout + result.stderr

@@ -164,7 +164,9 @@ async def test_tally_follows_the_due_soon_setting(sim: PachcaSimulator, make_sou
 async def test_null_due_at_is_never_overdue(sim: PachcaSimulator, make_source: MakeSource) -> None:
     sim.reminders = [reminder(1, due_at=None), reminder(2, due_at=None, status="done")]
     tally = (await make_source().collect()).data
-    assert tally.overdue == {} and tally.due_soon == {} and tally.performer_overdue == {}
+    assert tally.overdue == {}
+    assert tally.due_soon == {}
+    assert tally.performer_overdue == {}
     assert tally.oldest_overdue_seconds == 0.0
     assert tally.without_due_date == {"undone": 1, "done": 1}
 
@@ -243,20 +245,24 @@ async def test_walk_sends_limit_and_stops_on_has_next_false(sim: PachcaSimulator
     tasks = [r for r in sim.requests if r.path == "/tasks"]
     assert len(tasks) == cycle.data.pages == 4  # the last page's non-null cursor is not followed
     assert all(r.query["limit"] == "50" for r in tasks)
-    assert "cursor" not in tasks[0].query and all("cursor" in r.query for r in tasks[1:])
-    assert cycle.calls == 4 and sim.count("/users") == 0
+    assert "cursor" not in tasks[0].query
+    assert all("cursor" in r.query for r in tasks[1:])
+    assert cycle.calls == 4
+    assert sim.count("/users") == 0
 
 
 async def test_page_size_is_honoured(sim: PachcaSimulator, make_source: MakeSource) -> None:
     tally = (await make_source(page_size=20, performer_names=False).collect()).data
-    assert tally.pages == 9 and tally.total == 180
+    assert tally.pages == 9
+    assert tally.total == 180
     assert {r.query["limit"] for r in sim.requests} == {"20"}
 
 
 async def test_missing_has_next_walks_to_the_empty_page(sim: PachcaSimulator, make_source: MakeSource) -> None:
     sim.omit_has_next = True
     tally = (await make_source(performer_names=False).collect()).data
-    assert tally.total == 180 and tally.pages == 5  # four with data, then the empty one
+    assert tally.total == 180
+    assert tally.pages == 5  # four with data, then the empty one
 
 
 async def test_short_page_mid_stream_does_not_end_the_walk(sim: PachcaSimulator,
@@ -281,7 +287,8 @@ async def test_cursor_that_never_ends_stops_at_max_pages(sim: PachcaSimulator, m
     sim.endless = True
     with capture_logs() as logs:
         tally = (await make_source(max_pages=7, performer_names=False).collect()).data
-    assert tally.pages == 7 and sim.count("/tasks") == 7
+    assert tally.pages == 7
+    assert sim.count("/tasks") == 7
     assert tally.total == 180  # wrapped-around records are not counted again
     assert events(logs, "pachca_page_cap_reached")[0]["max_pages"] == 7
 
@@ -310,11 +317,13 @@ async def test_429_honours_retry_after_then_succeeds(sim: PachcaSimulator, make_
     tally = (await make_source(telemetry=telemetry, performer_names=False).collect()).data
     assert tally.total == 180
     first, second = sim.requests[0], sim.requests[1]
-    assert first.status == 429 and second.status == 200
+    assert first.status == 429
+    assert second.status == 200
     assert second.at - first.at >= 0.2
     counts = telemetry.counts()
     assert counts.requests == {("GET /tasks", "rate_limited"): 1, ("GET /tasks", "success"): 4}
-    assert counts.errors == {"rate_limit": 1} and counts.rate_limit_wait_seconds >= 0.2
+    assert counts.errors == {"rate_limit": 1}
+    assert counts.rate_limit_wait_seconds >= 0.2
 
 
 async def test_retry_after_beyond_the_cap_fails_and_pauses_requests(sim: PachcaSimulator,
@@ -324,7 +333,8 @@ async def test_retry_after_beyond_the_cap_fails_and_pauses_requests(sim: PachcaS
     sim.fault = "rate_limit_storm"  # Retry-After: 3600, far above the policy's 1 s cap
     with pytest.raises(SourceFailure) as failure:
         await source.collect()
-    assert failure.value.reason == "rate_limited" and sim.count() == 1
+    assert failure.value.reason == "rate_limited"
+    assert sim.count() == 1
     sim.fault = None
     with pytest.raises(SourceFailure):  # still inside the Retry-After: no request at all
         await source.collect()
@@ -342,7 +352,8 @@ async def test_429_without_retry_after_backs_off_and_gives_up(make_source: MakeS
 
     with pytest.raises(SourceFailure) as failure:
         await make_source(transport=mock(refuse)).collect()
-    assert failure.value.reason == "rate_limited" and len(sent) == FAST.rate_limit_attempts
+    assert failure.value.reason == "rate_limited"
+    assert len(sent) == FAST.rate_limit_attempts
 
 
 @pytest.mark.parametrize("fault", ["http_500", "http_502", "http_503"])
@@ -361,7 +372,8 @@ async def test_server_errors_past_the_attempts_fail_the_cycle(sim: PachcaSimulat
     sim.fault = "http_503"
     with pytest.raises(SourceFailure) as failure:
         await make_source().collect()
-    assert failure.value.reason == "server_error" and sim.count() == FAST.attempts
+    assert failure.value.reason == "server_error"
+    assert sim.count() == FAST.attempts
 
 
 async def test_connection_reset_is_retried(sim: PachcaSimulator, make_source: MakeSource) -> None:
@@ -407,10 +419,12 @@ async def test_invalid_token_stops_the_cycle_with_reason_auth(sim: PachcaSimulat
     telemetry = ApiTelemetry()
     with capture_logs() as logs, pytest.raises(SourceFailure) as failure:
         await make_source(token="wrong-token-123", telemetry=telemetry).collect()
-    assert failure.value.reason == "auth" and "invalid_token" in failure.value.detail
+    assert failure.value.reason == "auth"
+    assert "invalid_token" in failure.value.detail
     assert sim.count() == 1  # never retried
     counts = telemetry.counts()
-    assert counts.requests == {("GET /tasks", "auth"): 1} and counts.errors == {"invalid_token": 1}
+    assert counts.requests == {("GET /tasks", "auth"): 1}
+    assert counts.errors == {"invalid_token": 1}
     assert events(logs, "pachca_auth_failed")[0]["code"] == "invalid_token"
     assert "wrong-token-123" not in repr(logs) + str(failure.value)
 
@@ -420,7 +434,8 @@ async def test_token_lacking_tasks_read_is_insufficient_scope(sim: PachcaSimulat
     sim.tokens = {DEMO_TOKEN: frozenset({"users:read"})}
     with pytest.raises(SourceFailure) as failure:
         await make_source().collect()
-    assert failure.value.reason == "auth" and failure.value.detail.startswith("insufficient_scope")
+    assert failure.value.reason == "auth"
+    assert failure.value.detail.startswith("insufficient_scope")
 
 
 async def test_bad_request_is_an_api_error_without_retries(sim: PachcaSimulator,
@@ -428,8 +443,10 @@ async def test_bad_request_is_an_api_error_without_retries(sim: PachcaSimulator,
     telemetry = ApiTelemetry()
     with pytest.raises(SourceFailure) as failure:
         await make_source(page_size=60, telemetry=telemetry).collect()  # the fake allows 1-50
-    assert failure.value.reason == "api_error" and failure.value.detail.startswith("invalid")
-    assert sim.count() == 1 and telemetry.counts().requests == {("GET /tasks", "api_error"): 1}
+    assert failure.value.reason == "api_error"
+    assert failure.value.detail.startswith("invalid")
+    assert sim.count() == 1
+    assert telemetry.counts().requests == {("GET /tasks", "api_error"): 1}
 
 
 async def test_redirect_is_not_followed_and_fails_naming_the_new_host(make_source: MakeSource) -> None:
@@ -441,7 +458,8 @@ async def test_redirect_is_not_followed_and_fails_naming_the_new_host(make_sourc
 
     with pytest.raises(SourceFailure) as failure:
         await make_source(transport=mock(moved)).collect()
-    assert failure.value.reason == "api_error" and "elsewhere.example" in failure.value.detail
+    assert failure.value.reason == "api_error"
+    assert "elsewhere.example" in failure.value.detail
     assert [r.url.host for r in sent] == ["127.0.0.1"]  # the token never went to the other host
 
 
@@ -475,7 +493,8 @@ async def test_names_are_reread_when_a_new_performer_appears(sim: PachcaSimulato
     sim.users.append({"id": 99, "first_name": "New", "last_name": "Hire", "nickname": "new"})
     sim.reminders.append(reminder(9999, performers=[99]))
     tally = (await source.collect()).data
-    assert names(tally)[99] == "New Hire" and sim.count("/users") == 2
+    assert names(tally)[99] == "New Hire"
+    assert sim.count("/users") == 2
 
 
 async def test_missing_users_scope_turns_names_off_and_keeps_counts(sim: PachcaSimulator,
@@ -487,7 +506,8 @@ async def test_missing_users_scope_turns_names_off_and_keeps_counts(sim: PachcaS
         second = (await source.collect()).data
     expected = expected_tally(sim.reminders, [], NOW, DAY, pages=4, read_users=False)
     assert first == second == expected
-    assert sim.count("/users") == 1 and not source.names_enabled
+    assert sim.count("/users") == 1
+    assert not source.names_enabled
     assert len(events(logs, "pachca_user_names_off")) == 1
 
 
@@ -500,8 +520,10 @@ async def test_names_true_keeps_trying_and_keeps_the_last_good_names(sim: Pachca
     clock.now += 3 * 3600  # names are due for a refresh
     with capture_logs() as logs:
         later = (await source.collect()).data
-    assert later.users == good and source.names_enabled
-    assert sim.count("/users") == 2 and events(logs, "pachca_user_names_failed")
+    assert later.users == good
+    assert source.names_enabled
+    assert sim.count("/users") == 2
+    assert events(logs, "pachca_user_names_failed")
 
 
 async def test_users_server_error_never_fails_the_counts(sim: PachcaSimulator, make_source: MakeSource) -> None:
@@ -512,13 +534,16 @@ async def test_users_server_error_never_fails_the_counts(sim: PachcaSimulator, m
     source = make_source(transport=mock(lambda request: answers[request.url.path.removeprefix(PREFIX)]()))
     cycle = await source.collect()
     tally = cycle.data
-    assert tally.total == 1 and tally.users == () and tally.users_read_at is None
+    assert tally.total == 1
+    assert tally.users == ()
+    assert tally.users_read_at is None
     assert cycle.calls == 1 + FAST.attempts
 
 
 async def test_names_false_never_asks(sim: PachcaSimulator, make_source: MakeSource) -> None:
     tally = (await make_source(performer_names=False).collect()).data
-    assert tally.users == () and sim.count("/users") == 0
+    assert tally.users == ()
+    assert sim.count("/users") == 0
 
 
 # --- scheduler-facing surface -----------------------------------------------------------------------

@@ -34,7 +34,8 @@ def test_parse_batch_returns_a_result_or_a_typed_error(body):
     except ApiError as exc:
         assert exc.code == "invalid_response"
     else:
-        assert isinstance(result.results, dict) and isinstance(result.errors, dict)
+        assert isinstance(result.results, dict)
+        assert isinstance(result.errors, dict)
 
 
 @given(json_values)
