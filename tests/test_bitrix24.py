@@ -13,12 +13,9 @@ from exporter.errors import SourceFailure
 from exporter.simulator.bitrix24 import LEGACY_KEYS
 from exporter.snapshot import PortalSnapshot
 from exporter.sources.bitrix24 import Bitrix24Source
-from exporter.sources.bitrix24_client import OperationPause
-from exporter.sources.retries import RetryPolicy
-from tests.conftest import ReplayTransport, eventually
+from tests.conftest import NO_PAUSE, NO_WAIT, ReplayTransport, eventually
 
 SECRET = "s3cretw3bhook"
-NO_WAIT = RetryPolicy(attempts=3, rate_limit_attempts=3, base_delay=0.0, max_delay=0.0)
 
 
 def readings_by_key(data: PortalSnapshot) -> dict[tuple[int, int, str, str], float]:
@@ -63,6 +60,13 @@ async def test_user_names_come_from_user_get(portal_factory):
 
 async def source_collect(server, **overrides):
     return (await server.source(**overrides).collect()).data
+
+
+async def cycle_failure(server, **overrides) -> SourceFailure:
+    """The SourceFailure a cycle of a source for `server` must end in."""
+    with pytest.raises(SourceFailure) as failure:
+        await source_collect(server, **overrides)
+    return failure.value
 
 
 async def test_inactive_users_are_not_monitored(portal_factory):
@@ -192,18 +196,15 @@ async def test_operation_time_limit_pauses_the_method_until_reset(portal_factory
 async def test_bad_webhook_secret_fails_the_cycle_as_auth(portal_factory):
     server = await portal_factory(users=2)
     server.sim.secret = "rotated"
-    with pytest.raises(SourceFailure) as failure:
-        await source_collect(server)
-    assert failure.value.reason == "auth"
-    assert "simsecret" not in str(failure.value)
+    failure = await cycle_failure(server)
+    assert failure.reason == "auth"
+    assert "simsecret" not in str(failure)
 
 
 async def test_html_answer_fails_the_cycle_cleanly(portal_factory):
     server = await portal_factory(users=2)
     server.sim.fault = "html"
-    with pytest.raises(SourceFailure) as failure:
-        await source_collect(server)
-    assert failure.value.reason == "invalid_response"
+    assert (await cycle_failure(server)).reason == "invalid_response"
 
 
 async def test_commands_blocked_by_operation_limit_are_retried_after_the_pause(portal_factory):
@@ -267,8 +268,7 @@ async def replay() -> AsyncIterator[Replay]:
                                                                                               ReplayTransport]:
         transport = ReplayTransport([body], status, headers)
         config = Bitrix24Config(name="p", webhook_url=Secret(f"https://portal.example/rest/1/{SECRET}/"))
-        made.append(Bitrix24Source(config, retry=NO_WAIT, pause=OperationPause(default=0.0, least=0.0),
-                                   transport=transport))
+        made.append(Bitrix24Source(config, retry=NO_WAIT, pause=NO_PAUSE, transport=transport))
         return made[-1], transport
 
     yield make

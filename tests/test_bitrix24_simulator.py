@@ -25,7 +25,7 @@ from exporter.simulator.bitrix24 import (
 )
 from exporter.simulator.bitrix24_company import subtree
 from exporter.simulator.bitrix24_org import globally_active
-from tests.conftest import eventually
+from tests.conftest import eventually, is_json
 
 Call = Callable[..., Awaitable[tuple[int, Any]]]
 SPECIAL = special_group_ids(2)  # the demo portal has two ordinary groups
@@ -631,7 +631,7 @@ FAULT_ANSWERS: dict[str, tuple[int, Callable[[httpx.Response], bool]]] = {
     "http_502": (502, lambda r: r.headers["content-type"].startswith("text/html")),
     "http_503": (503, lambda r: r.text.startswith("<html>")),
     "html": (200, lambda r: r.headers["content-type"].startswith("text/html")),
-    "truncated_json": (200, lambda r: not _is_json(r.text)),
+    "truncated_json": (200, lambda r: not is_json(r.text)),
     "wrong_types": (200, lambda r: r.json()["result"] == {"result": "surprise"}),
     "unauthorized": (401, lambda r: r.json()["error"] == "NO_AUTH_FOUND"),
     "insufficient_scope": (401, lambda r: r.json()["error"] == "insufficient_scope"),
@@ -639,14 +639,6 @@ FAULT_ANSWERS: dict[str, tuple[int, Callable[[httpx.Response], bool]]] = {
     "operation_time_limit": (429, lambda r: r.json()["error"] == "OPERATION_TIME_LIMIT"
                              and r.json()["time"]["operating_reset_at"] > time.time()),
 }
-
-
-def _is_json(text: str) -> bool:
-    try:
-        httpx.Response(200, text=text).json()
-    except ValueError:
-        return False
-    return True
 
 
 def test_every_fault_mode_is_covered() -> None:

@@ -18,7 +18,7 @@ from exporter.org import Department, ancestors, memberships, subtree
 from exporter.snapshot import ApiTelemetry, CounterQuery
 from exporter.sources.bitrix24 import Bitrix24Source
 from exporter.sources.bitrix24_structure import Structure, parse_ids, plan_queries
-from tests.conftest import FAST_RETRY
+from tests.conftest import FAST_RETRY, Clock
 
 WEBHOOK = "https://acme.bitrix24.ru/rest/1/s3cr3t/"
 COUNTERS = {"expired": {"counter": 1, "code": 6291456}, "new_comments": {"counter": "2", "code": 12582912}}
@@ -89,7 +89,7 @@ def users(records: list[dict[str, Any]]) -> Callable[[dict[str, Any]], Answer]:
     return answer
 
 
-def counters(params: dict[str, Any]) -> Answer:
+def counters(_params: dict[str, Any]) -> Answer:
     return ok(COUNTERS, total=1)
 
 
@@ -269,13 +269,13 @@ async def test_listed_groups_gain_names_and_skip_the_ones_the_webhook_cannot_rea
 
 async def test_a_transient_error_in_a_member_list_keeps_the_last_good_structure():
     portal = org_portal()
-    clock = [0.0]
+    clock = Clock()
     src = Bitrix24Source(Bitrix24Config(name="acme", webhook_url=Secret(WEBHOOK), groups=None, roles=("all",)),
-                         ApiTelemetry(), retry=FAST_RETRY, transport=portal.transport(), clock=lambda: clock[0])
+                         ApiTelemetry(), retry=FAST_RETRY, transport=portal.transport(), clock=clock)
     try:
         first = (await src.collect()).data
         portal.handlers["sonet_group.user.get"] = lambda _: error(503, "QUERY_LIMIT_EXCEEDED", "Too many requests")
-        clock[0] += 7200
+        clock.now += 7200
         second = (await src.collect()).data
     finally:
         await src.aclose()

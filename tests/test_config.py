@@ -14,19 +14,14 @@ from exporter.errors import ConfigError
 from exporter.kinds import DURATION, integer
 from exporter.schema import key, parse_document, reference
 from exporter.sources.bitrix24 import ROLES
+from tests.conftest import CONFIG_ENV, ROOT, config_problems
 
-HOOK = "https://acme.bitrix24.ru/rest/1/s3cr3tvalue/"
-ENV = {"HOOK": HOOK, "TOKEN": "tok-123456"}
-
-
-def problems(doc: str, env: dict[str, str] | None = None) -> list[str]:
-    with pytest.raises(ConfigError) as err:
-        parse_config(yaml.safe_load(doc), ENV if env is None else env)
-    return err.value.problems
+ENV = CONFIG_ENV
+HOOK = ENV["HOOK"]
 
 
-def test_example_config_is_valid(tmp_path: Path):
-    config = load_config(Path(__file__).parent.parent / "config.example.yaml",
+def test_example_config_is_valid():
+    config = load_config(ROOT / "config.example.yaml",
                          {"BITRIX24_WEBHOOK_URL": HOOK, "PACHCA_TOKEN": "t0ken"})
     assert config.bitrix24[0].name == "mycompany"
     assert config.bitrix24[0].interval == 60.0
@@ -111,18 +106,18 @@ def test_empty_file_has_no_sources():
     ("bitrix: {}", "bitrix: unknown key"),
 ])
 def test_each_mistake_is_one_line_naming_its_key(doc: str, expected: str):
-    found = problems(doc)
+    found = config_problems(doc)
     assert any(p.startswith(expected) for p in found), found
     assert all("\n" not in p for p in found)
 
 
 def test_all_problems_are_reported_at_once():
-    found = problems("bitrix24: {webhook_url: '${HOOK}', interval: x, timeout: y, roles: [z]}")
+    found = config_problems("bitrix24: {webhook_url: '${HOOK}', interval: x, timeout: y, roles: [z]}")
     assert len(found) == 3
 
 
 def test_secret_is_not_echoed_in_errors():
-    found = problems("bitrix24: {webhook_url: 'https://acme.bitrix24.ru/s3cr3tvalue'}")
+    found = config_problems("bitrix24: {webhook_url: 'https://acme.bitrix24.ru/s3cr3tvalue'}")
     assert all("s3cr3tvalue" not in p for p in found)
 
 
@@ -157,7 +152,7 @@ def test_bad_durations(text):
 
 # --- one declaration per key ---------------------------------------------------------------------
 
-REFERENCE = Path(__file__).parent.parent / "docs" / "configuration.md"
+REFERENCE = ROOT / "docs" / "configuration.md"
 
 
 @dataclass(frozen=True, slots=True)

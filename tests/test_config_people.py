@@ -6,19 +6,12 @@ import pytest
 import yaml
 
 from exporter.config import PeoplePair, parse_config
-from exporter.errors import ConfigError
+from tests.conftest import CONFIG_ENV, config_problems
 
-ENV = {"HOOK": "https://acme.bitrix24.ru/rest/1/s3cr3tvalue/", "HOOK2": "https://beta.bitrix24.ru/rest/1/other/",
-       "TOKEN": "tok-123456"}
+ENV = CONFIG_ENV
 ONE_EACH = "bitrix24: {webhook_url: '${HOOK}'}\npachca: {name: team, token: '${TOKEN}'}\n"
 TWO_EACH = ("bitrix24: [{webhook_url: '${HOOK}'}, {webhook_url: '${HOOK2}'}]\n"
             "pachca: [{name: team, token: '${TOKEN}'}, {name: ops, token: '${TOKEN}'}]\n")
-
-
-def problems(doc: str) -> list[str]:
-    with pytest.raises(ConfigError) as err:
-        parse_config(yaml.safe_load(doc), ENV)
-    return err.value.problems
 
 
 def test_pachca_org_defaults() -> None:
@@ -76,6 +69,6 @@ def test_people_pairs_as_listed() -> None:
      "pachca.structure_interval: invalid duration 'often'"),
 ])
 def test_each_people_mistake_is_one_line_naming_its_key(doc: str, expected: str) -> None:
-    found = problems(doc)
+    found = config_problems(doc)
     assert any(p.startswith(expected) for p in found), found
     assert all("\n" not in p for p in found)

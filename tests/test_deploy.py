@@ -27,9 +27,8 @@ from exporter.app import DEFAULT_PORT
 from exporter.collector import SnapshotCollector
 from exporter.healthcheck import healthz_url
 from exporter.snapshot import Store
-from tests.conftest import require_tool
+from tests.conftest import ROOT, require_tool
 
-ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 COMPOSE_DIR = ROOT / "deploy" / "compose"

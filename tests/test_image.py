@@ -36,9 +36,8 @@ import pytest
 from exporter.app import DEFAULT_PORT
 from exporter.errors import ConfigError
 from exporter.healthcheck import check, healthz_url
-from tests.conftest import free_port
+from tests.conftest import ROOT, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
 IMAGE = "tasks-exporter:test"
 BASE_IMAGE = "tasks-exporter-base:bookworm"

@@ -25,8 +25,8 @@ from exporter.simulator.pachca import (
     generate,
     generate_workspace,
 )
+from tests.conftest import NOW, is_json
 
-NOW = 1_780_000_000.0  # 2026-05-28T20:26:40Z
 AUTH = {"Authorization": f"Bearer {DEMO_TOKEN}"}
 
 
@@ -232,7 +232,7 @@ async def test_request_log_records_path_query_token_and_status(sim: PachcaSimula
     ("http_503", 503, lambda r: r.headers["content-type"].startswith("text/html")),
     ("html", 200, lambda r: r.text.startswith("<html>")),
     ("truncated_json", 200, lambda r: r.headers["content-type"].startswith("application/json")
-     and not _is_json(r.text)),
+     and not is_json(r.text)),
     ("wrong_types", 200, lambda r: "not a reminder" in r.json()["data"]),
     ("unauthorized", 401, lambda r: r.json()["error"] == "invalid_token"),
     ("insufficient_scope", 403, lambda r: r.json()["error"] == "insufficient_scope"),
@@ -279,14 +279,6 @@ def test_unknown_fault_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown fault"):
         sim.fault = "gremlins"
     assert {"timeout", "reset", "rate_limit_storm"} <= FAULTS
-
-
-def _is_json(text: str) -> bool:
-    try:
-        httpx.Response(200, text=text).json()
-    except ValueError:
-        return False
-    return True
 
 
 # --- generated workspace ----------------------------------------------------------------------------
@@ -370,7 +362,7 @@ async def test_users_query_answers_the_search_meta(api: httpx.AsyncClient) -> No
     assert (await api.get("/users", params={"query": "zzz-nobody"})).json()["meta"]["total"] == 0
 
 
-async def test_group_tags_list_with_user_counts(sim: PachcaSimulator, api: httpx.AsyncClient) -> None:
+async def test_group_tags_list_with_user_counts(api: httpx.AsyncClient) -> None:
     bodies = await walk(api, "/group_tags", limit=3)
     tags = [t for b in bodies for t in b["data"]]
     assert [len(b["data"]) for b in bodies] == [3, 3, 1]
