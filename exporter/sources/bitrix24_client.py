@@ -56,6 +56,7 @@ class BatchResult:
     results: dict[str, Any] = field(default_factory=dict)
     errors: dict[str, tuple[str, str]] = field(default_factory=dict)
     times: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+    totals: dict[str, Any] = field(default_factory=dict)  # result_total: a list command's `total`
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +123,7 @@ def parse_batch(body: Any) -> BatchResult:
             parsed.errors[key] = (str(err.get("error", "unknown")), str(err.get("error_description", ""))[:200])
         else:
             parsed.errors[key] = ("unknown", str(err)[:200])
+    parsed.totals = _as_dict(outer.get("result_total"))
     for key, block in _as_dict(outer.get("result_time")).items():
         if isinstance(block, dict):
             parsed.times[key] = block
