@@ -88,8 +88,7 @@ async def _ours(conn: Connection, run: ClientRun) -> None:
     state = exporter.store.states()[0]
     if not state.up or not isinstance(state.data, PortalSnapshot):
         raise RuntimeError(f"cycle failed: {state.last_error}")
-    while exporter.exposition.renders < 2:  # the first render is of the empty store, at start
-        await asyncio.sleep(0.01)
+    await until(lambda: exporter.exposition.renders >= 2)  # the first render is of the empty store, at start
     host, port = exporter.url.removeprefix("http://").split(":")
     await scrape_once(host, int(port))
     cpu = time.process_time() - cpu
@@ -98,6 +97,12 @@ async def _ours(conn: Connection, run: ClientRun) -> None:
     conn.send({"walls": walls, "cpu_s": cpu, "rss_mb": rss, "peak_rss_mb": peak, "users": len(state.data.users),
                "answers": len({(r.user_id, r.role) for r in state.data.readings})})
     await next_message(conn)
+
+
+async def until(check: Callable[[], bool], step: float = 0.01) -> None:
+    """Poll `check` (state of a component that offers no event to wait on) until it holds."""
+    while not check():  # noqa: ASYNC110 -- the exporter exposes a counter, not an event
+        await asyncio.sleep(step)
 
 
 async def scrape_once(host: str, port: int, encoding: str = "gzip") -> int:

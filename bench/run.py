@@ -33,7 +33,9 @@ class Plan:
     users: tuple[int, ...]  # Bitrix24 portal sizes
     naive_run: tuple[int, ...]  # sizes the naive client really runs (the rest are computed)
     fast_run: tuple[int, ...]  # sizes fast-bitrix24 really runs (with its defaults, and in slow mode)
-    steady: tuple[int, int]  # (users, cycles) run back to back: the bucket never drains between cycles
+    # (users, cycles) run back to back: the bucket never drains between cycles; from the second cycle on the
+    # exporter's cycle is pipelined (the steady state)
+    steady: tuple[tuple[int, int], ...]
     reminders: tuple[int, ...]
     series: tuple[int, ...]
     scrapes: int  # per window (1 or 10 scrapers)
@@ -42,10 +44,11 @@ class Plan:
     memory: tuple[tuple[int, int], ...]  # (users, cycles)
 
 
-FULL = Plan(quick=False, users=(100, 1000, 5000), naive_run=(100,), fast_run=(100, 1000, 5000), steady=(1000, 3),
+FULL = Plan(quick=False, users=(100, 1000, 5000), naive_run=(100,), fast_run=(100, 1000, 5000),
+            steady=((100, 2), (1000, 3)),
             reminders=(1000, 20000), series=(25000, 100000), scrapes=10000, scrape_budget_s=30.0,
             live_users=1000, memory=((1000, 1000), (5000, 13)))
-QUICK = Plan(quick=True, users=(10, 100), naive_run=(10,), fast_run=(10, 100), steady=(100, 2),
+QUICK = Plan(quick=True, users=(10, 100), naive_run=(10,), fast_run=(10, 100), steady=((100, 2),),
              reminders=(1000,), series=(2500,), scrapes=300, scrape_budget_s=3.0, live_users=100,
              memory=((100, 23),))
 

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from exporter.simulator.bitrix24 import PortalSimulator, SimUser
-from exporter.snapshot import PortalSnapshot
-from exporter.sources.bitrix24 import ROLES, Bitrix24Source
+from exporter.snapshot import CounterQuery, PortalSnapshot
+from exporter.sources.bitrix24 import ROLES, Bitrix24Source, counters_command
+from exporter.sources.bitrix24_client import command
 from tests.conftest import FAST_PAUSE, FAST_RETRY, PortalServer
 
 COUNTERS = "tasks.task.counters.get"
@@ -201,3 +202,8 @@ async def test_a_structure_refresh_that_is_due_brings_new_members_counters(porta
     members = {(r.user_id, r.group_id) for r in data.readings if r.group_id}
     assert members == {(uid, g.group_id) for g in sim.workgroups for uid in g.members
                        if g.is_member(uid) and any(u.user_id == uid and u.active for u in sim.users)}
+
+
+def test_counters_command_is_the_batch_query_string_of_its_parameters():
+    query = CounterQuery(17, 3, "responsible")
+    assert counters_command(query) == command(COUNTERS, {"userId": 17, "groupId": 3, "type": ROLES["responsible"]})

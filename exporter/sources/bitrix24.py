@@ -493,8 +493,7 @@ class Bitrix24Source:
         """One batch; its counters command strings are made here, so only the batches in flight hold theirs."""
         sent = {f"c{i}": q for i, q in enumerate(queries)}
         commands = {name: extra[name] for name in names}
-        commands.update((key, command(COUNTERS_METHOD, {"userId": q.user_id, "groupId": q.group_id,
-                                                        "type": ROLES[q.role]})) for key, q in sent.items())
+        commands.update((key, counters_command(q)) for key, q in sent.items())
         pause_key = COUNTERS_METHOD if queries else "user.get"
         return sent, await self._client.batch(BatchCall(commands), pause_key=pause_key)
 
@@ -513,6 +512,12 @@ async def both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
         for task in (one, two):
             task.cancel()
         await asyncio.gather(one, two, return_exceptions=True)
+
+
+def counters_command(query: CounterQuery) -> str:
+    """`command(COUNTERS_METHOD, {...})` for one query, written directly: ids and role types need no escaping,
+    and urlencode was an eighth of a steady-state cycle's CPU."""
+    return f"{COUNTERS_METHOD}?userId={query.user_id}&groupId={query.group_id}&type={ROLES[query.role]}"
 
 
 def _name_commands(ids: Iterable[int]) -> dict[str, str]:
