@@ -16,15 +16,21 @@ MEMORY_MB = 80.0
 LATENCY = 0.05
 SMALL_LIMIT = (1.5, 0.030)  # issue 14: a 100-user steady-state cycle within 1.5 round trips + 30 ms
 LARGE_RATIO = 1.05  # issue 14: 1,000 and 5,000 users within 1.05x the bound
+PORTALS_RSS_MB = 250.0  # issue 14, 100 portals x 100 users in one process
+PORTALS_CPU = 0.05  # of one core
+PORTALS_MEDIAN_MS, PORTALS_P99_MS = 5.0, 20.0
+PORTALS_RATIO = 1.1
 
 Verdict = tuple[str, str, str]
 
 
-def targets_table(rows: list[Row], metrics: list[dict[str, Any]], memory: list[dict[str, Any]], *,
-                  quick: bool) -> str:
-    lines = [_bound(rows), _versus_fast(rows), _fewer_calls(rows), _no_rejections(rows),
-             *_scrapes(metrics), _memory(rows, memory), _steady_small(rows), _faster_everywhere(rows),
-             _large_bound(rows)]
+def targets_table(rows: list[Row], metrics: list[dict[str, Any]], memory: list[dict[str, Any]],
+                  portals: dict[str, Any] | None = None, *, quick: bool) -> str:
+    lines = [_bound(rows), _versus_fast(rows), _fewer_calls(rows), _no_rejections(rows)] if rows else []
+    lines += _scrapes(metrics) if metrics else []
+    lines += [_memory(rows, memory)] if rows or memory else []
+    lines += [_steady_small(rows), _faster_everywhere(rows), _large_bound(rows)] if rows else []
+    lines += _portals(portals)
     notes = ["quick run: sizes are small, so these verdicts are not the issue's; see bench/RESULTS.md"] if quick else []
     return table("Targets", ["target", "measured", "met"], lines, notes)
 
@@ -199,3 +205,26 @@ def _large_bound(rows: list[Row]) -> Verdict:
         if ratio > LARGE_RATIO or r.rejected:
             missed.append(f"{r.job.users:,}{cycles}")
     return (target, "; ".join(parts), f"not met at {', '.join(missed)}" if missed else "met")
+
+
+def _portals(r: dict[str, Any] | None) -> list[Verdict]:
+    if r is None:
+        return []
+    scale = f"{r['portals']} portals x {r['users']:,} users"
+    share = r["cpu_s"] / r["window_s"]
+    rss = max(r["rss_max"], r["rss_end"])
+    return [
+        (f"{scale}: RSS < {PORTALS_RSS_MB:g} MB", f"{rss:.1f} MB (peak {r['peak_rss']:.1f})",
+         "met" if rss < PORTALS_RSS_MB else "not met"),
+        (f"{scale}: < {PORTALS_CPU:.0%} of one core at a {r['interval']:g} s interval",
+         f"{share:.1%} ({share * 60:.2f} CPU s per minute over {r['window_s']:.0f} s)",
+         "met" if share < PORTALS_CPU else "not met"),
+        (f"{scale}: /metrics median < {PORTALS_MEDIAN_MS:g} ms and p99 < {PORTALS_P99_MS:g} ms while cycles run",
+         f"median {r['median_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms at {r['series']:,} series, "
+         f"{r['scrape_cycles']} cycles meanwhile",
+         "met" if r["median_ms"] < PORTALS_MEDIAN_MS and r["p99_ms"] < PORTALS_P99_MS else "not met"),
+        (f"{scale}: every portal within {PORTALS_RATIO}x its own bound",
+         f"steady state: worst {r['steady_worst']:.2f}x, median {r['steady_median']:.2f}x "
+         f"({r['steady_cycles']} cycles); first cycles (all at once): worst {r['first_worst']:.1f}x",
+         "met" if r["steady_worst"] <= PORTALS_RATIO else "not met"),
+    ]
