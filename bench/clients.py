@@ -135,6 +135,9 @@ def _fast(webhook: str, slow: bool = False) -> tuple[Cycle, Callable[[], Awaitab
     from exporter.sources.bitrix24 import ROLES
 
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # its failed retries end as unretrieved tasks
+    # it sets its own logger to DEBUG and logs every request and answer in full: formatting those records
+    # cost it CPU time in runs before 2026-11-25 22:10 UTC (issue 14), which no user of it would pay
+    logging.getLogger("fast_bitrix24").setLevel(logging.WARNING)
     # its defaults are the plain-plan limits: request_pool_size=50, requests_per_second=2.0
     bitrix = BitrixAsync(webhook, verbose=False)
 
