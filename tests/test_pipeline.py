@@ -4,17 +4,22 @@ left are gone from the snapshot."""
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
+from exporter.exposition import Exposition
+from exporter.render import Family
+from exporter.scheduler import SourceLoop, spread
 from exporter.simulator.bitrix24 import PortalSimulator, SimUser
-from exporter.snapshot import CounterQuery, PortalSnapshot
+from exporter.snapshot import CounterQuery, PortalSnapshot, SourceKey, Store
 from exporter.sources.bitrix24 import ROLES, Bitrix24Source, counters_command
 from exporter.sources.bitrix24_client import command
-from tests.conftest import FAST_PAUSE, FAST_RETRY, PortalServer
+from tests.conftest import FAST_PAUSE, FAST_RETRY, PortalServer, eventually
 
 COUNTERS = "tasks.task.counters.get"
 PAGE = 50
@@ -207,3 +212,57 @@ async def test_a_structure_refresh_that_is_due_brings_new_members_counters(porta
 def test_counters_command_is_the_batch_query_string_of_its_parameters():
     query = CounterQuery(17, 3, "responsible")
     assert counters_command(query) == command(COUNTERS, {"userId": 17, "groupId": 3, "type": ROLES["responsible"]})
+
+
+# --- many portals in one process: spread cycles, paced renders -----------------------------------
+
+
+def test_sources_get_their_own_slots_in_the_interval():
+    phases = [spread(SourceKey("bitrix24", f"portal{i:03d}")) for i in range(100)]
+    assert all(0 <= p < 1 for p in phases)
+    assert spread(SourceKey("bitrix24", "portal000")) == phases[0]  # the same after a restart
+    assert {int(p * 10) for p in phases} == set(range(10))  # every tenth of the interval has some
+
+
+async def test_the_second_cycle_waits_for_the_sources_slot_once(portal_factory):
+    server = await portal_factory(users=3)
+    source = server.source(interval=0.2)
+    store = Store()
+    store.register(source)
+    done: list[float] = []
+    store.on_change(lambda: done.append(time.monotonic()))
+    loop = SourceLoop(source, store, phase=0.9)
+    stop = asyncio.Event()
+    task = asyncio.create_task(loop.run(stop))
+    await eventually(lambda: len(done) >= 3, timeout=20.0)
+    stop.set()
+    await task
+    first_gap, second_gap = done[1] - done[0], done[2] - done[1]
+    assert first_gap >= 0.2 * 1.9 - 0.1  # the interval and 0.9 of it, less the first cycle's extra length
+    assert second_gap >= 0.2 - 0.1
+    assert loop.failures == 0
+
+
+def _gauge(value: float) -> list[Family]:
+    family = Family.gauge("pipeline_test_value", "The value the test set last.", [])
+    family.add_metric([], value)
+    return [family]
+
+
+async def test_changes_while_renders_are_paced_are_coalesced():
+    """A render that takes 50 ms with render_share 0.25 leaves 200 ms between renders: 20 changes over
+    0.4 s make about 3 renders, not the 8 a render-after-each-change loop would make."""
+    current = [0.0]
+
+    def snapshot() -> list[Family]:
+        time.sleep(0.05)  # the cost of a big render, in its worker thread
+        return _gauge(current[0])
+
+    exposition = Exposition(snapshot, render_share=0.25)
+    exposition.render_now()
+    for n in range(1, 21):
+        current[0] = float(n)
+        exposition.invalidate()
+        await asyncio.sleep(0.02)
+    await eventually(lambda: b"pipeline_test_value 20.0" in exposition.parts(False)[0], timeout=10.0)
+    assert exposition.renders - 1 <= 4
