@@ -127,4 +127,5 @@ async def _cpu_window(exporter: Any, host: str, port: int, seconds: float) -> di
         await asyncio.sleep(1.0)
     elapsed = time.monotonic() - began
     return {"cpu_s": cpu_seconds() - cpu, "seconds": elapsed, "rss_max_mb": max(rss), "rss_end_mb": memory_mb(),
-            "renders": exporter.exposition.renders - renders}
+            "renders": exporter.exposition.renders - renders,
+            "render_s": getattr(exporter.exposition, "render_seconds", float("nan"))}

@@ -230,7 +230,8 @@ def portals_section(plan: Plan) -> dict[str, Any]:
     result = {
         "portals": count, "users": users, "interval": plan.portals_interval, "series": served,
         "first_s": first["seconds"], "first_worst": max(firsts), "cpu_s": cpu["cpu_s"], "window_s": cpu["seconds"],
-        "renders_window": cpu["renders"], "rss_max": cpu["rss_max_mb"], "rss_end": cycles["rss_mb"],
+        "renders_window": cpu["renders"], "render_s": cpu["render_s"], "rss_max": cpu["rss_max_mb"],
+        "rss_end": cycles["rss_mb"],
         "peak_rss": cycles["peak_rss_mb"], "scrapes": len(latencies),
         "median_ms": percentile(latencies, 0.5) * 1000, "p99_ms": percentile(latencies, 0.99) * 1000,
         "scrape_cycles": after["cycles"] - before["cycles"], "scrape_renders": after["renders"] - before["renders"],
@@ -243,6 +244,10 @@ def portals_section(plan: Plan) -> dict[str, Any]:
     return result
 
 
+def _every(r: dict[str, Any]) -> str:
+    return f"{r['window_s'] / r['renders_window']:.0f} s" if r["renders_window"] else "-"
+
+
 def portals_table(r: dict[str, Any]) -> str:
     per_minute = r["cpu_s"] / r["window_s"] * 60
     rows = [
@@ -251,7 +256,9 @@ def portals_table(r: dict[str, Any]) -> str:
         ["first cycles (all portals at once)", f"{r['first_s']:.1f} s until every portal had one; worst "
                                                f"cycle/bound {r['first_worst']:.1f}x"],
         ["CPU", f"{per_minute:.2f} s per minute = {per_minute / 60 * 100:.1f} % of one core "
-                f"(over {r['window_s']:.0f} s, {r['renders_window']} renders, a gzip scrape every 15 s)"],
+                f"(over {r['window_s']:.0f} s, a gzip scrape every 15 s)"],
+        ["renders", f"{r['renders_window']} in that window, one every {_every(r)}; the last took "
+                    f"{r['render_s'] * 1000:.0f} ms"],
         ["RSS", f"{r['rss_max']:.1f} MB highest sample in that window; {r['rss_end']:.1f} MB at the end; "
                 f"peak {r['peak_rss']:.1f} MB"],
         [f"/metrics, {SCRAPERS} scrapers", f"median {r['median_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms over "

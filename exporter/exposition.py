@@ -58,6 +58,7 @@ class Exposition:
         self._render_share = render_share
         self._clock = clock
         self._next_render = -math.inf
+        self.render_seconds = 0.0  # how long the last paced render took (wall time, its thread included)
         self._reported: dict[tuple[str, str, str], None] = {}
         self.renders = 0
 
@@ -89,7 +90,8 @@ class Exposition:
                 await asyncio.to_thread(self.render_now)
             except Exception as exc:
                 self._render_failed("snapshot", exc)
-            self._next_render = began + (self._clock() - began) / self._render_share
+            self.render_seconds = self._clock() - began
+            self._next_render = began + self.render_seconds / self._render_share
 
     def parts(self, compressed: bool) -> tuple[bytes, bytes]:
         """The answer as (pre-rendered part, live part), sent one after the other without copying."""
