@@ -53,6 +53,9 @@ class Exposition:
         self._rendered: tuple[bytes, bytes, zlib._Compress] = (b"", b"", zlib.compressobj(6, zlib.DEFLATED, 31))
         self._live_ttl = live_ttl
         self._live_cache: tuple[float, bytes] = (-math.inf, b"")
+        # the gzip tail (the live part, continuing the body's stream) for one (body, live part) pair: with many
+        # sources the live part is ~100 KB, too much to compress again for each scrape
+        self._tail: tuple[object, bytes, bytes] = (None, b"", b"")
         self._dirty = True
         self._rendering: asyncio.Task[None] | None = None
         self._render_share = render_share
@@ -95,12 +98,17 @@ class Exposition:
 
     def parts(self, compressed: bool) -> tuple[bytes, bytes]:
         """The answer as (pre-rendered part, live part), sent one after the other without copying."""
-        body, packed, compressor = self._rendered
+        rendered = self._rendered
+        body, packed, compressor = rendered
         live = self._live_part()
         if not compressed:
             return body, live
-        tail = compressor.copy()
-        return packed, tail.compress(live) + tail.flush()
+        made_for, made_from, tail = self._tail
+        if made_for is not rendered or made_from is not live:
+            copy = compressor.copy()
+            tail = copy.compress(live) + copy.flush()
+            self._tail = (rendered, live, tail)
+        return packed, tail
 
     def _live_part(self) -> bytes:
         """API traffic and process metrics, re-read at most once per `live_ttl`."""

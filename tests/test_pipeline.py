@@ -5,6 +5,7 @@ left are gone from the snapshot."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import math
 import time
 from collections.abc import AsyncIterator, Callable
@@ -266,3 +267,20 @@ async def test_changes_while_renders_are_paced_are_coalesced():
         await asyncio.sleep(0.02)
     await eventually(lambda: b"pipeline_test_value 20.0" in exposition.parts(False)[0], timeout=10.0)
     assert exposition.renders - 1 <= 4
+
+
+def test_gzip_scrapes_are_one_stream_of_the_body_and_the_live_part():
+    exposition = Exposition(lambda: _gauge(7.0), lambda: _gauge_named("pipeline_test_live", 3.0), live_ttl=60.0)
+    exposition.render_now()
+    first, second = exposition.parts(True), exposition.parts(True)
+    assert first == second
+    text = gzip.decompress(b"".join(first))
+    assert text == b"".join(exposition.parts(False))
+    assert b"pipeline_test_value 7.0" in text
+    assert b"pipeline_test_live 3.0" in text
+
+
+def _gauge_named(name: str, value: float) -> list[Family]:
+    family = Family.gauge(name, "A value the test set.", [])
+    family.add_metric([], value)
+    return [family]
