@@ -1,6 +1,7 @@
 """Benchmarks of tasks-exporter (issue 6), measured in one run against the simulators on 127.0.0.1.
 
-    python bench/run.py           # everything, about 15 minutes (the 5,000-user cycle alone takes ~4)
+    python bench/run.py           # everything, about 20 minutes (the 5,000-user cycle alone takes ~4)
+    python bench/run.py --only portals   # one part (bitrix24, memory, pachca, metrics, portals)
     python bench/run.py --quick   # small sizes only, under a minute (the smoke test runs this)
 
 Each simulator and each measured process runs in a process of its own (see procs.py); results go to
