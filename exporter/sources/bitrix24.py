@@ -244,8 +244,8 @@ class Bitrix24Source:
             else:
                 users = await self._resolve_users()  # first: a portal that refuses the webhook costs one call
                 structure = await self._structure.current()
-            users = self._monitored(users, structure)
             self._check_emails(users)
+            users = self._monitored(users, structure)
             counters, hidden, failed = await self._read_counters(fold, users, structure)
         except ApiError as exc:
             raise SourceFailure(exc.reason, str(exc)) from None
