@@ -25,7 +25,7 @@ async def demo_config(interval: float = 15.0, users: int = 40, reminders: int = 
         yield Config(
             bitrix24=(Bitrix24Config(name="demo-portal",
                                      webhook_url=Secret(f"{b24_url}{portal.webhook_path}"),
-                                     groups=(0, 1), interval=interval),),
+                                     groups=None, interval=interval),),
             pachca=(PachcaConfig(name="demo-workspace", token=Secret(workspace.token),
                                  base_url=f"{p_url}/api/shared/v1", interval=interval),),
         )

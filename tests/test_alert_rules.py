@@ -21,7 +21,8 @@ PREFIXES = ("bitrix24_", "pachca_", "tasks_exporter_")
 EXPECTED_ALERTS = {
     "TasksExporterAbsent", "TasksExporterSourceDown", "TasksExporterDataStale",
     "TasksExporterCycleBoundExceedsInterval", "TasksExporterRateLimited", "TasksExporterAuthFailure",
-    "Bitrix24UserTooManyExpiredTasks", "PachcaOverdueRemindersPilingUp", "PachcaOverdueReminderTooOld",
+    "Bitrix24UserTooManyExpiredTasks", "Bitrix24DepartmentOverdueTasks", "PachcaOverdueRemindersPilingUp",
+    "PachcaOverdueReminderTooOld",
 }
 
 

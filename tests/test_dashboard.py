@@ -82,20 +82,44 @@ def test_layout_fits_a_24_column_grid_without_overlaps(board: dict[str, Any]) ->
 
 def test_rows_cover_bitrix24_pachca_and_exporter_health(board: dict[str, Any]) -> None:
     rows = [p["title"] for p in board["panels"] if p["type"] == "row"]
-    assert rows == ["Bitrix24 tasks", "Pachca reminders", "Exporter health"]
+    assert rows == ["Organisation", "Bitrix24 tasks", "Pachca reminders", "Exporter health"]
 
 
 def test_variables(board: dict[str, Any]) -> None:
     variables = {v["name"]: v for v in board["templating"]["list"]}
-    assert set(variables) == {"datasource", "portal", "user", "role", "group", "workspace"}
+    assert set(variables) == {"datasource", "portal", "department", "workgroup", "user", "role", "workspace"}
     assert variables["datasource"]["query"] == "prometheus"
     assert variables["portal"]["query"] == "label_values(bitrix24_user_info, portal)"
     assert variables["workspace"]["query"] == "label_values(pachca_reminders, workspace)"
-    assert "bitrix24_tasks" in variables["group"]["query"] and "group_id" in variables["group"]["query"]
     assert variables["role"]["query"].split(",") == ["all", "responsible", "accomplice", "auditor", "originator"]
-    for name in ("portal", "user", "workspace"):
+    for name in ("portal", "department", "workgroup", "user", "workspace"):
         assert variables[name]["multi"] and variables[name]["includeAll"], name
-        assert variables[name]["allValue"] == ".*", name
+        assert variables[name]["allValue"] == ("0" if name == "workgroup" else ".*"), name
+
+
+def _option(board: dict[str, Any], name: str, rendered: str) -> tuple[str, str]:
+    """(text, value) Grafana takes from one rendered query_result() line with the variable's regex."""
+    variable = next(v for v in board["templating"]["list"] if v["name"] == name)
+    js_regex = variable["regex"]
+    assert js_regex.startswith("/") and js_regex.endswith("/")
+    found = re.compile(js_regex[1:-1].replace("(?<", "(?P<")).search(rendered)
+    assert found is not None, (name, rendered)
+    return found["text"], found["value"]
+
+
+def test_department_variable_shows_names_and_filters_by_department_id(board: dict[str, Any]) -> None:
+    rendered = ('bitrix24_department_info{department_id="13",head_user_id="5",instance="localhost:9866",'
+                'job="tasks-exporter",name="Platform, core",parent_id="7",portal="main"} 1 1700000000000')
+    assert _option(board, "department", rendered) == ("Platform, core", "13")
+    without_head = rendered.replace('head_user_id="5"', 'head_user_id=""').replace('parent_id="7"', 'parent_id=""')
+    assert _option(board, "department", without_head) == ("Platform, core", "13")
+
+
+def test_workgroup_variable_shows_names_and_all_means_group_zero(board: dict[str, Any]) -> None:
+    rendered = ('bitrix24_group_info{group_id="6",instance="localhost:9866",job="tasks-exporter",kind="project",'
+                'name="Office move",portal="main"} 1 1700000000000')
+    assert _option(board, "workgroup", rendered) == ("Office move", "6")
+    assert generator.concrete('bitrix24_tasks{group_id=~"$workgroup"}') == 'bitrix24_tasks{group_id=~"0"}'
 
 
 def test_user_variable_shows_names_and_filters_by_user_id(board: dict[str, Any]) -> None:
@@ -148,3 +172,75 @@ def test_every_query_parses_with_promtool(board: dict[str, Any], tmp_path: Path)
                             timeout=60, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(rules)} rules found" in result.stdout
+
+
+# --- what the organisation queries compute, evaluated by promtool on a small company ---------------------
+
+# Company (1) > Sales (2) > Sales Moscow (5); Company > Engineering (3). User 4 works in Sales Moscow and
+# Engineering. (user_id, expired tasks for role all in group 0, direct departments, all departments)
+STAFF = ((1, 1, "1", "1"), (2, 3, "2", "2 1"), (3, 5, "5", "5 2 1"), (4, 7, "5 3", "5 3 2 1"))
+DEPARTMENTS = {"1": ("Company", ""), "2": ("Sales", "1"), "5": ("Sales Moscow", "2"), "3": ("Engineering", "1")}
+
+
+def _company_series() -> list[dict[str, str]]:
+    job = 'job="tasks-exporter", instance="x:9866", portal="main"'
+    series = []
+    for user_id, expired, direct, every in STAFF:
+        series.append({"series": f'bitrix24_user_info{{{job}, user_id="{user_id}", name="User {user_id}"}}',
+                       "values": "1x5"})
+        for counter, value in (("expired", expired), ("new_comments", 10 * user_id)):
+            series.append({"series": f'bitrix24_tasks{{{job}, user_id="{user_id}", group_id="0", role="all", '
+                                     f'counter="{counter}"}}', "values": f"{value}x5"})
+        # other roles and groups must not leak into the group-0 figures
+        series.append({"series": f'bitrix24_tasks{{{job}, user_id="{user_id}", group_id="0", role="auditor", '
+                                 'counter="expired"}', "values": "100x5"})
+        for dept in every.split():
+            series.append({"series": f'bitrix24_user_department{{{job}, user_id="{user_id}", department_id="{dept}", '
+                                     f'direct="{str(dept in direct.split()).lower()}"}}', "values": "1x5"})
+    for dept, (name, parent) in DEPARTMENTS.items():
+        series.append({"series": f'bitrix24_department_info{{{job}, department_id="{dept}", name="{name}", '
+                                 f'parent_id="{parent}", head_user_id=""}}', "values": "1x5"})
+    for group_id, name, kind, members in (("1", "Sales team", "group", ((2, 2), (3, 4))),
+                                          ("2", "Website", "project", ((4, 1),))):
+        series.append({"series": f'bitrix24_group_info{{{job}, group_id="{group_id}", name="{name}", kind="{kind}"}}',
+                       "values": "1x5"})
+        for user_id, expired in members:
+            series.append({"series": f'bitrix24_tasks{{{job}, user_id="{user_id}", group_id="{group_id}", '
+                                     'role="all", counter="expired"}', "values": f"{expired}x5"})
+    return series
+
+
+def _expect(board: dict[str, Any], title: str, values: dict[str, str],
+            samples: list[tuple[dict[str, str], float]]) -> dict[str, Any]:
+    (expr,) = [expr for t, _, expr in generator.panel_queries(board) if t == title]
+    return {"expr": generator.concrete(expr, values), "eval_time": "2m",
+            "exp_samples": [{"labels": "{" + ", ".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}",
+                             "value": value} for labels, value in samples]}
+
+
+@pytest.mark.integration
+def test_organisation_queries_count_subtrees_and_name_them(board: dict[str, Any], tmp_path: Path) -> None:
+    main = {"portal": "main"}
+    tests = [
+        _expect(board, "Departments by overdue tasks", {}, [
+            ({**main, "department_id": "1", "name": "Company"}, 16),
+            ({**main, "department_id": "2", "name": "Sales"}, 15),
+            ({**main, "department_id": "5", "name": "Sales Moscow"}, 12),
+            ({**main, "department_id": "3", "name": "Engineering"}, 7)]),
+        _expect(board, "People of the department", {"department": "5|3"}, [
+            ({**main, "user_id": user, "name": f"User {user}", "counter": counter}, value)
+            for user, expired in (("3", 5), ("4", 7))
+            for counter, value in (("expired", expired), ("new_comments", 10 * int(user)))]),
+        _expect(board, "People of the department", {"department": "3"}, [
+            ({**main, "user_id": "4", "name": "User 4", "counter": counter}, value)
+            for counter, value in (("expired", 7), ("new_comments", 40))]),
+        _expect(board, "Workgroups by overdue tasks", {}, [
+            ({**main, "group_id": "1", "name": "Sales team", "kind": "group"}, 6),
+            ({**main, "group_id": "2", "name": "Website", "kind": "project"}, 1)]),
+    ]
+    path = tmp_path / "organisation_test.yml"
+    path.write_text(yaml.safe_dump({"rule_files": [], "evaluation_interval": "1m", "tests": [
+        {"interval": "1m", "input_series": _company_series(), "promql_expr_test": tests}]}), encoding="utf-8")
+    result = subprocess.run([promtool(), "test", "rules", str(path)], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
