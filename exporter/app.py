@@ -63,7 +63,7 @@ class Exporter:
         self.sources = build_sources(config, self.store) if sources is None else sources
         self.loops = [SourceLoop(s, self.store, max_backoff=max_backoff) for s in self.sources]
         faults = ExporterFaults()
-        collector = SnapshotCollector(self.store, faults)
+        collector = SnapshotCollector(self.store, faults, people=config.people)
         self.exposition = Exposition(collector.snapshot_families, collector.live_families, faults=faults)
         self.stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []

@@ -10,16 +10,22 @@ exporter/render.py writes them as text.
 from __future__ import annotations
 
 import platform
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from exporter import __version__
+from exporter.config import PeopleConfig
 from exporter.org import StructureStatus
+from exporter.people import PeopleMatch, match_by_email
 from exporter.render import Family, Row
 from exporter.snapshot import PortalSnapshot, ReminderTally, SourceKey, SourceState, Store
+
+log = structlog.get_logger()
 
 FAILURE_REASONS = ("auth", "rate_limited", "server_error", "timeout", "network_error", "invalid_response",
                    "api_error", "deadline", "internal")
@@ -37,9 +43,11 @@ class ExporterFaults:
 class SnapshotCollector(Collector):
     """Every metric of the exporter from the current store contents."""
 
-    def __init__(self, store: Store, faults: ExporterFaults | None = None) -> None:
+    def __init__(self, store: Store, faults: ExporterFaults | None = None, *,
+                 people: PeopleConfig | None = None) -> None:
         self._store = store
         self._faults = faults or ExporterFaults()
+        self._people = PeopleFamilies(people)
 
     def families(self) -> Iterator[Family]:
         yield from self.snapshot_families()
@@ -54,6 +62,7 @@ class SnapshotCollector(Collector):
         yield from _bitrix24([s for s in states if isinstance(s.data, PortalSnapshot)])
         yield from _bitrix24_org([s for s in states if isinstance(s.data, PortalSnapshot)])
         yield from _pachca([s for s in states if isinstance(s.data, ReminderTally)])
+        yield from self._people.families(states)
         yield from _source_health(states)
         yield from _structure_health([(s.key, s.data.structure) for s in states
                                       if isinstance(s.data, PortalSnapshot) and s.data.structure is not None])
@@ -177,11 +186,13 @@ def _task_rows(states: list[SourceState]) -> Iterator[Row]:
 
 
 def _pachca(states: list[SourceState]) -> Iterator[Family]:
-    """Each workspace's reminder counts, overall and per performer, e.g.
+    """Each workspace's reminder counts, overall and per performer, and its users, e.g.
 
     pachca_reminders{workspace="team",status="undone",kind="call",priority="2"} 4.0
     pachca_performer_reminders_overdue{workspace="team",performer_id="7"} 1.0
     pachca_reminder_oldest_overdue_seconds{workspace="team"} 3600.5
+    pachca_user_info{workspace="team",user_id="7",name="Anna Petrova",department="Sales"} 1.0
+    pachca_user_tag{workspace="team",user_id="7",tag="Backend"} 1.0
     """
     reminders = Family.gauge("pachca_reminders", "Pachca reminders by status, kind and priority.",
                              labels=["workspace", "status", "kind", "priority"])
@@ -202,8 +213,15 @@ def _pachca(states: list[SourceState]) -> Iterator[Family]:
     oldest = Family.gauge("pachca_reminder_oldest_overdue_seconds",
                           "How long the most overdue open reminder is past its due time (0 if none).",
                           labels=["workspace"])
-    info = Family.gauge("pachca_user_info", "A Pachca user seen as a performer, value 1.",
-                        labels=["workspace", "user_id", "name"])
+    info = Family.gauge(
+        "pachca_user_info", "A Pachca user, value 1: every active user GET /users lists, plus bots and "
+        "deactivated users who perform reminders. name is empty with names: false; department is free text.",
+        labels=["workspace", "user_id", "name", "department"])
+    tags = Family.gauge("pachca_user_tag", "An employee tag (list_tags) of a user in pachca_user_info, value 1.",
+                        labels=["workspace", "user_id", "tag"])
+    users_read = Family.gauge(
+        "pachca_users_last_read_timestamp_seconds", "Unix time GET /users was last read to the end; "
+        "names, departments and tags are that old. Absent until the first good read.", labels=["workspace"])
     malformed = Family.gauge(
         "pachca_reminders_malformed", "Reminders in the last cycle with a field that could not be read; "
         "they are counted with the label value 'unknown' where that field mattered.", labels=["workspace"])
@@ -225,9 +243,66 @@ def _pachca(states: list[SourceState]) -> Iterator[Family]:
             performer_overdue.add_metric([ws, str(pid)], n)
         oldest.add_metric([ws], t.oldest_overdue_seconds)
         malformed.add_metric([ws], t.malformed)
-        for uid, name in sorted(t.user_names.items()):
-            info.add_metric([ws, str(uid), name], 1)
-    yield from (reminders, overdue, due_soon, no_due, performer, performer_overdue, oldest, info, malformed)
+        for user in t.listed_users:
+            uid = str(user.user_id)
+            info.add_metric([ws, uid, user.name, user.department], 1)
+            for tag in user.tags:
+                tags.add_metric([ws, uid, tag], 1)
+        if t.users_read_at is not None:
+            users_read.add_metric([ws], t.users_read_at)
+    yield from (reminders, overdue, due_soon, no_due, performer, performer_overdue, oldest, info, tags, users_read,
+                malformed)
+
+
+class PeopleFamilies:
+    """One person across both tools, joined at render time for each `people` pair, e.g.
+
+    tasks_exporter_person_info{person="a@x.io",portal="acme",bitrix24_user_id="1",workspace="team",pachca_user_id="7"} 1
+    tasks_exporter_people{portal="acme",workspace="team",state="matched"} 40.0
+
+    Without a `people` section both families are there with no rows. Each e-mail that several users share is
+    logged once (by user ids, never the e-mail), however often it renders.
+    """
+
+    def __init__(self, people: PeopleConfig | None) -> None:
+        self._people = people
+        self._reported: set[tuple[str, str, str]] = set()  # (side, portal or workspace, e-mail)
+        self._lock = threading.Lock()
+
+    def families(self, states: list[SourceState]) -> Iterator[Family]:
+        person = Family.gauge(
+            "tasks_exporter_person_info", "One person in both tools, value 1: a Bitrix24 user and a Pachca user "
+            "with the same e-mail. person is the e-mail, or the Bitrix24 name with people.label: name.",
+            labels=["person", "portal", "bitrix24_user_id", "workspace", "pachca_user_id"])
+        people = Family.gauge(
+            "tasks_exporter_people", "Users of a portal and a workspace by match state: matched (pairs), "
+            "bitrix24_only, pachca_only, ambiguous (users of both sides whose e-mail is shared on one side).",
+            labels=["portal", "workspace", "state"])
+        portals = {s.key.target: s.data for s in states if isinstance(s.data, PortalSnapshot)}
+        workspaces = {s.key.target: s.data for s in states if isinstance(s.data, ReminderTally)}
+        pairs, label = (self._people.pairs or (), self._people.label) if self._people else ((), "email")
+        for pair in pairs:
+            portal, workspace = portals.get(pair.portal), workspaces.get(pair.workspace)
+            if portal is None or workspace is None or workspace.users_read_at is None:
+                continue  # a side not read yet: no series rather than a misleading count
+            joined = match_by_email(portal.users, workspace.users, label=label)
+            self._report(pair.portal, pair.workspace, joined)
+            for m in joined.matches:
+                person.add_metric([m.person, pair.portal, str(m.bitrix24_user_id), pair.workspace,
+                                   str(m.pachca_user_id)], 1)
+            for state, n in joined.states.items():
+                people.add_metric([pair.portal, pair.workspace, state], n)
+        yield from (person, people)
+
+    def _report(self, portal: str, workspace: str, joined: PeopleMatch) -> None:
+        for shared in joined.shared:
+            target = portal if shared.side == "bitrix24" else workspace
+            with self._lock:
+                if (shared.side, target, shared.email) in self._reported:
+                    continue
+                self._reported.add((shared.side, target, shared.email))
+            log.warning("people_email_shared", side=shared.side, target=target, user_ids=list(shared.user_ids),
+                        hint="an e-mail several users carry matches nobody; they count as ambiguous")
 
 
 def _source_health(states: list[SourceState]) -> Iterator[Family]:

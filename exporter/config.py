@@ -14,14 +14,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from exporter.errors import ConfigError
 from exporter.kinds import (
     DURATION,
     LABEL,
     POSITIVE_NUMBER,
     URL,
     check_url,
+    each,
     integer,
     items,
+    one_of,
     sections,
     show_list,
     subset,
@@ -197,7 +200,8 @@ class PachcaConfig:
     name: str = field(metadata=key(
         LABEL, "The `workspace` label on every series of this workspace.", default_host_of="base_url"))
     token: Secret = field(metadata=key(
-        TOKEN, "Access token with scope `tasks:read` (and `users:read` for performer names).", secret=True))
+        TOKEN, "Access token with scope `tasks:read`, and `users:read` for performer names, departments, "
+        "tags and `people`.", secret=True))
     base_url: str = field(default=PACHCA_DEFAULT_URL, metadata=key(URL, "The Pachca API's address."))
     interval: float = field(default=60.0, metadata=key(DURATION, "How often to collect."))
     due_soon: float = field(default=86400.0, metadata=key(
@@ -210,12 +214,89 @@ class PachcaConfig:
     max_pages: int = field(default=2000, metadata=key(
         integer(1), "Hard cap on pages per cycle; logged when hit."))
     performer_names: bool | None = field(default=None, metadata=key(
-        AUTO_BOOL, "Performer names from GET /users; `auto`: try, and turn off if the token lacks `users:read`."))
+        AUTO_BOOL, "Read GET /users: performer names, departments, employee tags and the e-mails `people` "
+        "matches on; `auto`: try, and turn all of that off if the token lacks `users:read`."))
+    names: bool = field(default=True, metadata=key(
+        FLAG, "`false`: `pachca_user_info` carries `name=\"\"` (ids only); departments and tags stay."))
+    structure_interval: float = field(default=3600.0, metadata=key(
+        DURATION, "How often to re-read GET /users (names, departments, tags, e-mails); sooner when a "
+        "reminder names a performer it does not know."))
 
     @property
     def secrets(self) -> tuple[str, ...]:
         """What the logs must mask."""
         return (self.token.reveal(),)
+
+
+@dataclass(frozen=True, slots=True)
+class PeoplePair:
+    """A portal and a workspace whose users are matched (a `people.pairs` entry)."""
+
+    portal: str = field(metadata=key(LABEL, "The `name` of a `bitrix24` entry."))
+    workspace: str = field(metadata=key(LABEL, "The `name` of a `pachca` entry."))
+
+
+def _pairs(reader: Reader, path: str, raw: Any) -> tuple[PeoplePair, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise Invalid(f"must be a non-empty list of {{portal, workspace}} mappings, got {kind_of(raw)}")
+    pairs, all_good = each(reader, [(f"{path}[{i}]", entry) for i, entry in enumerate(raw)], section(PeoplePair))
+    for pair in sorted({p for p in pairs if pairs.count(p) > 1}, key=lambda p: (p.portal, p.workspace)):
+        reader.fail(path, f"the pair {pair.portal!r} / {pair.workspace!r} is listed twice")
+    if not all_good:
+        raise Invalid()
+    return tuple(pairs)
+
+
+PAIRS: Kind[tuple[PeoplePair, ...] | None] = Kind(
+    _pairs, "list of mappings `{portal, workspace}`",
+    lambda v: "every portal x every workspace" if v is None else ", ".join(f"{p.portal}/{p.workspace}" for p in v),
+    PeoplePair)
+
+
+@dataclass(frozen=True, slots=True)
+class PeopleConfig:
+    """One person across both tools (the `people` section): who is who in Bitrix24 and in Pachca."""
+
+    match: str = field(metadata=key(
+        one_of(("email",)), "How one person is recognised: `email`, equal after trimming and lower-casing "
+        "(Bitrix24 needs the `user` or `user_basic` scope for e-mails, Pachca `users:read`)."))
+    label: str = field(default="email", metadata=key(
+        one_of(("email", "name")), "What the `person` label holds: the e-mail, or `name`, the Bitrix24 display "
+        "name (the e-mail for a portal with `names: false`)."))
+    pairs: tuple[PeoplePair, ...] | None = field(default=None, metadata=key(
+        PAIRS, "Which portal's users are matched with which workspace's users."))
+
+
+_PEOPLE = section(PeopleConfig)
+PEOPLE: Kind[PeopleConfig | None] = Kind(_PEOPLE.parse, _PEOPLE.shape, lambda v: "off" if v is None else "see below",
+                                         PeopleConfig)
+
+
+def _check_people(config: Config) -> list[str]:
+    """The `people` problems only the whole file shows: pairs naming no entry, workspaces that never read users."""
+    people = config.people
+    if people is None:
+        return []
+    portals = [c.name for c in config.bitrix24]
+    workspaces = {c.name: c for c in config.pachca}
+    if not portals or not workspaces:
+        return ["people: needs at least one bitrix24 portal and one pachca workspace"]
+    problems: list[str] = []
+    for i, pair in enumerate(people.pairs or ()):
+        if pair.portal not in portals:
+            problems.append(f"people.pairs[{i}].portal: no bitrix24 entry is named {pair.portal!r} "
+                            f"(known: {', '.join(portals)})")
+        if pair.workspace not in workspaces:
+            problems.append(f"people.pairs[{i}].workspace: no pachca entry is named {pair.workspace!r} "
+                            f"(known: {', '.join(workspaces)})")
+        elif workspaces[pair.workspace].performer_names is False:
+            problems.append(f"people.pairs[{i}].workspace: {pair.workspace!r} has performer_names: false, "
+                            "so its users (and their e-mails) are never read")
+    if people.pairs is None:
+        problems += [f"people: pachca workspace {name!r} has performer_names: false, so its users (and their "
+                     "e-mails) are never read; list `pairs` without it" for name, c in workspaces.items()
+                     if c.performer_names is False]
+    return problems
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +307,9 @@ class Config:
         sections(Bitrix24Config, unique="name"), "Bitrix24 portals to read task counters from."))
     pachca: tuple[PachcaConfig, ...] = field(default=(), metadata=key(
         sections(PachcaConfig, unique="name"), "Pachca workspaces to read reminders from."))
+    people: PeopleConfig | None = field(default=None, metadata=key(
+        PEOPLE, "Off unless present: match each Bitrix24 user with a Pachca user "
+        "(`tasks_exporter_person_info`, `tasks_exporter_people`)."))
     warnings: tuple[str, ...] = ()  # not a key: what parsing noticed but accepted
 
 
@@ -237,4 +321,10 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
 def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
     """Validate an already-parsed YAML document."""
     config, warnings = parse_document(raw, Config, env)
+    problems = _check_people(config)
+    if problems:
+        raise ConfigError(problems)
+    if config.people is not None and config.people.pairs is None:
+        every = tuple(PeoplePair(b.name, p.name) for b in config.bitrix24 for p in config.pachca)
+        config = replace(config, people=replace(config.people, pairs=every))
     return replace(config, warnings=warnings)

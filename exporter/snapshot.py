@@ -77,6 +77,28 @@ class PortalSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class PachcaUser:
+    """A GET /users record, reduced to what the organisation view needs.
+
+    `name` is "" with `names: false`; `email` is trimmed and lower-cased ("" when null, e.g. for a bot
+    token without the personal-data right) and is kept out of repr, so logging this value never shows it.
+    """
+
+    user_id: int
+    name: str
+    department: str = ""  # free text; "" when null or empty (docs/api-notes.md#org-pachca-users-department)
+    tags: tuple[str, ...] = ()  # employee tag names (list_tags), in the API's order
+    email: str = field(default="", repr=False)
+    bot: bool = False
+    suspended: bool = False
+
+    @property
+    def active(self) -> bool:
+        """A person who can be matched and is listed without performing anything: not a bot, not deactivated."""
+        return not (self.bot or self.suspended)
+
+
+@dataclass(frozen=True, slots=True)
 class ReminderTally:
     """Counts of one Pachca workspace's reminders, made while walking the pages."""
 
@@ -89,8 +111,15 @@ class ReminderTally:
     oldest_overdue_seconds: float  # 0 when nothing is overdue
     total: int
     pages: int
-    user_names: Mapping[int, str] = field(default_factory=dict)
     malformed: int = 0  # reminders with a field that could not be read (counted as "unknown" there)
+    users: tuple[PachcaUser, ...] = ()  # the last good GET /users, by id; empty when it was never read
+    users_read_at: float | None = None  # unix time of that read; None: never (no users:read, or off)
+
+    @property
+    def listed_users(self) -> Iterator[PachcaUser]:
+        """The users pachca_user_info lists: every active user, plus bots and deactivated users who perform."""
+        performers = {pid for pid, _ in self.performer}
+        return (u for u in self.users if u.active or u.user_id in performers)
 
 
 SourceData = PortalSnapshot | ReminderTally

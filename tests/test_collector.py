@@ -10,7 +10,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.collector import SnapshotCollector
 from exporter.render import Family, render
-from exporter.snapshot import CounterQuery, PortalSnapshot, PortalUser, ReminderTally, SourceKey, Store
+from exporter.snapshot import (
+    CounterQuery,
+    PachcaUser,
+    PortalSnapshot,
+    PortalUser,
+    ReminderTally,
+    SourceKey,
+    Store,
+)
 
 
 def samples(text: str) -> list[tuple[str, tuple[tuple[str, str], ...], float]]:
@@ -37,7 +45,9 @@ def store_with_data() -> Store:
     store.succeeded(pkey, ReminderTally(by_status={("undone", "call", "2"): 4}, overdue={("call", "2"): 1},
                                         due_soon={"call": 2}, without_due_date={"done": 1},
                                         performer={(7, "undone"): 4}, performer_overdue={7: 1},
-                                        oldest_overdue_seconds=3600.5, total=4, pages=1, user_names={7: "Anna"}), 0.1)
+                                        oldest_overdue_seconds=3600.5, total=4, pages=1,
+                                        users=(PachcaUser(7, "Anna", "Sales", ("Backend",)),),
+                                        users_read_at=1.7e9), 0.1)
     return store
 
 

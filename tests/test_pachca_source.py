@@ -15,7 +15,7 @@ from exporter.config import PachcaConfig, Secret
 from exporter.errors import SourceFailure
 from exporter.simulator import serve
 from exporter.simulator.pachca import DEMO_TOKEN, PREFIX, PachcaSimulator, create_app, generate_workspace
-from exporter.snapshot import ApiTelemetry, ReminderTally
+from exporter.snapshot import ApiTelemetry, PachcaUser, ReminderTally
 from exporter.sources.pachca import PachcaSource
 from exporter.sources.pachca_client import RetryPolicy
 
@@ -96,7 +96,7 @@ def events(logs: list[MutableMapping[str, Any]], name: str) -> list[MutableMappi
 
 
 def expected_tally(reminders: list[dict[str, Any]], users: list[dict[str, Any]], now: float,
-                   due_soon: float, pages: int) -> ReminderTally:
+                   due_soon: float, pages: int, read_users: bool = True) -> ReminderTally:
     """What the source must report, computed with a plain loop that shares no code with it."""
     by_status: dict[tuple[str, str, str], int] = {}
     overdue: dict[tuple[str, str], int] = {}
@@ -125,15 +125,19 @@ def expected_tally(reminders: list[dict[str, Any]], users: list[dict[str, Any]],
             oldest = max(oldest, now - due)
         elif status == "undone" and due <= now + due_soon:
             bump(soon, kind)
-    names: dict[int, str] = {}
-    performers = {pid for pid, _ in performer}
-    for u in users:
-        full = " ".join(part for part in (u["first_name"], u["last_name"]) if part)
-        if u["id"] in performers:
-            names[u["id"]] = full or u["nickname"]
+    directory = tuple(
+        PachcaUser(u["id"], " ".join(part for part in (u["first_name"], u["last_name"]) if part) or u["nickname"],
+                   department=(u["department"] or "").strip(), tags=tuple(u["list_tags"]),
+                   email=(u["email"] or "").strip().lower(), bot=u["bot"], suspended=u["suspended"])
+        for u in sorted(users, key=lambda u: u["id"]))
     return ReminderTally(by_status=by_status, overdue=overdue, due_soon=soon, without_due_date=no_due,
                          performer=performer, performer_overdue=performer_overdue,
-                         oldest_overdue_seconds=oldest, total=len(reminders), pages=pages, user_names=names)
+                         oldest_overdue_seconds=oldest, total=len(reminders), pages=pages, users=directory,
+                         users_read_at=now if read_users else None)
+
+
+def names(tally: ReminderTally) -> dict[int, str]:
+    return {u.user_id: u.name for u in tally.users}
 
 
 # --- the tally --------------------------------------------------------------------------------------
@@ -147,7 +151,7 @@ async def test_generated_workspace_tally_matches_a_plain_count(sim: PachcaSimula
     assert tally == expected
     # the data set exercises every metric, so the equality above pins something in each
     assert all((tally.by_status, tally.overdue, tally.due_soon, tally.without_due_date, tally.performer,
-                tally.performer_overdue, tally.user_names))
+                tally.performer_overdue, tally.users))
     assert tally.oldest_overdue_seconds > 0
 
 
@@ -259,7 +263,7 @@ async def test_short_page_mid_stream_does_not_end_the_walk(sim: PachcaSimulator,
                                                            make_source: MakeSource) -> None:
     sim.short_pages = True
     tally = await make_source(performer_names=False).collect()
-    assert tally == expected_tally(sim.reminders, [], NOW, DAY, pages=tally.pages)
+    assert tally == expected_tally(sim.reminders, [], NOW, DAY, pages=tally.pages, read_users=False)
     assert tally.pages > 4
 
 
@@ -268,7 +272,7 @@ async def test_repeated_cursor_stops_without_counting_twice(sim: PachcaSimulator
     sim.repeat_cursor = True
     with capture_logs() as logs:
         tally = await make_source(performer_names=False).collect()
-    assert tally == expected_tally(sim.reminders, [], NOW, DAY, pages=4)
+    assert tally == expected_tally(sim.reminders, [], NOW, DAY, pages=4, read_users=False)
     assert sim.count("/tasks") == 4
     assert events(logs, "pachca_cursor_repeated")
 
@@ -441,9 +445,9 @@ async def test_names_are_read_once_and_reused(sim: PachcaSimulator, make_source:
     source = make_source()
     first = await source.collect()
     second = await source.collect()
-    assert first.user_names == second.user_names != {}
+    assert names(first) == names(second) != {}
     assert sim.count("/users") == 1
-    assert first.user_names[17] == "user17"  # an invitee without a name falls back to the nickname
+    assert names(first)[17] == "user17"  # an invitee without a name falls back to the nickname
 
 
 async def test_names_are_reread_when_a_new_performer_appears(sim: PachcaSimulator,
@@ -453,7 +457,7 @@ async def test_names_are_reread_when_a_new_performer_appears(sim: PachcaSimulato
     sim.users.append({"id": 99, "first_name": "New", "last_name": "Hire", "nickname": "new"})
     sim.reminders.append(reminder(9999, performers=[99]))
     tally = await source.collect()
-    assert tally.user_names[99] == "New Hire" and sim.count("/users") == 2
+    assert names(tally)[99] == "New Hire" and sim.count("/users") == 2
 
 
 async def test_missing_users_scope_turns_names_off_and_keeps_counts(sim: PachcaSimulator,
@@ -463,7 +467,7 @@ async def test_missing_users_scope_turns_names_off_and_keeps_counts(sim: PachcaS
     with capture_logs() as logs:
         first = await source.collect()
         second = await source.collect()
-    expected = expected_tally(sim.reminders, [], NOW, DAY, pages=4)
+    expected = expected_tally(sim.reminders, [], NOW, DAY, pages=4, read_users=False)
     assert first == second == expected
     assert sim.count("/users") == 1 and not source.names_enabled
     assert len(events(logs, "pachca_user_names_off")) == 1
@@ -473,12 +477,12 @@ async def test_names_true_keeps_trying_and_keeps_the_last_good_names(sim: Pachca
                                                                      make_source: MakeSource) -> None:
     clock = Clock()
     source = make_source(performer_names=True, clock=clock)
-    good = (await source.collect()).user_names
+    good = (await source.collect()).users
     sim.tokens = {DEMO_TOKEN: frozenset({"tasks:read"})}
     clock.now += 3 * 3600  # names are due for a refresh
     with capture_logs() as logs:
         later = await source.collect()
-    assert later.user_names == good and source.names_enabled
+    assert later.users == good and source.names_enabled
     assert sim.count("/users") == 2 and events(logs, "pachca_user_names_failed")
 
 
@@ -489,13 +493,13 @@ async def test_users_server_error_never_fails_the_counts(sim: PachcaSimulator, m
     }
     source = make_source(transport=mock(lambda request: answers[request.url.path.removeprefix(PREFIX)]()))
     tally = await source.collect()
-    assert tally.total == 1 and tally.user_names == {}
+    assert tally.total == 1 and tally.users == () and tally.users_read_at is None
     assert source.last_calls == 1 + FAST.attempts
 
 
 async def test_names_false_never_asks(sim: PachcaSimulator, make_source: MakeSource) -> None:
     tally = await make_source(performer_names=False).collect()
-    assert tally.user_names == {} and sim.count("/users") == 0
+    assert tally.users == () and sim.count("/users") == 0
 
 
 # --- scheduler-facing surface -----------------------------------------------------------------------

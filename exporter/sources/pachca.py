@@ -4,6 +4,10 @@ Records are counted page by page and dropped; only counters (and the ids already
 cursor that loops back) live for the cycle. Enums are open (docs/api-notes.md#pachca-open-enums): an
 unknown kind, status or priority is kept as its own label value; a field of the wrong type costs only that
 field's contribution.
+
+The user directory (GET /users: names, departments, employee tags, e-mails) is the workspace's structure: it is
+walked every `structure_interval`, or sooner when a reminder names an unknown performer, and kept between
+reads, so a failed read costs nothing but freshness (docs/api-notes.md#org-pachca-users-department).
 """
 
 from __future__ import annotations
@@ -20,13 +24,13 @@ import structlog
 
 from exporter.config import PachcaConfig
 from exporter.errors import ApiError, SourceFailure
-from exporter.snapshot import ApiTelemetry, ReminderTally
+from exporter.people import normalize_email
+from exporter.snapshot import ApiTelemetry, PachcaUser, ReminderTally
 from exporter.sources.pachca_client import REQUESTS_PER_SECOND, PachcaClient, RetryPolicy, failure_reason
 
 UNKNOWN = "unknown"
 MAX_LABEL_LENGTH = 64
 USERS_PAGE_SIZE = 50
-NAMES_MAX_AGE = 3600.0  # re-read GET /users at least hourly (renames); sooner when a performer is new
 AUTH_HINTS = {
     "invalid_token": "the token is missing, unknown, expired or revoked; create one in Automations > API",
     "insufficient_scope": "the token lacks the tasks:read scope",
@@ -155,33 +159,53 @@ class TallyBuilder:
         elif due <= self.soon_until:
             self.due_soon[kind] += 1
 
-    def result(self, user_names: dict[int, str]) -> ReminderTally:
+    def result(self, users: tuple[PachcaUser, ...] = (), users_read_at: float | None = None) -> ReminderTally:
         oldest = self.now - self.oldest_due if self.oldest_due is not None else 0.0
         return ReminderTally(
             by_status=dict(self.by_status), overdue=dict(self.overdue), due_soon=dict(self.due_soon),
             without_due_date=dict(self.without_due_date), performer=dict(self.performer),
             performer_overdue=dict(self.performer_overdue), oldest_overdue_seconds=oldest,
-            total=self.total, pages=self.pages, user_names=user_names, malformed=self.malformed,
+            total=self.total, pages=self.pages, malformed=self.malformed, users=users, users_read_at=users_read_at,
         )
 
 
-def user_name(record: Any) -> tuple[int, str] | None:
-    """(id, "First Last") of a GET /users record, falling back to the nickname; None if unusable."""
-    if not isinstance(record, dict):
-        return None
-    uid = record.get("id")
-    if not isinstance(uid, int) or isinstance(uid, bool):
-        return None
+def user_name(record: dict[str, Any]) -> str:
+    """"First Last" of a GET /users record, falling back to the nickname; "" if it has neither."""
     parts = (record.get("first_name"), record.get("last_name"))
     name = " ".join(p.strip() for p in parts if isinstance(p, str) and p.strip())
     nickname = record.get("nickname")
     if not name and isinstance(nickname, str):
         name = nickname.strip()
-    return (uid, name) if name else None
+    return name
+
+
+def _text(value: Any) -> str:
+    """A nullable free-text field (department): "" when null, empty or not a string."""
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _tags(value: Any) -> tuple[str, ...]:
+    """`list_tags` (tag names, docs/api-notes.md#org-pachca-group-tags): distinct non-empty strings, in order."""
+    if not isinstance(value, list):
+        return ()
+    return tuple(dict.fromkeys(t.strip() for t in value if isinstance(t, str) and t.strip()))
+
+
+def pachca_user(record: Any, *, names: bool = True) -> PachcaUser | None:
+    """A GET /users record as a PachcaUser; None without a usable id. Nullable fields become "" (or no tags)."""
+    if not isinstance(record, dict):
+        return None
+    uid = record.get("id")
+    if not isinstance(uid, int) or isinstance(uid, bool):
+        return None
+    return PachcaUser(user_id=uid, name=user_name(record) if names else "",
+                      department=_text(record.get("department")), tags=_tags(record.get("list_tags")),
+                      email=normalize_email(record.get("email")), bot=record.get("bot") is True,
+                      suspended=record.get("suspended") is True)
 
 
 class PachcaSource:
-    """Collects one workspace. Keeps performer names across cycles so a failed GET /users costs nothing."""
+    """Collects one workspace. Keeps the user directory across cycles so a failed GET /users costs nothing."""
 
     source = "pachca"
 
@@ -196,9 +220,9 @@ class PachcaSource:
         self._clock = clock
         self._client = PachcaClient(config.base_url, config.token, telemetry, timeout=config.timeout,
                                     retry=retry, transport=transport, clock=clock)
-        self.names_enabled = config.performer_names is not False
-        self._names: dict[int, str] = {}
-        self._names_read_at: float | None = None
+        self.names_enabled = config.performer_names is not False  # whether GET /users is read at all
+        self._users: dict[int, PachcaUser] = {}
+        self._users_read_at: float | None = None
         self._unresolved: set[int] = set()  # performers the last GET /users did not know
 
     async def aclose(self) -> None:
@@ -227,8 +251,8 @@ class PachcaSource:
         if tally.malformed or tally.duplicates:
             log.warning("pachca_odd_records", workspace=self.target, malformed=tally.malformed,
                         duplicates=tally.duplicates)
-        names = {pid: self._names[pid] for pid in performers if pid in self._names}
-        return tally.result(names)
+        users = tuple(self._users[uid] for uid in sorted(self._users))
+        return tally.result(users, self._users_read_at)
 
     def _failure(self, exc: ApiError) -> SourceFailure:
         reason = failure_reason(exc)
@@ -237,30 +261,34 @@ class PachcaSource:
                       hint=AUTH_HINTS.get(exc.code, "the token may not read reminders"))
         return SourceFailure(reason, str(exc))
 
-    # --- performer names --------------------------------------------------------------------------
+    # --- the user directory: names, departments, tags, e-mails ----------------------------------------
 
     def _names_stale(self, performers: set[int]) -> bool:
-        if self._names_read_at is None or self._clock() - self._names_read_at >= NAMES_MAX_AGE:
+        """Due every `structure_interval`, and as soon as a reminder names a performer not read before."""
+        if self._users_read_at is None or self._clock() - self._users_read_at >= self.config.structure_interval:
             return True
-        return bool(performers - self._names.keys() - self._unresolved)
+        return bool(performers - self._users.keys() - self._unresolved)
 
     async def _read_names(self, performers: set[int]) -> None:
-        """GET /users into the name cache; any failure keeps the last good names and never fails the cycle."""
-        names: dict[int, str] = {}
+        """Walk GET /users into the directory; any failure keeps the last good one and never fails the cycle."""
+        users: dict[int, PachcaUser] = {}
         try:
             async with aclosing(self._client.walk("/users", limit=USERS_PAGE_SIZE,
                                                   max_pages=self.config.max_pages)) as pages:
                 async for records in pages:
-                    names.update(entry for entry in map(user_name, records) if entry is not None)
+                    for record in records:
+                        if (user := pachca_user(record, names=self.config.names)) is not None:
+                            users[user.user_id] = user
         except ApiError as exc:
             if exc.status in (401, 403) and self.config.performer_names is None:
                 self.names_enabled = False
-                log.warning("pachca_user_names_off", workspace=self.target, code=exc.code,
+                log.warning("pachca_user_names_off", workspace=self.target, code=exc.code, scope="users:read",
+                            off="performer names, departments, tags, people matching",
                             hint="the token lacks users:read; set performer_names: true to keep trying")
             else:
                 log.warning("pachca_user_names_failed", workspace=self.target, code=exc.code,
-                            detail=exc.message)
+                            detail=exc.message, kept_users=len(self._users))
             return
-        self._names = names
-        self._names_read_at = self._clock()
-        self._unresolved = performers - names.keys()
+        self._users = users
+        self._users_read_at = self._clock()
+        self._unresolved = performers - users.keys()
