@@ -73,6 +73,17 @@ WITH_DEPARTMENT_NAME = (" * on(portal, department_id) group_left(name) "
 IN_DEPARTMENT = f'max by (portal, user_id) (bitrix24_user_department{{{PORTAL}, department_id=~"$department"}})'
 GROUP_EXPIRED = (f'sum by (portal, group_id) (bitrix24_tasks{{{PORTAL}, group_id!="0", role=~"$role", '
                  'counter="expired"})')
+# One person across both tools: tasks_exporter_person_info, keyed for a join from either side. Its `person` is
+# unique per Bitrix24 user and per Pachca user, so each of these has one series per join key.
+PERSON = 'tasks_exporter_person_info{person=~"$person", portal=~"$portal", workspace=~"$workspace"}'
+PERSON_BY_B24_USER = (f'max by (portal, user_id, person) (label_replace({PERSON}, "user_id", "$1", '
+                      '"bitrix24_user_id", "(.+)"))')
+PERSON_BY_PERFORMER = (f'max by (workspace, performer_id, person) (label_replace({PERSON}, "performer_id", "$1", '
+                       '"pachca_user_id", "(.+)"))')
+ZERO_PER_PERSON = f"(0 * max by (person) ({PERSON}))"
+# Pachca employee tags (teams), keyed by performer_id for a join with the per-performer reminder counts.
+TEAM_TAGS = 'pachca_user_tag{workspace=~"$workspace", tag=~"$team"}'
+TEAM_MEMBERS = f'label_replace({TEAM_TAGS}, "performer_id", "$1", "user_id", "(.+)")'
 WITH_GROUP_NAME = (" * on(portal, group_id) group_left(name, kind) "
                    f"max by (portal, group_id, name, kind) (bitrix24_group_info{{{PORTAL}}})")
 REQUESTS = "tasks_exporter_api_requests_total"
@@ -207,7 +218,15 @@ def variables() -> list[Builder[dash_m.VariableModel]]:
                       "groups up).").all_value("0")
     workspace = (label_values("workspace", "workspace", "pachca_reminders", "Pachca workspaces (config names).")
                  .label("Workspace").multi(True).include_all(True).all_value(".*").current(ALL))
-    return [datasource, portal, department, workgroup, user, role, workspace]
+    team = (label_values("team", "tag", 'pachca_user_tag{workspace=~"$workspace"}',
+                         "Pachca employee tags (teams) from pachca_user_tag.")
+            .label("Team").multi(True).include_all(True).all_value(".*").current(ALL))
+    person = (label_values("person", "person",
+                           'tasks_exporter_person_info{portal=~"$portal", workspace=~"$workspace"}',
+                           "People matched across Bitrix24 and Pachca by the `people` section: the e-mail, or "
+                           "the Bitrix24 name with `label: name`.")
+              .label("Person").multi(True).include_all(True).all_value(".*").current(ALL))
+    return [datasource, portal, department, workgroup, user, role, workspace, team, person]
 
 
 # --- the organisation ------------------------------------------------------------------------------
@@ -238,7 +257,52 @@ def organisation_panels() -> list[Builder[Any]]:
                   .thresholds(steps((None, "green"), (10, "yellow"), (50, "red")))
                   .with_target(query(f"topk(15, {GROUP_EXPIRED}{WITH_GROUP_NAME})", "{{name}} ({{kind}})",
                                      instant=True)))
-    return [dash_b.Row("Organisation"), departments, people, workgroups]
+    return [dash_b.Row("Organisation"), departments, people, workgroups, *people_panels()]
+
+
+def b24_per_person(counter: str) -> str:
+    return (f"sum by (person) (sum by (portal, user_id) (bitrix24_tasks{{{PORTAL}, group_id=\"0\", role=~\"$role\", "
+            f"counter=\"{counter}\"}}) * on(portal, user_id) group_left(person) {PERSON_BY_B24_USER})")
+
+
+def people_panels() -> list[Builder[Any]]:
+    persons = (joined_table("People across Bitrix24 and Pachca", "One row per person matched by the `people` "
+                            "section (tasks_exporter_person_info): their Bitrix24 expired tasks and unread "
+                            "comments (all groups, the chosen role) next to their overdue Pachca reminders. A "
+                            "person without overdue reminders reads 0; a blank cell is a user the exporter "
+                            "does not read.", "person",
+                            {"A": "Bitrix24 overdue", "B": "Bitrix24 unread comments", "C": "Pachca overdue"},
+                            w=10, h=9)
+               .thresholds(steps((None, "text"), (1, "yellow"), (10, "red")))
+               .cell_options(common_m.TableColorTextCellOptions())
+               .sort_by([common_b.TableSortByFieldState().display_name("Bitrix24 overdue").desc(True)])
+               .with_target(query(b24_per_person("expired"), instant=True, as_table=True))
+               .with_target(query(b24_per_person("new_comments"), ref="B", instant=True, as_table=True))
+               .with_target(query(f"sum by (person) ({PERFORMER_OVERDUE} * on(workspace, performer_id) "
+                                  f"group_left(person) {PERSON_BY_PERFORMER}) or on(person) {ZERO_PER_PERSON}",
+                                  ref="C", instant=True, as_table=True)))
+    team_overdue = (f"sum by (tag) ({PERFORMER_OVERDUE} * on(workspace, performer_id) group_right {TEAM_MEMBERS}) "
+                    f"or on(tag) (0 * count by (tag) ({TEAM_TAGS}))")
+    # Bitrix24 expired tasks of each matched Pachca user, keyed like TEAM_MEMBERS.
+    b24_by_performer = (f"sum by (workspace, performer_id) ({PERSON_BY_PERFORMER} * on(person) group_left "
+                        f"{b24_per_person('expired')})")
+    teams = (joined_table("Pachca teams", "Each Pachca employee tag (list_tags, pachca_user_tag): how many "
+                          "people carry it, their overdue Pachca reminders, and the Bitrix24 expired tasks of "
+                          "those of them the `people` section matched (blank: nobody matched).", "tag",
+                          {"A": "People", "B": "Pachca overdue", "C": "Bitrix24 overdue"}, w=9, h=9)
+             .sort_by([common_b.TableSortByFieldState().display_name("Pachca overdue").desc(True)])
+             .with_target(query(f"count by (tag) ({TEAM_TAGS})", instant=True, as_table=True))
+             .with_target(query(team_overdue, ref="B", instant=True, as_table=True))
+             .with_target(query(f"sum by (tag) ({b24_by_performer} * on(workspace, performer_id) group_right "
+                                f"{TEAM_MEMBERS})", ref="C", instant=True, as_table=True)))
+    matched = (single("People matched", "Users of each portal and workspace pair by match state "
+                      "(tasks_exporter_people): matched, bitrix24_only, pachca_only, and ambiguous (an e-mail "
+                      "several users share). Many unmatched users mean differing e-mails in the two tools.",
+                      "short", w=5, h=9)
+               .thresholds(steps((None, "blue")))
+               .with_target(query(f"sum by (state) (tasks_exporter_people{{{PORTAL}, {WS}}})", "{{state}}",
+                                  instant=True)))
+    return [persons, teams, matched]
 
 
 # --- Bitrix24 -------------------------------------------------------------------------------------

@@ -38,8 +38,11 @@ def _panels(board: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def referenced_metric_names(expr: str) -> set[str]:
-    without_strings = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
-    return {name for name in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", without_strings) if name.startswith(PREFIXES)}
+    """Exporter metric names in a query: strings, label matchers and label lists (on(...), by (...)) left out."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    text = re.sub(r"\b(?:on|ignoring|by|without|group_left|group_right)\s*\([^)]*\)", " ", text)
+    text = re.sub(r"\{[^}]*\}", " ", text)
+    return {name for name in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", text) if name.startswith(PREFIXES)}
 
 
 def test_committed_json_is_what_the_generator_builds() -> None:
@@ -87,12 +90,16 @@ def test_rows_cover_bitrix24_pachca_and_exporter_health(board: dict[str, Any]) -
 
 def test_variables(board: dict[str, Any]) -> None:
     variables = {v["name"]: v for v in board["templating"]["list"]}
-    assert set(variables) == {"datasource", "portal", "department", "workgroup", "user", "role", "workspace"}
+    assert set(variables) == {"datasource", "portal", "department", "workgroup", "user", "role", "workspace",
+                              "team", "person"}
     assert variables["datasource"]["query"] == "prometheus"
     assert variables["portal"]["query"] == "label_values(bitrix24_user_info, portal)"
     assert variables["workspace"]["query"] == "label_values(pachca_reminders, workspace)"
     assert variables["role"]["query"].split(",") == ["all", "responsible", "accomplice", "auditor", "originator"]
-    for name in ("portal", "department", "workgroup", "user", "workspace"):
+    assert variables["team"]["query"] == 'label_values(pachca_user_tag{workspace=~"$workspace"}, tag)'
+    assert variables["person"]["query"].startswith("label_values(tasks_exporter_person_info{")
+    assert variables["person"]["query"].endswith("}, person)")
+    for name in ("portal", "department", "workgroup", "user", "workspace", "team", "person"):
         assert variables[name]["multi"] and variables[name]["includeAll"], name
         assert variables[name]["allValue"] == ("0" if name == "workgroup" else ".*"), name
 
@@ -207,19 +214,43 @@ def _company_series() -> list[dict[str, str]]:
         for user_id, expired in members:
             series.append({"series": f'bitrix24_tasks{{{job}, user_id="{user_id}", group_id="{group_id}", '
                                      'role="all", counter="expired"}', "values": f"{expired}x5"})
+    return series + _people_series()
+
+
+# Two people in both tools: anna (Bitrix24 user 2; Pachca user 12 in `team`, tags Backend and On-call, and
+# user 7 in `ops`) and boris (Bitrix24 user 3; Pachca user 13, tag Backend, nothing overdue). Pachca user 14
+# (tag Design) and Bitrix24 user 4 are matched with nobody.
+PEOPLE = (("anna@example.com", "2", "team", "12"), ("anna@example.com", "2", "ops", "7"),
+          ("boris@example.com", "3", "team", "13"))
+TAGS = (("team", "12", "Backend"), ("team", "12", "On-call"), ("team", "13", "Backend"), ("team", "14", "Design"))
+OVERDUE_REMINDERS = (("team", "12", 4), ("ops", "7", 1), ("team", "14", 6))
+
+
+def _people_series() -> list[dict[str, str]]:
+    job = 'job="tasks-exporter", instance="x:9866"'
+    series = [{"series": f'tasks_exporter_person_info{{{job}, person="{person}", portal="main", '
+                         f'bitrix24_user_id="{b24}", workspace="{ws}", pachca_user_id="{pachca}"}}', "values": "1x5"}
+              for person, b24, ws, pachca in PEOPLE]
+    series += [{"series": f'pachca_user_tag{{{job}, workspace="{ws}", user_id="{uid}", tag="{tag}"}}',
+                "values": "1x5"} for ws, uid, tag in TAGS]
+    series += [{"series": f'pachca_performer_reminders_overdue{{{job}, workspace="{ws}", performer_id="{uid}"}}',
+                "values": f"{n}x5"} for ws, uid, n in OVERDUE_REMINDERS]
+    series += [{"series": f'tasks_exporter_people{{{job}, portal="main", workspace="{ws}", state="{state}"}}',
+                "values": f"{n}x5"} for ws, state, n in (("team", "matched", 2), ("ops", "matched", 1),
+                                                         ("team", "pachca_only", 1), ("ops", "bitrix24_only", 3))]
     return series
 
 
 def _expect(board: dict[str, Any], title: str, values: dict[str, str],
-            samples: list[tuple[dict[str, str], float]]) -> dict[str, Any]:
-    (expr,) = [expr for t, _, expr in generator.panel_queries(board) if t == title]
+            samples: list[tuple[dict[str, str], float]], ref: str = "A") -> dict[str, Any]:
+    (expr,) = [expr for t, r, expr in generator.panel_queries(board) if (t, r) == (title, ref)]
     return {"expr": generator.concrete(expr, values), "eval_time": "2m",
             "exp_samples": [{"labels": "{" + ", ".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}",
                              "value": value} for labels, value in samples]}
 
 
 @pytest.mark.integration
-def test_organisation_queries_count_subtrees_and_name_them(board: dict[str, Any], tmp_path: Path) -> None:
+def test_organisation_queries_count_subtrees_teams_and_people(board: dict[str, Any], tmp_path: Path) -> None:
     main = {"portal": "main"}
     tests = [
         _expect(board, "Departments by overdue tasks", {}, [
@@ -237,6 +268,22 @@ def test_organisation_queries_count_subtrees_and_name_them(board: dict[str, Any]
         _expect(board, "Workgroups by overdue tasks", {}, [
             ({**main, "group_id": "1", "name": "Sales team", "kind": "group"}, 6),
             ({**main, "group_id": "2", "name": "Website", "kind": "project"}, 1)]),
+    ]
+    anna, boris = {"person": "anna@example.com"}, {"person": "boris@example.com"}
+    both = "People across Bitrix24 and Pachca"
+    tests += [
+        _expect(board, both, {}, [(anna, 3), (boris, 5)], ref="A"),
+        _expect(board, both, {}, [(anna, 20), (boris, 30)], ref="B"),
+        _expect(board, both, {}, [(anna, 5), (boris, 0)], ref="C"),  # anna: both workspaces
+        _expect(board, both, {"person": "boris@example.com"}, [(boris, 0)], ref="C"),
+        _expect(board, "Pachca teams", {}, [({"tag": "Backend"}, 2), ({"tag": "On-call"}, 1),
+                                            ({"tag": "Design"}, 1)], ref="A"),
+        _expect(board, "Pachca teams", {}, [({"tag": "Backend"}, 4), ({"tag": "On-call"}, 4),
+                                            ({"tag": "Design"}, 6)], ref="B"),
+        _expect(board, "Pachca teams", {}, [({"tag": "Backend"}, 8), ({"tag": "On-call"}, 3)], ref="C"),
+        _expect(board, "Pachca teams", {"team": "On-call"}, [({"tag": "On-call"}, 3)], ref="C"),
+        _expect(board, "People matched", {}, [({"state": "matched"}, 3), ({"state": "pachca_only"}, 1),
+                                              ({"state": "bitrix24_only"}, 3)]),
     ]
     path = tmp_path / "organisation_test.yml"
     path.write_text(yaml.safe_dump({"rule_files": [], "evaluation_interval": "1m", "tests": [
