@@ -58,6 +58,7 @@ ZERO_PER_TARGET = "(0 * max by (source, target) (tasks_exporter_source_up))"
 ZERO_PER_WORKSPACE = f"(0 * max by (workspace) (pachca_reminder_oldest_overdue_seconds{{{WS}}}))"
 ZERO_PER_PORTAL = '(0 * max by (portal) (bitrix24_users{portal=~"$portal"}))'
 RATE = "[$__rate_interval]"
+REQUESTS = "tasks_exporter_api_requests_total"
 
 # The organisation view. A department's subtree is one selector: bitrix24_user_department has a series for each
 # of a user's own departments and for every department above them, so joining a per-user vector to it and
@@ -73,8 +74,10 @@ WITH_DEPARTMENT_NAME = (" * on(portal, department_id) group_left(name) "
 IN_DEPARTMENT = f'max by (portal, user_id) (bitrix24_user_department{{{PORTAL}, department_id=~"$department"}})'
 GROUP_EXPIRED = (f'sum by (portal, group_id) (bitrix24_tasks{{{PORTAL}, group_id!="0", role=~"$role", '
                  'counter="expired"})')
-# One person across both tools: tasks_exporter_person_info, keyed for a join from either side. Its `person` is
-# unique per Bitrix24 user and per Pachca user, so each of these has one series per join key.
+WITH_GROUP_NAME = (" * on(portal, group_id) group_left(name, kind) "
+                   f"max by (portal, group_id, name, kind) (bitrix24_group_info{{{PORTAL}}})")
+# One person across both tools: tasks_exporter_person_info, keyed for a join from either side. The per-user and
+# per-performer vectors are always the "one" side of those joins, so a user matched in several pairs still works.
 PERSON = 'tasks_exporter_person_info{person=~"$person", portal=~"$portal", workspace=~"$workspace"}'
 PERSON_BY_B24_USER = (f'max by (portal, user_id, person) (label_replace({PERSON}, "user_id", "$1", '
                       '"bitrix24_user_id", "(.+)"))')
@@ -84,9 +87,6 @@ ZERO_PER_PERSON = f"(0 * max by (person) ({PERSON}))"
 # Pachca employee tags (teams), keyed by performer_id for a join with the per-performer reminder counts.
 TEAM_TAGS = 'pachca_user_tag{workspace=~"$workspace", tag=~"$team"}'
 TEAM_MEMBERS = f'label_replace({TEAM_TAGS}, "performer_id", "$1", "user_id", "(.+)")'
-WITH_GROUP_NAME = (" * on(portal, group_id) group_left(name, kind) "
-                   f"max by (portal, group_id, name, kind) (bitrix24_group_info{{{PORTAL}}})")
-REQUESTS = "tasks_exporter_api_requests_total"
 
 
 # --- small builders -------------------------------------------------------------------------------
@@ -261,8 +261,8 @@ def organisation_panels() -> list[Builder[Any]]:
 
 
 def b24_per_person(counter: str) -> str:
-    return (f"sum by (person) (sum by (portal, user_id) (bitrix24_tasks{{{PORTAL}, group_id=\"0\", role=~\"$role\", "
-            f"counter=\"{counter}\"}}) * on(portal, user_id) group_left(person) {PERSON_BY_B24_USER})")
+    return (f"sum by (person) ({PERSON_BY_B24_USER} * on(portal, user_id) group_left sum by (portal, user_id) "
+            f"(bitrix24_tasks{{{PORTAL}, group_id=\"0\", role=~\"$role\", counter=\"{counter}\"}}))")
 
 
 def people_panels() -> list[Builder[Any]]:
@@ -278,8 +278,8 @@ def people_panels() -> list[Builder[Any]]:
                .sort_by([common_b.TableSortByFieldState().display_name("Bitrix24 overdue").desc(True)])
                .with_target(query(b24_per_person("expired"), instant=True, as_table=True))
                .with_target(query(b24_per_person("new_comments"), ref="B", instant=True, as_table=True))
-               .with_target(query(f"sum by (person) ({PERFORMER_OVERDUE} * on(workspace, performer_id) "
-                                  f"group_left(person) {PERSON_BY_PERFORMER}) or on(person) {ZERO_PER_PERSON}",
+               .with_target(query(f"sum by (person) ({PERSON_BY_PERFORMER} * on(workspace, performer_id) "
+                                  f"group_left {PERFORMER_OVERDUE}) or on(person) {ZERO_PER_PERSON}",
                                   ref="C", instant=True, as_table=True)))
     team_overdue = (f"sum by (tag) ({PERFORMER_OVERDUE} * on(workspace, performer_id) group_right {TEAM_MEMBERS}) "
                     f"or on(tag) (0 * count by (tag) ({TEAM_TAGS}))")

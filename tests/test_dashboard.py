@@ -217,20 +217,22 @@ def _company_series() -> list[dict[str, str]]:
     return series + _people_series()
 
 
-# Two people in both tools: anna (Bitrix24 user 2; Pachca user 12 in `team`, tags Backend and On-call, and
-# user 7 in `ops`) and boris (Bitrix24 user 3; Pachca user 13, tag Backend, nothing overdue). Pachca user 14
-# (tag Design) and Bitrix24 user 4 are matched with nobody.
-PEOPLE = (("anna@example.com", "2", "team", "12"), ("anna@example.com", "2", "ops", "7"),
-          ("boris@example.com", "3", "team", "13"))
+# People in both tools: anna (Bitrix24 user 2; Pachca user 12 in `team`, tags Backend and On-call, and user 7
+# in `ops`) and boris (Bitrix24 user 3; Pachca user 13, tag Backend, nothing overdue). Pachca user 15 is matched
+# from two portals under two names (`label: name`), so one performer is two persons. Pachca user 14 (tag
+# Design) and Bitrix24 user 4 are matched with nobody.
+PEOPLE = (("anna@example.com", "main", "2", "team", "12"), ("anna@example.com", "main", "2", "ops", "7"),
+          ("boris@example.com", "main", "3", "team", "13"), ("Carol Ivanova", "main", "5", "team", "15"),
+          ("Carol I.", "second", "5", "team", "15"))
 TAGS = (("team", "12", "Backend"), ("team", "12", "On-call"), ("team", "13", "Backend"), ("team", "14", "Design"))
-OVERDUE_REMINDERS = (("team", "12", 4), ("ops", "7", 1), ("team", "14", 6))
+OVERDUE_REMINDERS = (("team", "12", 4), ("ops", "7", 1), ("team", "14", 6), ("team", "15", 2))
 
 
 def _people_series() -> list[dict[str, str]]:
     job = 'job="tasks-exporter", instance="x:9866"'
-    series = [{"series": f'tasks_exporter_person_info{{{job}, person="{person}", portal="main", '
+    series = [{"series": f'tasks_exporter_person_info{{{job}, person="{person}", portal="{portal}", '
                          f'bitrix24_user_id="{b24}", workspace="{ws}", pachca_user_id="{pachca}"}}', "values": "1x5"}
-              for person, b24, ws, pachca in PEOPLE]
+              for person, portal, b24, ws, pachca in PEOPLE]
     series += [{"series": f'pachca_user_tag{{{job}, workspace="{ws}", user_id="{uid}", tag="{tag}"}}',
                 "values": "1x5"} for ws, uid, tag in TAGS]
     series += [{"series": f'pachca_performer_reminders_overdue{{{job}, workspace="{ws}", performer_id="{uid}"}}',
@@ -274,7 +276,8 @@ def test_organisation_queries_count_subtrees_teams_and_people(board: dict[str, A
     tests += [
         _expect(board, both, {}, [(anna, 3), (boris, 5)], ref="A"),
         _expect(board, both, {}, [(anna, 20), (boris, 30)], ref="B"),
-        _expect(board, both, {}, [(anna, 5), (boris, 0)], ref="C"),  # anna: both workspaces
+        _expect(board, both, {}, [(anna, 5), (boris, 0), ({"person": "Carol Ivanova"}, 2),
+                                  ({"person": "Carol I."}, 2)], ref="C"),  # anna: both workspaces
         _expect(board, both, {"person": "boris@example.com"}, [(boris, 0)], ref="C"),
         _expect(board, "Pachca teams", {}, [({"tag": "Backend"}, 2), ({"tag": "On-call"}, 1),
                                             ({"tag": "Design"}, 1)], ref="A"),
