@@ -191,8 +191,7 @@ def named(name: str, label: str, expr: str, regex: str, description: str) -> das
     """A variable listing each series of `expr` by its `name` label, with an id label as the value."""
     return (dash_b.QueryVariable(name).label(label).datasource(DATASOURCE).query(expr).definition(expr)
             .regex(regex).refresh(dash_m.VariableRefresh.ON_TIME_RANGE_CHANGED)
-            .sort(dash_m.VariableSort.ALPHABETICAL_CASE_INSENSITIVE_ASC).multi(True).include_all(True)
-            .current(ALL).description(description))
+            .sort(dash_m.VariableSort.ALPHABETICAL_CASE_INSENSITIVE_ASC).multi(True).description(description))
 
 
 def variables() -> list[Builder[dash_m.VariableModel]]:
@@ -209,13 +208,17 @@ def variables() -> list[Builder[dash_m.VariableModel]]:
     role = (dash_b.CustomVariable("role").label("Role").values("all,responsible,accomplice,auditor,originator")
             .current(dash_m.VariableOption(text="all", value="all"))
             .description("Role the Bitrix24 counters are read for; `all` is every role together."))
+    # No "All" department: the top department (the whole company) is one of the options, and selecting it
+    # reads one bitrix24_user_department series per user instead of every user's whole chain.
     department = named("department", "Department", DEPARTMENT_QUERY, DEPARTMENT_REGEX,
                        "Bitrix24 departments by name (bitrix24_department_info); the value is the department_id. "
-                       "A department includes every department below it.").all_value(".*")
-    workgroup = named("workgroup", "Workgroup", WORKGROUP_QUERY, WORKGROUP_REGEX,
-                      "Bitrix24 workgroups and projects by name (bitrix24_group_info); the value is the group_id. "
-                      "All is group_id 0, the counters Bitrix24 reports for all groups together (do not add "
-                      "groups up).").all_value("0")
+                       "A department includes every department below it: pick the top one for the whole "
+                       "company.")
+    workgroup = (named("workgroup", "Workgroup", WORKGROUP_QUERY, WORKGROUP_REGEX,
+                       "Bitrix24 workgroups and projects by name (bitrix24_group_info); the value is the group_id. "
+                       "All is group_id 0, the counters Bitrix24 reports for all groups together (do not add "
+                       "groups up).")
+                 .include_all(True).all_value("0").current(ALL))
     workspace = (label_values("workspace", "workspace", "pachca_reminders", "Pachca workspaces (config names).")
                  .label("Workspace").multi(True).include_all(True).all_value(".*").current(ALL))
     team = (label_values("team", "tag", 'pachca_user_tag{workspace=~"$workspace"}',

@@ -99,9 +99,11 @@ def test_variables(board: dict[str, Any]) -> None:
     assert variables["team"]["query"] == 'label_values(pachca_user_tag{workspace=~"$workspace"}, tag)'
     assert variables["person"]["query"].startswith("label_values(tasks_exporter_person_info{")
     assert variables["person"]["query"].endswith("}, person)")
-    for name in ("portal", "department", "workgroup", "user", "workspace", "team", "person"):
+    for name in ("portal", "workgroup", "user", "workspace", "team", "person"):
         assert variables[name]["multi"] and variables[name]["includeAll"], name
         assert variables[name]["allValue"] == ("0" if name == "workgroup" else ".*"), name
+    # a department is picked by name; the top one is the whole company, so there is no costly "All"
+    assert variables["department"]["multi"] and not variables["department"].get("includeAll")
 
 
 def _option(board: dict[str, Any], name: str, rendered: str) -> tuple[str, str]:
