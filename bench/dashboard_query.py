@@ -168,12 +168,13 @@ class Prometheus:
         result = self.client.get(f"{self.api}/query", params={"query": expr}).json()["data"]["result"]
         return sorted(series["metric"][label] for series in result)
 
-    def timed(self, expr: str, instant: bool, at: float, start: float, step: int) -> tuple[float, int]:
-        """(wall seconds, series) of one query as Grafana sends it: instant at `at`, or a range up to `at`."""
+    def timed(self, expr: str, instant: bool, at: float, span: float, step: int) -> tuple[float, int]:
+        """(wall seconds, series) of one query as Grafana sends it: instant at `at`, or the `span` up to `at`."""
         if instant:
             path, params = "query", {"query": expr, "time": f"{at:.3f}"}
         else:
-            path, params = "query_range", {"query": expr, "start": f"{start:.3f}", "end": f"{at:.3f}", "step": step}
+            path, params = "query_range", {"query": expr, "start": f"{at - span:.3f}", "end": f"{at:.3f}",
+                                           "step": step}
         began = time.perf_counter()
         response = self.client.get(f"{self.api}/{path}", params=params)
         wall = time.perf_counter() - began
@@ -282,6 +283,7 @@ def _run(plan: Plan, prometheus: Prometheus) -> dict[str, Any]:
     references = [PanelQuery(name, "-", expr, True) for name, expr in REFERENCE]
     now = time.time()
     times = [now - k * plan.scrape_interval for k in range(plan.evaluations)]
+    span = plan.scrapes * plan.scrape_interval  # of a range query: the last `scrapes` scrapes before its end
     progress(f"timing {len(queries)} queries x {plan.runs} runs")
     timed = [*queries, *references]
     walls: list[list[float]] = [[] for _ in timed]
@@ -289,13 +291,13 @@ def _run(plan: Plan, prometheus: Prometheus) -> dict[str, Any]:
     for run in range(plan.runs):
         at = times[run % len(times)]
         for i, q in enumerate(timed):
-            wall, found = prometheus.timed(q.expr, q.instant, at, start, plan.scrape_interval)
+            wall, found = prometheus.timed(q.expr, q.instant, at, span, plan.scrape_interval)
             walls[i].append(wall)
             series[i] = max(series[i], found)
     selected = [prometheus.value(q.expr) or 0.0 for q in references]
     return {"plan": plan, "panels": list(zip(queries, walls, series, strict=False)),
             "references": list(zip(references, walls[len(queries):], selected, strict=True)),
-            "stored": stored, "window_s": now - start, "rules": _rule_times(prometheus), "top": top}
+            "stored": stored, "window_s": now - start, "span_s": span, "rules": _rule_times(prometheus), "top": top}
 
 
 def _rule_times(prometheus: Prometheus) -> list[tuple[str, float]]:
@@ -339,9 +341,9 @@ def report(result: dict[str, Any], command: str) -> str:
                "parsed JSON answer",
                "variables at the dashboard's defaults (All; role all; workgroup All = group 0) except the "
                f"department: the top one (id {', '.join(result['top'])}, the whole company), its heaviest choice; "
-               f"$__rate_interval = {4 * plan.scrape_interval}s; range queries span the {result['window_s']:.0f} s "
-               f"of stored data at a {every} step (a 6-hour range costs more on those panels; none of the "
-               "organisation panels is a range query)",
+               f"$__rate_interval = {4 * plan.scrape_interval}s; range queries span {result['span_s']} s at a {every} "
+               "step (a 6-hour range costs more on those panels; none of the organisation panels is a range "
+               "query)",
                "rate limits off in both simulators and in the exporter's client bucket, and one cycle of each "
                "source: this measures the queries, not the collection (at the real 2 req/s a 5,000-user cycle "
                "takes ~4 minutes, see the Bitrix24 table)",
