@@ -172,23 +172,23 @@ def pachca_main(conn: Connection, run: WorkspaceRun) -> None:
 
 async def _pachca(conn: Connection, run: WorkspaceRun) -> None:
     from exporter.config import PachcaConfig, Secret
-    from exporter.snapshot import SourceKey, Store
     from exporter.sources.pachca import PachcaSource
 
     config = PachcaConfig(name="bench", token=Secret(run.token), base_url=run.base_url)
-    source = PachcaSource(config, Store().register(SourceKey("pachca", "bench"), config.interval))
+    source = PachcaSource(config)
     conn.send({"ready": True})
     if await next_message(conn) != "go":
         return
     if run.trace:
         tracemalloc.start()
     started = time.perf_counter()
-    tally = await source.collect()
+    cycle = await source.collect()
+    tally = cycle.data
     wall = time.perf_counter() - started
     peak = tracemalloc.get_traced_memory()[1] if run.trace else 0
     tracemalloc.stop()
     await source.aclose()
-    result: dict[str, Any] = {"wall": wall, "calls": source.last_calls, "pages": tally.pages,
+    result: dict[str, Any] = {"wall": wall, "calls": cycle.calls, "pages": tally.pages,
                               "total": tally.total, "peak_mb": peak / 2**20}
     conn.send(result)
     await next_message(conn)

@@ -45,26 +45,26 @@ async def profile(webhook: str) -> None:
     from exporter.collector import SnapshotCollector
     from exporter.config import Bitrix24Config, RateLimit, Secret
     from exporter.exposition import Exposition
-    from exporter.snapshot import SourceKey, Store
+    from exporter.snapshot import Store
     from exporter.sources.bitrix24 import Bitrix24Source
     steps.end("imports (exporter, aiohttp, httpx, prometheus_client)")
 
-    store, key = Store(), SourceKey("bitrix24", "profile")
+    store = Store()
     exposition = Exposition(SnapshotCollector(store).snapshot_families)
     config = Bitrix24Config(name="profile", webhook_url=Secret(webhook), rate_limit=RateLimit(1e6, 10**6))
-    source = Bitrix24Source(config, store.register(key, config.interval))
+    source = Bitrix24Source(config)
+    key = store.register(source)
     at_peak: list[Any] = []
     fold = source._fold  # wrapped: to look at the cycle when all its answers are folded in
 
-    async def looked_at(queries: Any, indexes: Any, read: Any, hidden: Any) -> Any:
-        errors = await fold(queries, indexes, read, hidden)
+    async def looked_at(counters: Any, indexes: Any) -> None:
+        await fold(counters, indexes)
         at_peak.append(tracemalloc.take_snapshot())
-        return errors
 
     source._fold = looked_at  # type: ignore[method-assign]
     for name in ("first cycle", "second cycle (the first snapshot is still served meanwhile)"):
         steps.begin()
-        store.succeeded(key, await source.collect(), 1.0)
+        store.succeeded(key, (await source.collect()).data, 1.0)
         await asyncio.sleep(0)
         steps.end(name)
         steps.begin()

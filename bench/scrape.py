@@ -15,6 +15,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from types import SimpleNamespace
 from typing import Any
 
 from procs import next_message, run_child
@@ -54,12 +55,11 @@ async def _exporter(conn: Connection, series: int) -> None:
     from exporter.exposition import Exposition
     from exporter.server import build_app
     from exporter.simulator import serve
-    from exporter.snapshot import SourceKey, Store
+    from exporter.snapshot import ApiTelemetry, Store
 
     store = Store()
     exposition = Exposition(SnapshotCollector(store).snapshot_families)
-    key = SourceKey("bitrix24", "big")
-    store.register(key, 60.0)
+    key = store.register(SimpleNamespace(source="bitrix24", target="big", interval=60.0, telemetry=ApiTelemetry()))
     store.succeeded(key, big_snapshot(series), 1.0)
     started = time.perf_counter()
     exposition.render_now()
@@ -103,11 +103,11 @@ class _LiveCycle:
     def start(self, webhook: str) -> None:
         from exporter.config import Bitrix24Config, Secret
         from exporter.scheduler import SourceLoop
-        from exporter.snapshot import SourceKey
         from exporter.sources.bitrix24 import Bitrix24Source
 
         config = Bitrix24Config(name="live", webhook_url=Secret(webhook), interval=3600.0)
-        source = Bitrix24Source(config, self.store.register(SourceKey("bitrix24", "live"), config.interval))
+        source = Bitrix24Source(config)
+        self.store.register(source)
         self.loop = SourceLoop(source, self.store)
         self.task = asyncio.get_running_loop().create_task(self.loop.run(self.stopping))
 

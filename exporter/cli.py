@@ -75,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"config error: {problem}", file=sys.stderr)
         return 2
+    for warning in web_config.warnings if web_config else ():
+        logger.warning("web_config_warning", detail=warning)
     if config is not None:
         for warning in config.warnings:
             logger.warning("config_warning", detail=warning)
@@ -82,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.warning("no_sources", detail="the config has neither bitrix24 nor pachca; serving self-metrics only")
     host, port = args.listen
     try:
-        asyncio.run(_serve(config, host, port, web_config))
+        asyncio.run(_serve(config, args.config, host, port, web_config))
     except ListenError as exc:
         logger.error("cannot_listen", address=exc.address, detail=exc.detail)
         return 1
@@ -94,22 +96,82 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-async def _serve(config: Config | None, host: str, port: int, web_config: WebConfig | None) -> None:
+# What each signal does; every one received is logged as `signal_received`. SIGKILL and SIGSTOP cannot be
+# caught; SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTRAP and SIGSYS report a crash, not a request.
+RELOAD_SIGNALS = ("SIGHUP",)
+# nothing in the exporter uses these; their default action would end it, and a stray kill must not stop
+# the monitoring
+IGNORED_SIGNALS = ("SIGUSR1", "SIGUSR2")
+# the rest of those whose default action ends a process, real-time signals included
+SHUTDOWN_SIGNALS = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGALRM", "SIGVTALRM", "SIGPROF", "SIGIO", "SIGPWR",
+                    "SIGXCPU", "SIGXFSZ", "SIGSTKFLT")
+
+
+def _signals(names: Sequence[str]) -> list[int]:
+    return [int(getattr(signal, name)) for name in names if hasattr(signal, name)]
+
+
+def _signal_name(number: int) -> str:
+    if hasattr(signal, "SIGRTMIN") and signal.SIGRTMIN < number <= signal.SIGRTMAX:
+        return f"SIGRTMIN+{number - signal.SIGRTMIN}"
+    return signal.Signals(number).name
+
+
+class _Signals:
+    """Turns signals into a clean shutdown, a reload or nothing, and logs each one."""
+
+    def __init__(self, stop: asyncio.Event) -> None:
+        self.stop = stop
+        self.exporter: Exporter | None = None
+        self._reloads: set[asyncio.Task[list[str]]] = set()
+
+    def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        realtime = list(range(signal.SIGRTMIN, signal.SIGRTMAX + 1)) if hasattr(signal, "SIGRTMIN") else []
+        for number in _signals(SHUTDOWN_SIGNALS) + realtime:
+            loop.add_signal_handler(number, self._shutdown, number)
+        for number in _signals(RELOAD_SIGNALS):
+            loop.add_signal_handler(number, self._reload, number)
+        for number in _signals(IGNORED_SIGNALS):
+            loop.add_signal_handler(number, self._ignore, number)
+
+    def _shutdown(self, number: int) -> None:
+        structlog.get_logger().info("signal_received", signal=_signal_name(number), action="shutdown")
+        self.stop.set()
+
+    def _reload(self, number: int) -> None:
+        exporter = self.exporter
+        if exporter is None or self.stop.is_set():
+            structlog.get_logger().info("signal_received", signal=_signal_name(number), action="ignored",
+                                        reason="not serving (starting or stopping)")
+            return
+        structlog.get_logger().info("signal_received", signal=_signal_name(number), action="reload")
+        task = asyncio.get_running_loop().create_task(exporter.reload("signal"))
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    def _ignore(self, number: int) -> None:
+        structlog.get_logger().info("signal_received", signal=_signal_name(number), action="ignored",
+                                    reason="the exporter has no use for it")
+
+
+async def _serve(config: Config | None, config_file: str | None, host: str, port: int,
+                 web_config: WebConfig | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(log.log_loop_exception)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    signals = _Signals(stop)
+    signals.install(loop)
     if config is None:
         from exporter.demo import demo_config
 
         async with demo_config() as config:
-            await _run(config, host, port, web_config, stop)
+            await _run(Exporter(config, host, port, web_config), signals)
     else:
-        await _run(config, host, port, web_config, stop)
+        await _run(Exporter(config, host, port, web_config, config_file=config_file), signals)
 
 
-async def _run(config: Config, host: str, port: int, web_config: WebConfig | None, stop: asyncio.Event) -> None:
-    async with Exporter(config, host, port, web_config):
-        await stop.wait()
+async def _run(exporter: Exporter, signals: _Signals) -> None:
+    async with exporter:
+        signals.exporter = exporter
+        await signals.stop.wait()
         structlog.get_logger().info("shutting_down")

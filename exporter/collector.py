@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import platform
 import threading
+import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import get_args
 
 import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -20,6 +22,7 @@ from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.config import PeopleConfig
+from exporter.errors import FailureReason
 from exporter.org import StructureStatus
 from exporter.people import PeopleMatch, match_by_email
 from exporter.render import Family, Row
@@ -27,8 +30,7 @@ from exporter.snapshot import PortalSnapshot, ReminderTally, SourceKey, SourceSt
 
 log = structlog.get_logger()
 
-FAILURE_REASONS = ("auth", "rate_limited", "server_error", "timeout", "network_error", "invalid_response",
-                   "api_error", "deadline", "internal")
+FAILURE_REASONS: tuple[FailureReason, ...] = get_args(FailureReason)  # every one exported from the start
 
 
 @dataclass(slots=True)
@@ -40,13 +42,26 @@ class ExporterFaults:
     handler_failures: int = 0
 
 
+@dataclass(slots=True)
+class ConfigReloads:
+    """How the latest load of the config went (start-up is a successful one); set by exporter/reload.py."""
+
+    successful: bool = True
+    success_timestamp: float = field(default_factory=time.time)
+
+
 class SnapshotCollector(Collector):
     """Every metric of the exporter from the current store contents."""
 
-    def __init__(self, store: Store, faults: ExporterFaults | None = None, *,
-                 people: PeopleConfig | None = None) -> None:
+    def __init__(self, store: Store, faults: ExporterFaults | None = None,
+                 reloads: ConfigReloads | None = None, *, people: PeopleConfig | None = None) -> None:
         self._store = store
         self._faults = faults or ExporterFaults()
+        self._reloads = reloads or ConfigReloads()
+        self._people = PeopleFamilies(people)
+
+    def use_people(self, people: PeopleConfig | None) -> None:
+        """A reload changed the `people:` section: the next render joins by it."""
         self._people = PeopleFamilies(people)
 
     def families(self) -> Iterator[Family]:
@@ -72,10 +87,11 @@ class SnapshotCollector(Collector):
         yield info
 
     def live_families(self) -> Iterator[Family]:
-        """API traffic, which moves during a cycle (one can last minutes), and the exporter's own faults
-        (a failing snapshot render must still be counted): small, rendered per scrape."""
+        """API traffic, which moves during a cycle (one can last minutes), the exporter's own faults
+        (a failing snapshot render must still be counted) and its config reloads: small, rendered per scrape."""
         yield from _api_traffic(self._store)
         yield from _faults(self._faults)
+        yield from _reloads(self._reloads)
 
     def collect(self) -> Iterator[Metric]:
         """The same families as prometheus_client objects, for registering in a CollectorRegistry."""
@@ -361,7 +377,8 @@ def _structure_health(statuses: list[tuple[SourceKey, StructureStatus]]) -> Iter
         up.add_metric(base, 1 if status.up else 0)
         if status.last_success is not None:
             last.add_metric(base, status.last_success)
-        for reason, n in sorted({**dict.fromkeys(FAILURE_REASONS, 0), **status.failures}.items()):
+        counts: dict[str, int] = {**dict.fromkeys(FAILURE_REASONS, 0), **status.failures}
+        for reason, n in sorted(counts.items()):
             failures.add_metric([*base, reason], n)
     yield from (up, last, failures)
 
@@ -406,3 +423,15 @@ def _faults(faults: ExporterFaults) -> Iterator[Family]:
                               "request_failed).", labels=[])
     handlers.add_metric([], faults.handler_failures)
     yield from (renders, handlers)
+
+
+def _reloads(reloads: ConfigReloads) -> Iterator[Family]:
+    """Named as Prometheus names its own, e.g. `tasks_exporter_config_last_reload_successful 1.0`."""
+    successful = Family.gauge("tasks_exporter_config_last_reload_successful",
+                             "1 when the latest config reload (SIGHUP or POST /-/reload) succeeded; start-up "
+                             "counts as one.", labels=[])
+    successful.add_metric([], 1 if reloads.successful else 0)
+    at = Family.gauge("tasks_exporter_config_last_reload_success_timestamp_seconds",
+                     "Unix time of the latest successful config load (start-up or reload).", labels=[])
+    at.add_metric([], reloads.success_timestamp)
+    yield from (successful, at)

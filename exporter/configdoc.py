@@ -26,7 +26,9 @@ out. A nested key is written here with dots: `rate_limit.burst` is `burst` insid
 _WEB = """
 ## Web config file (`--web.config.file`)
 
-The Prometheus exporter-toolkit format. Strings are taken literally (no `${VAR}`).
+The Prometheus exporter-toolkit format. Strings are taken literally (no `${VAR}`); relative paths are taken
+from the web config's folder. The file, and every file it names, is read again when it changes (checked at
+each new connection and request), so a renewed certificate is served without a restart.
 """
 
 

@@ -41,6 +41,12 @@ class LeakyBucket:
                 await asyncio.sleep(delay)
                 waited += delay
 
+    def take_over(self, previous: LeakyBucket) -> None:
+        """Continue from the level of the bucket this one replaces (a config reload replaced the client of
+        the same portal): the portal has seen those requests, so the new client must not spend them again."""
+        self._drain()
+        self._level = max(self._level, previous.level)
+
     def saturate(self) -> None:
         """The server said we are over its limit (someone else shares the bucket): assume it is full."""
         self._drain()

@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any
 
 import structlog
 from structlog.contextvars import bound_contextvars
 
-from exporter.errors import SourceFailure
-from exporter.snapshot import PortalSnapshot, ReminderTally, SourceData, SourceKey, Store
+from exporter.errors import FailureReason, SourceFailure
+from exporter.snapshot import SourceKey, Store
 from exporter.sources import Source
 
 log = structlog.get_logger()
@@ -31,10 +30,16 @@ class SourceLoop:
         self.max_backoff = max(max_backoff, source.interval)
         self.failures = 0
         self.cycles = 0
+        self.cycle_started: float | None = None  # time.monotonic() when the latest cycle began
+        self.in_cycle = False
         self._warned_bound = False
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, first_delay: float = 0.0) -> None:
+        """Cycles until `stop`; the first after `first_delay` (a source a reload replaced keeps its schedule)."""
         with bound_contextvars(source=self.key.source, target=self.key.target):
+            if first_delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), first_delay)
             while not stop.is_set():
                 started = time.monotonic()
                 await self.run_once()
@@ -48,13 +53,17 @@ class SourceLoop:
         """One cycle with its deadline; True when it succeeded. Every event logged inside it, by this
         loop, the source, its client or a task they start, names `source` and `target`."""
         with bound_contextvars(source=self.key.source, target=self.key.target):
-            return await self._cycle()
+            self.cycle_started, self.in_cycle = time.monotonic(), True
+            try:
+                return await self._cycle()
+            finally:
+                self.in_cycle = False
 
     async def _cycle(self) -> bool:
         started = time.monotonic()
         src, key = self.source, self.key
         try:
-            data = await asyncio.wait_for(src.collect(), src.cycle_timeout)
+            result = await asyncio.wait_for(src.collect(), src.cycle_timeout)
         except SourceFailure as exc:
             self._failed(exc.reason, exc.detail, started)
             return False
@@ -68,18 +77,18 @@ class SourceLoop:
             self._failed("internal", type(exc).__name__, started, logged=True)
             return False
         duration = time.monotonic() - started
-        bound = src.cycle_bound(src.last_calls)
-        self.store.succeeded(key, data, duration, bound)
+        bound = src.cycle_bound(result.calls)
+        self.store.succeeded(key, result.data, duration, bound)
         self.failures = 0
         self.cycles += 1
-        log.info("cycle_done", duration_s=round(duration, 3), requests=src.last_calls, **_summary(data))
+        log.info("cycle_done", duration_s=round(duration, 3), requests=result.calls, **result.data.summary())
         if bound > src.interval and not self._warned_bound:
             self._warned_bound = True
             log.warning("cycle_bound_exceeds_interval", bound_s=round(bound, 1), interval_s=src.interval,
                         hint="the API rate limit makes a cycle longer than the interval; raise the interval")
         return True
 
-    def _failed(self, reason: str, detail: str, started: float, logged: bool = False) -> None:
+    def _failed(self, reason: FailureReason, detail: str, started: float, logged: bool = False) -> None:
         duration = time.monotonic() - started
         self.failures += 1
         self.cycles += 1
@@ -92,12 +101,3 @@ class SourceLoop:
         if self.failures == 0:
             return self.source.interval
         return float(min(self.max_backoff, self.source.interval * 2 ** (self.failures - 1)))
-
-
-def _summary(data: SourceData) -> dict[str, Any]:
-    if isinstance(data, PortalSnapshot):
-        return {"users": len(data.users), "series": data.series, "hidden_users": data.hidden_users,
-                "failed_commands": data.failed_commands}
-    if isinstance(data, ReminderTally):
-        return {"reminders": data.total, "pages": data.pages}
-    return {}

@@ -1,5 +1,5 @@
 """HTTP: /metrics (pre-rendered bytes, gzip when the Accept-Encoding weights ask), / (landing page), /healthz,
-/ready. Knows neither API."""
+/ready, POST /-/reload. Knows neither API."""
 
 from __future__ import annotations
 
@@ -17,21 +17,24 @@ from exporter.exposition import Exposition
 from exporter.log import mask
 from exporter.render import CONTENT_TYPE
 from exporter.snapshot import Store
-from exporter.webconfig import WebConfig
+from exporter.webwatch import LiveWebConfig
 
 log = structlog.get_logger()
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def build_app(store: Store, exposition: Exposition, web_config: WebConfig | None = None,
-              sources: list[tuple[str, str, str]] | None = None) -> web.Application:
-    """The exporter's web application; `sources` lists (source, target, masked address) for `/`.
+def build_app(store: Store, exposition: Exposition, web_config: LiveWebConfig | None = None,
+              sources: list[tuple[str, str, str]] | None = None,
+              reload: Callable[[], Awaitable[list[str]]] | None = None) -> web.Application:
+    """The exporter's web application; `sources` lists (source, target, masked address) for `/`; `reload`
+    serves POST /-/reload (the problems when the new config is refused, one per line, else []).
 
     A handler that raises is a bug: counted in `exposition.faults`, logged with its traceback, answered 500.
     """
     app = web.Application(client_max_size=16 * 1024, middlewares=[_error_middleware(exposition.faults)])
-    if web_config and web_config.has_auth:
+    if web_config is not None:
         app.middlewares.append(web_config.middleware())
+        app.on_response_prepare.append(web_config.add_headers)
 
     async def metrics(request: web.Request) -> web.StreamResponse:
         compressed = accepts_gzip(request.headers.get("Accept-Encoding"))
@@ -62,8 +65,17 @@ def build_app(store: Store, exposition: Exposition, web_config: WebConfig | None
             return web.Response(text="ready\n")
         return web.Response(status=503, text="not ready: a source has not completed its first cycle\n")
 
+    async def reload_config(request: web.Request) -> web.Response:
+        assert reload is not None
+        problems = await reload()
+        if problems:
+            return web.Response(status=400, text="".join(f"{line}\n" for line in problems))
+        return web.Response(text="config reloaded\n")
+
     for path, handler in (("/metrics", metrics), ("/", landing), ("/healthz", healthz), ("/ready", ready)):
         app.router.add_get(path, handler)  # GET also answers HEAD; other methods get 405
+    if reload is not None:
+        app.router.add_post("/-/reload", reload_config)  # POST only, as in Prometheus; others get 405
     return app
 
 

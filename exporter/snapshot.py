@@ -10,7 +10,9 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
+from exporter.errors import FailureReason, RequestOutcome
 from exporter.org import PortalOrg, StructureStatus
 
 # --- Bitrix24 -----------------------------------------------------------------------------------
@@ -72,6 +74,11 @@ class PortalSnapshot:
     def series(self) -> int:
         return sum(len(values) for values in self.counters.values())
 
+    def summary(self) -> dict[str, int]:
+        """The cycle_done log event's figures for this portal."""
+        return {"users": len(self.users), "series": self.series, "hidden_users": self.hidden_users,
+                "failed_commands": self.failed_commands}
+
 
 # --- Pachca -------------------------------------------------------------------------------------
 
@@ -121,6 +128,10 @@ class ReminderTally:
         performers = {pid for pid, _ in self.performer}
         return (u for u in self.users if u.active or u.user_id in performers)
 
+    def summary(self) -> dict[str, int]:
+        """The cycle_done log event's figures for this workspace."""
+        return {"reminders": self.total, "pages": self.pages}
+
 
 SourceData = PortalSnapshot | ReminderTally
 
@@ -146,7 +157,7 @@ class SourceState:
     last_duration: float | None = None
     cycle_bound: float = 0.0  # the least time the API's rate limit allows for one cycle
     last_error: str = ""
-    failures: Mapping[str, int] = field(default_factory=dict)  # reason -> count
+    failures: Mapping[FailureReason, int] = field(default_factory=dict)  # reason -> count
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +178,7 @@ class ApiTelemetry:
         self._errors: Counter[str] = Counter()
         self._rate_limit_wait_seconds = 0.0
 
-    def request(self, method: str, outcome: str) -> None:
+    def request(self, method: str, outcome: RequestOutcome) -> None:
         with self._lock:
             self._requests[(method, outcome)] += 1
 
@@ -185,6 +196,22 @@ class ApiTelemetry:
             return TelemetryCounts(dict(self._requests), dict(self._errors), self._rate_limit_wait_seconds)
 
 
+class Registrant(Protocol):
+    """What the store reads from a source it registers (every exporter.sources.Source has it)."""
+
+    @property
+    def source(self) -> str: ...
+
+    @property
+    def target(self) -> str: ...
+
+    @property
+    def interval(self) -> float: ...
+
+    @property
+    def telemetry(self) -> ApiTelemetry: ...
+
+
 class Store:
     """Holds the current SourceState of every source; replacing a state notifies the listeners."""
 
@@ -194,10 +221,25 @@ class Store:
         self._listeners: list[Callable[[], None]] = []
         self._lock = threading.Lock()
 
-    def register(self, key: SourceKey, interval: float) -> ApiTelemetry:
+    def register(self, source: Registrant) -> SourceKey:
+        """Start tracking a source: its state and its own telemetry for the traffic metrics. A source that a
+        reload puts in another's place keeps that one's state (its last good data stays in /metrics until the
+        successor's first cycle)."""
+        key = SourceKey(source.source, source.target)
         with self._lock:
-            self._states[key] = SourceState(key=key, interval=interval)
-            return self._telemetry.setdefault(key, ApiTelemetry())
+            state = self._states.get(key)
+            self._states[key] = SourceState(key=key, interval=source.interval) if state is None else replace(
+                state, interval=source.interval)
+            self._telemetry[key] = source.telemetry
+        self._notify()
+        return key
+
+    def unregister(self, key: SourceKey) -> None:
+        """A source a reload removed: its series leave /metrics with it."""
+        with self._lock:
+            self._states.pop(key, None)
+            self._telemetry.pop(key, None)
+        self._notify()
 
     def states(self) -> list[SourceState]:
         with self._lock:
@@ -215,7 +257,7 @@ class Store:
             s, data=data, up=True, last_success=time.time(), last_duration=duration,
             cycle_bound=cycle_bound, last_error=""))
 
-    def failed(self, key: SourceKey, reason: str, detail: str, duration: float) -> None:
+    def failed(self, key: SourceKey, reason: FailureReason, detail: str, duration: float) -> None:
         def apply(s: SourceState) -> SourceState:
             failures = dict(s.failures)
             failures[reason] = failures.get(reason, 0) + 1
@@ -230,5 +272,8 @@ class Store:
     def _update(self, key: SourceKey, change: Callable[[SourceState], SourceState]) -> None:
         with self._lock:
             self._states[key] = change(self._states[key])
+        self._notify()
+
+    def _notify(self) -> None:
         for listener in self._listeners:
             listener()

@@ -1,31 +1,78 @@
-"""`--web.config.file` in the Prometheus exporter-toolkit format: TLS and bcrypt basic auth."""
+"""`--web.config.file` in the Prometheus exporter-toolkit format: TLS, bcrypt basic auth, response headers and
+a request rate limit. Every key of the format is declared below; one Python's ssl module cannot honour is
+refused with a line that names it. exporter/webwatch.py keeps the file in force as it changes.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
+import os
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import bcrypt
-from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from exporter.errors import ConfigError
-from exporter.kinds import mapping_of, one_of, optional
-from exporter.schema import FILE_PATH, Invalid, Kind, Reader, key, parse_document, read_yaml, section
+from exporter.kinds import integer, mapping_of, optional, parse_duration
+from exporter.schema import (
+    FILE_PATH,
+    TEXT,
+    Invalid,
+    Kind,
+    Reader,
+    Secret,
+    join,
+    kind_of,
+    parse_document,
+    read_yaml,
+    section,
+)
+from exporter.schema import key as declare  # `key` is a key of tls_server_config
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+D = TypeVar("D", bound="DataclassInstance")
 _TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
                  "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
-_CLIENT_AUTH = {"NoClientCert": ssl.CERT_NONE, "RequestClientCert": ssl.CERT_OPTIONAL,
-                "RequireAnyClientCert": ssl.CERT_REQUIRED, "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
+_CLIENT_AUTH = {"NoClientCert": ssl.CERT_NONE, "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
                 "RequireAndVerifyClientCert": ssl.CERT_REQUIRED}
+# exporter-toolkit's values that ask for a client certificate without verifying it: Python's ssl module
+# verifies every certificate it asks for, so these cannot be honoured (RequireClientCert: an old alias)
+_UNVERIFIED_CLIENT_AUTH = ("RequestClientCert", "RequireAnyClientCert", "RequireClientCert")
+# Go's crypto/tls.CipherSuites() (the ones exporter-toolkit accepts) -> OpenSSL's names. TLS 1.3 suites are
+# not configurable, in Go as in OpenSSL's cipher list: they are accepted and change nothing.
+_CIPHERS = {
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": "ECDHE-ECDSA-AES128-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": "ECDHE-ECDSA-AES256-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": "ECDHE-RSA-AES128-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": "ECDHE-RSA-AES256-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
+}
+_TLS13_CIPHERS = ("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256")
+_CURVES = {"CurveP256": "prime256v1", "CurveP384": "secp384r1", "CurveP521": "secp521r1", "X25519": "X25519"}
+# exporter-toolkit's extraHTTPHeaders: the only headers a web config may add, some only with these values
+HEADERS: Mapping[str, tuple[str, ...]] = {
+    "Strict-Transport-Security": (), "X-Content-Type-Options": ("nosniff",),
+    "X-Frame-Options": ("deny", "sameorigin"), "X-XSS-Protection": (), "Content-Security-Policy": (),
+}
 OPEN_PATHS = frozenset({"/healthz", "/ready"})
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+# --- kinds of the keys below ---------------------------------------------------------------------
 
 
 def _bcrypt_hash(_reader: Reader, _path: str, raw: Any) -> bytes:
@@ -34,35 +81,189 @@ def _bcrypt_hash(_reader: Reader, _path: str, raw: Any) -> bytes:
     return raw.replace("$2y$", "$2b$", 1).encode()
 
 
-def _anything(_reader: Reader, _path: str, raw: Any) -> object:
+def _boolean(_reader: Reader, _path: str, raw: Any) -> bool:
+    if not isinstance(raw, bool):
+        raise Invalid(f"must be true or false, got {kind_of(raw)}")
     return raw
+
+
+def _strings(reader: Reader, path: str, raw: Any) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise Invalid(f"must be a list of strings, got {kind_of(raw)}")
+    return tuple(TEXT.parse(reader, path, item) for item in raw)
+
+
+def _names(choices: Mapping[str, object] | tuple[str, ...], noun: str) -> Kind[tuple[str, ...]]:
+    """A list of names drawn from `choices`, in preference order (an empty list: the defaults)."""
+    def parse(reader: Reader, path: str, raw: Any) -> tuple[str, ...]:
+        names = _strings(reader, path, raw)
+        unknown = [n for n in names if n not in choices]
+        if unknown:
+            raise Invalid(f"unknown {noun} {unknown[0]!r} (expected one of: {', '.join(choices)})")
+        return tuple(dict.fromkeys(names))
+
+    return Kind(parse, f"list of {noun}s: " + ", ".join(f"`{n}`" for n in choices), lambda v: ", ".join(v) or "[]")
+
+
+def _client_auth(_reader: Reader, _path: str, raw: Any) -> str:
+    if raw in _UNVERIFIED_CLIENT_AUTH:
+        raise Invalid(f"{raw} is not supported: Python's ssl module verifies every client certificate it asks "
+                      "for; use VerifyClientCertIfGiven or RequireAndVerifyClientCert with client_ca_file")
+    if raw not in _CLIENT_AUTH:
+        raise Invalid(f"unknown value {raw!r} (expected one of: {', '.join(_CLIENT_AUTH)})")
+    return str(raw)
+
+
+def _version(_reader: Reader, _path: str, raw: Any) -> str:
+    if raw not in _TLS_VERSIONS:
+        raise Invalid(f"unknown value {raw!r} (expected one of: {', '.join(_TLS_VERSIONS)})")
+    return str(raw)
+
+
+def _pem(reader: Reader, path: str, raw: Any) -> Secret:
+    return Secret(TEXT.parse(reader, path, raw))
+
+
+def _headers(reader: Reader, path: str, raw: Any) -> dict[str, str]:
+    """exporter-toolkit's validateHeaderConfig: names from HEADERS only (exact spelling), enumerated values."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise Invalid(f"must be a mapping of header name to value, got {kind_of(raw)}")
+    headers: dict[str, str] = {}
+    problems = len(reader.problems)
+    for name, value in raw.items():
+        where = join(path, str(name))
+        allowed = HEADERS.get(str(name))
+        if allowed is None:
+            reader.fail(where, f"cannot be configured (allowed: {', '.join(HEADERS)})")
+        elif not isinstance(value, str) or "\n" in value or "\r" in value:
+            reader.fail(where, f"must be one line of text, got {kind_of(value)}")
+        elif allowed and value not in allowed:
+            reader.fail(where, f"must be one of: {', '.join(allowed)}, got {value!r}")
+        elif value:  # blank: unset, as in exporter-toolkit
+            headers[str(name)] = value
+    if len(reader.problems) > problems:
+        raise Invalid()
+    return headers
+
+
+def _http2(reader: Reader, path: str, raw: Any) -> bool:
+    if _boolean(reader, path, raw):
+        reader.warn(path, "HTTP/2 is not available (the server speaks HTTP/1.1 only); clients use HTTP/1.1")
+    return bool(raw)
+
+
+def _interval(_reader: Reader, _path: str, raw: Any) -> float:
+    seconds = parse_duration(raw)
+    if seconds is None or seconds < 0:
+        raise Invalid(f"invalid duration {raw!r} (use e.g. 100ms, 1s; 0 turns the limit off)")
+    return seconds
+
+
+def _checked(cls: type[D], problems: Callable[[D], list[tuple[str, str]]]) -> Kind[D]:
+    """A section whose keys are also checked together: `problems` gives (key, reason) pairs."""
+    inner = section(cls)
+
+    def parse(reader: Reader, path: str, raw: Any) -> D:
+        value = inner.parse(reader, path, raw)
+        found = problems(value)
+        for name, reason in found:
+            reader.fail(join(path, name), reason)
+        if found:
+            raise Invalid()
+        return value
+
+    return Kind(parse, inner.shape, inner.show, inner.nested)
+
+
+PEM: Kind[Secret] = Kind(_pem, "PEM text")
+BOOLEAN: Kind[bool] = Kind(_boolean, "`true` or `false`", lambda v: str(v).lower())
+STRINGS: Kind[tuple[str, ...]] = Kind(_strings, "list of strings", lambda v: ", ".join(v) or "[]")
+
+
+# --- the format ----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class TlsServerConfig:
-    """exporter-toolkit's tls_server_config; the files are loaded once before the server starts."""
+    """exporter-toolkit's tls_server_config. Relative file paths are taken from the web config's folder."""
 
-    cert_file: str = field(metadata=key(FILE_PATH, "Server certificate (PEM), intermediates after it."))
-    key_file: str = field(metadata=key(FILE_PATH, "Its private key (PEM)."))
-    client_ca_file: str | None = field(default=None, metadata=key(
-        optional(FILE_PATH), "CA certificates that client certificates must chain to."))
-    client_auth_type: str = field(default="NoClientCert", metadata=key(
-        one_of(list(_CLIENT_AUTH)), "Whether clients must present a certificate, as in exporter-toolkit."))
-    min_version: str = field(default="TLS12", metadata=key(
-        one_of(list(_TLS_VERSIONS)), "Oldest TLS version accepted."))
+    cert_file: str | None = field(default=None, metadata=declare(
+        optional(FILE_PATH), "Server certificate (PEM), intermediates after it. Required unless `cert` is set."))
+    key_file: str | None = field(default=None, metadata=declare(
+        optional(FILE_PATH), "Its private key (PEM). Required unless `key` is set."))
+    cert: Secret | None = field(default=None, metadata=declare(
+        optional(PEM), "The certificate inline, instead of `cert_file`."))
+    key: Secret | None = field(default=None, metadata=declare(optional(PEM), "The key inline, instead of `key_file`."))
+    client_auth_type: str = field(default="NoClientCert", metadata=declare(
+        Kind(_client_auth, "`NoClientCert`, `VerifyClientCertIfGiven` or `RequireAndVerifyClientCert`"),
+        "Whether clients must present a certificate that chains to the client CA. exporter-toolkit's "
+        "`RequestClientCert` and `RequireAnyClientCert` (a certificate that is not verified) are refused."))
+    client_ca_file: str | None = field(default=None, metadata=declare(
+        optional(FILE_PATH), "CA certificates that client certificates must chain to (without one: the "
+        "system's)."))
+    client_ca: Secret | None = field(default=None, metadata=declare(
+        optional(PEM), "The client CA certificates inline, instead of `client_ca_file`."))
+    client_allowed_sans: tuple[str, ...] = field(default=(), metadata=declare(
+        STRINGS, "A client certificate must carry one of these subject alternative names (DNS, IP, e-mail or "
+        "URI); others are answered 403."))
+    min_version: str = field(default="TLS12", metadata=declare(
+        Kind(_version, "`TLS10`, `TLS11`, `TLS12` or `TLS13`"), "Oldest TLS version accepted."))
+    max_version: str = field(default="TLS13", metadata=declare(
+        Kind(_version, "`TLS10`, `TLS11`, `TLS12` or `TLS13`"), "Newest TLS version accepted."))
+    cipher_suites: tuple[str, ...] = field(default=(), metadata=declare(
+        _names((*_CIPHERS, *_TLS13_CIPHERS), "Go cipher suite name"),
+        "Cipher suites for TLS 1.2 and older, by Go's names (as in exporter-toolkit); empty: OpenSSL's "
+        "defaults. TLS 1.3 suites are not configurable."))
+    prefer_server_cipher_suites: bool = field(default=True, metadata=declare(
+        BOOLEAN, "Pick the cipher suite by the server's order (`cipher_suites`) rather than the client's."))
+    curve_preferences: tuple[str, ...] = field(default=(), metadata=declare(
+        _names(tuple(_CURVES), "curve"), "The one elliptic curve for key exchange; empty: OpenSSL's "
+        "defaults. Python's ssl module sets a single curve, so a list of more is refused."))
+
+
+@dataclass(frozen=True, slots=True)
+class HttpServerConfig:
+    """exporter-toolkit's http_server_config."""
+
+    http2: bool = field(default=True, metadata=declare(
+        Kind(_http2, "`true` or `false`", lambda v: str(v).lower()),
+        "Accepted for compatibility; the server speaks HTTP/1.1 only (`true` is logged as a warning)."))
+    headers: Mapping[str, str] = field(default_factory=dict, metadata=declare(
+        Kind(_headers, "mapping of header name to value", lambda v: ", ".join(v) or "none"),
+        "Headers added to every answer: " + ", ".join(f"`{h}`" for h in HEADERS) + " only (as in exporter-"
+        "toolkit); `X-Content-Type-Options` takes `nosniff`, `X-Frame-Options` `deny` or `sameorigin`."))
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRateLimit:
+    """exporter-toolkit's rate_limit: a token bucket over every request but the probes."""
+
+    interval: float = field(default=0.0, metadata=declare(
+        Kind(_interval, "duration (100ms, 1s)", lambda v: f"{v:g}s"),
+        "Time between two requests on average; 0: no limit. Requests over it are answered 429."))
+    burst: int = field(default=0, metadata=declare(integer(0), "Requests allowed at once."))
 
 
 @dataclass(frozen=True, slots=True)
 class WebConfig:
-    """How the exporter serves HTTP: TLS, and basic auth that `middleware()` enforces."""
+    """How the exporter serves HTTP: TLS, and the basic auth, rate limit and headers of every answer."""
 
-    tls_server_config: TlsServerConfig | None = field(default=None, metadata=key(
-        optional(section(TlsServerConfig)), "Serve HTTPS instead of HTTP."))
-    basic_auth_users: Mapping[str, bytes] = field(default_factory=dict, metadata=key(
+    tls_server_config: TlsServerConfig | None = field(default=None, metadata=declare(
+        optional(_checked(TlsServerConfig, lambda tls: _tls_problems(tls))), "Serve HTTPS instead of HTTP."))
+    basic_auth_users: Mapping[str, bytes] = field(default_factory=dict, metadata=declare(
         mapping_of(Kind(_bcrypt_hash, "bcrypt hash"), "mapping of user name to bcrypt hash"),
         "Require HTTP basic auth on every path but /healthz and /ready (probes carry no credentials)."))
-    http_server_config: Mapping[str, object] = field(default_factory=dict, metadata=key(
-        mapping_of(Kind(_anything, "anything"), "mapping"), "Accepted for exporter-toolkit compatibility; not used."))
+    http_server_config: HttpServerConfig = field(default_factory=HttpServerConfig, metadata=declare(
+        section(HttpServerConfig), "HTTP options."))
+    rate_limit: RequestRateLimit = field(default_factory=RequestRateLimit, metadata=declare(
+        _checked(RequestRateLimit, lambda limit: _rate_limit_problems(limit)),
+        "Limit the request rate on every path but /healthz and /ready."))
+    path: str = field(default="", compare=False)  # not a key: the file it was read from
+    warnings: tuple[str, ...] = field(default=(), compare=False)  # not a key: what parsing accepted with a note
     _verified: set[bytes] = field(default_factory=set, init=False, compare=False, repr=False)
 
     @property
@@ -73,17 +274,17 @@ class WebConfig:
     def has_auth(self) -> bool:
         return bool(self.basic_auth_users)
 
-    def ssl_context(self) -> ssl.SSLContext | None:
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The files this config was read from: when one changes, the config is read again."""
         tls = self.tls_server_config
-        if tls is None:
-            return None
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.minimum_version = _TLS_VERSIONS[tls.min_version]
-        ctx.load_cert_chain(tls.cert_file, tls.key_file)
-        ctx.verify_mode = _CLIENT_AUTH[tls.client_auth_type]
-        if tls.client_ca_file:
-            ctx.load_verify_locations(tls.client_ca_file)
-        return ctx
+        named = (tls.cert_file, tls.key_file, tls.client_ca_file) if tls else ()
+        return tuple(p for p in (self.path, *named) if p)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A fresh server context; raises ConfigError naming the key whose file or value OpenSSL refused."""
+        tls = self.tls_server_config
+        return None if tls is None else _ssl_context(tls)
 
     def check(self, header: str | None) -> bool:
         """Basic auth check; a verified credential is remembered (as a digest) so bcrypt runs once."""
@@ -104,27 +305,110 @@ class WebConfig:
             return True
         return False
 
-    def middleware(self) -> Middleware:
-        @web.middleware
-        async def basic_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-            # probes (container HEALTHCHECK, kubelet) carry no credentials; these two paths reveal nothing
-            if request.path not in OPEN_PATHS and not self.check(request.headers.get("Authorization")):
-                return web.Response(status=401, text="Unauthorized\n",
-                                    headers={"WWW-Authenticate": 'Basic realm="tasks-exporter"'})
-            return await handler(request)
-        return basic_auth
+
+def _tls_problems(tls: TlsServerConfig) -> list[tuple[str, str]]:
+    """What exporter-toolkit refuses across keys, and what Python's ssl module cannot do."""
+    found: list[tuple[str, str]] = []
+    for file_key, inline_key in (("cert_file", "cert"), ("key_file", "key"), ("client_ca_file", "client_ca")):
+        from_file, inline = getattr(tls, file_key), getattr(tls, inline_key)
+        if from_file is not None and inline is not None:
+            found.append((file_key, f"set either {file_key} or {inline_key}, not both"))
+        elif from_file is None and inline is None and file_key != "client_ca_file":
+            found.append((file_key, f"is required (or set {inline_key})"))
+    has_ca = tls.client_ca_file is not None or tls.client_ca is not None
+    if has_ca and tls.client_auth_type == "NoClientCert":
+        found.append(("client_auth_type", "is NoClientCert but a client CA is set; use RequireAndVerifyClientCert "
+                                          "(or VerifyClientCertIfGiven)"))
+    if tls.client_allowed_sans and tls.client_auth_type == "NoClientCert":
+        found.append(("client_allowed_sans", "needs client_auth_type RequireAndVerifyClientCert "
+                                             "(or VerifyClientCertIfGiven)"))
+    if _TLS_VERSIONS[tls.max_version] < _TLS_VERSIONS[tls.min_version]:
+        found.append(("max_version", f"{tls.max_version} is older than min_version {tls.min_version}"))
+    if len(tls.curve_preferences) > 1:
+        found.append(("curve_preferences", f"lists {len(tls.curve_preferences)} curves; Python's ssl module sets "
+                                           "a single one, so list one"))
+    return found
+
+
+def _rate_limit_problems(limit: RequestRateLimit) -> list[tuple[str, str]]:
+    if limit.interval > 0 and limit.burst < 1:
+        return [("burst", "must be at least 1 when interval is set (0 would refuse every request)")]
+    return []
+
+
+def _ssl_context(tls: TlsServerConfig) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = _TLS_VERSIONS[tls.min_version]
+    ctx.maximum_version = _TLS_VERSIONS[tls.max_version]
+    with (_refused("cert_file" if tls.cert_file else "cert", "cannot load certificate or key"),
+          _pem_path(tls.cert_file, tls.cert) as cert, _pem_path(tls.key_file, tls.key) as private):
+        ctx.load_cert_chain(cert, private)
+    ctx.verify_mode = _CLIENT_AUTH[tls.client_auth_type]
+    if ctx.verify_mode != ssl.CERT_NONE:
+        with _refused("client_ca_file" if tls.client_ca_file else "client_ca", "cannot load CA certificates"):
+            if tls.client_ca_file:
+                ctx.load_verify_locations(cafile=tls.client_ca_file)
+            elif tls.client_ca:
+                ctx.load_verify_locations(cadata=tls.client_ca.reveal())
+            else:
+                ctx.load_default_certs(ssl.Purpose.CLIENT_AUTH)
+    suites = [_CIPHERS[name] for name in tls.cipher_suites if name in _CIPHERS]
+    if suites:
+        with _refused("cipher_suites", "OpenSSL refused them"):
+            ctx.set_ciphers(":".join(suites))
+    if tls.prefer_server_cipher_suites:
+        ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    else:
+        ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+    if tls.curve_preferences:
+        with _refused("curve_preferences", "OpenSSL refused it"):
+            ctx.set_ecdh_curve(_CURVES[tls.curve_preferences[0]])
+    return ctx
+
+
+@contextlib.contextmanager
+def _refused(name: str, what: str) -> Iterator[None]:
+    try:
+        yield
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise ConfigError([f"tls_server_config.{name}: {what} ({exc})"]) from None
+
+
+@contextlib.contextmanager
+def _pem_path(path: str | None, inline: Secret | None) -> Iterator[str]:
+    """A path OpenSSL can read: the file named, or inline PEM in a file only this process can read, removed
+    once loaded (load_cert_chain takes paths only)."""
+    if path is not None or inline is None:
+        yield path or ""
+        return
+    with tempfile.TemporaryDirectory(prefix="tasks-exporter-") as folder:
+        written = Path(folder) / "pem"
+        fd = os.open(written, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(inline.reveal())
+        yield str(written)
 
 
 def load_web_config(path: str) -> WebConfig:
-    """Parse and validate the file, including that TLS files load; raises ConfigError."""
+    """Parse and validate the file, including that its TLS files load; raises ConfigError, one line a problem."""
     where = f"web config {path}"
     raw = read_yaml(path, where)
     try:
-        config, _ = parse_document(raw, WebConfig, env=None)  # exporter-toolkit expands no ${VAR}
+        config, warnings = parse_document(raw, WebConfig, env=None)  # exporter-toolkit expands no ${VAR}
+        config = replace(config, tls_server_config=_relative_to(Path(path).parent, config.tls_server_config),
+                         path=path, warnings=tuple(f"{where}: {w}" for w in warnings))
+        config.ssl_context()
     except ConfigError as exc:
         raise ConfigError([f"{where}: {problem}" for problem in exc.problems]) from None
-    try:
-        config.ssl_context()
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError([f"{where}: tls_server_config: cannot load certificate or key ({exc})"]) from None
     return config
+
+
+def _relative_to(folder: Path, tls: TlsServerConfig | None) -> TlsServerConfig | None:
+    """Relative paths are taken from the web config's folder, as exporter-toolkit does."""
+    if tls is None:
+        return None
+    def resolve(path: str | None) -> str | None:
+        return None if path is None else str(folder / path)
+
+    return replace(tls, cert_file=resolve(tls.cert_file), key_file=resolve(tls.key_file),
+                   client_ca_file=resolve(tls.client_ca_file))

@@ -433,8 +433,8 @@ def health_state_panels() -> list[Builder[Any]]:
 
 def health_traffic_panels() -> list[Builder[Any]]:
     requests = (graph("API requests by outcome", "Requests per second to the Bitrix24 and Pachca APIs by "
-                      "outcome: success, rate_limited, server_error, client_error, auth_error, timeout, "
-                      "network_error, invalid_response.", "reqps", w=6)
+                      "outcome: success, auth, rate_limited, server_error, timeout, network_error, "
+                      "invalid_response, api_error.", "reqps", w=6)
                 .with_target(query(f"sum by (source, outcome) (rate({REQUESTS}{RATE}))", "{{source}} {{outcome}}"))
                 .override_by_regexp(".* success", [override("color", {"mode": "fixed", "fixedColor": "green"})]))
     errors = (graph("API errors", "Requests per second that did not succeed, by outcome (A), and errors the APIs "

@@ -8,10 +8,13 @@ import json
 import os
 import shutil
 import socket
+import ssl
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -21,13 +24,20 @@ from exporter import log
 from exporter.config import Bitrix24Config, RateLimit, Secret
 from exporter.simulator import bitrix24 as b24sim
 from exporter.simulator import serve
-from exporter.snapshot import SourceKey, Store
+from exporter.snapshot import ApiTelemetry, SourceKey, Store
 from exporter.sources.bitrix24 import Bitrix24Source
-from exporter.sources.bitrix24_client import RetryPolicy
+from exporter.sources.bitrix24_client import OperationPause
+from exporter.sources.retries import RetryPolicy
 
-FAST_RETRY = RetryPolicy(attempts=3, rate_limit_attempts=20, base_delay=0.01, max_delay=0.05,
-                         default_operation_pause=0.2, min_operation_pause=0.02,
-                         max_operation_pause=0.3)
+FAST_RETRY = RetryPolicy(attempts=3, rate_limit_attempts=20, base_delay=0.01, max_delay=0.05)
+FAST_PAUSE = OperationPause(default=0.2, least=0.02, most=0.3)
+
+
+def register(store: Store, key: SourceKey, interval: float = 60.0) -> ApiTelemetry:
+    """Track `key` in `store` as a source would be, for tests that write its states by hand."""
+    telemetry = ApiTelemetry()
+    store.register(SimpleNamespace(source=key.source, target=key.target, interval=interval, telemetry=telemetry))
+    return telemetry
 
 # the `reason` a cycle fails with under each simulator fault (Pachca's "wrong_types" fails no cycle: a record
 # with fields of the wrong type costs only those fields)
@@ -71,7 +81,6 @@ class PortalServer:
         self.sim = sim
         self.url = url
         self.webhook = f"{url}{sim.webhook_path}"
-        self.store = Store()
         self._sources: list[Bitrix24Source] = []
 
     def config(self, **overrides: Any) -> Bitrix24Config:
@@ -80,10 +89,10 @@ class PortalServer:
         values.update(overrides)
         return Bitrix24Config(**values)
 
-    def source(self, retry: RetryPolicy = FAST_RETRY, **overrides: Any) -> Bitrix24Source:
-        config = self.config(**overrides)
-        telemetry = self.store.register(SourceKey("bitrix24", config.name), config.interval)
-        source = Bitrix24Source(config, telemetry, retry=retry)
+    def source(self, *, retry: RetryPolicy = FAST_RETRY, pause: OperationPause = FAST_PAUSE,
+               **overrides: Any) -> Bitrix24Source:
+        """A source for this portal with fast retries and pauses; `overrides` change its config."""
+        source = Bitrix24Source(self.config(**overrides), retry=retry, pause=pause)
         self._sources.append(source)
         return source
 
@@ -199,7 +208,7 @@ def run_cycle(source: Any, produces: type) -> None:
 
     async def cycle() -> None:
         try:
-            data = await source.collect()
+            data = (await source.collect()).data
         except SourceFailure as failure:
             assert failure.reason
         else:
@@ -208,3 +217,48 @@ def run_cycle(source: Any, produces: type) -> None:
             await source.aclose()
 
     asyncio.run(cycle())
+
+
+def make_certificate(folder: Path, name: str, *, san: str = "IP:127.0.0.1", issuer: tuple[Path, Path] | None = None,
+                     ca: bool = False, rsa: bool = False) -> tuple[Path, Path]:
+    """(certificate, key) PEM files made by the openssl command: self-signed, or signed by `issuer` (cert, key);
+    EC P-256 keys unless `rsa` (RSA cipher suites need an RSA key). Skips when openssl is missing."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
+    algorithm = ["-newkey", "rsa:2048"] if rsa else ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
+    extensions = ["-addext", f"subjectAltName={san}"] if san else []
+    if ca:
+        extensions += ["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"]
+    subject = ["-subj", f"/CN={name}", "-nodes", "-keyout", str(key)]
+    if issuer is None:
+        command = ["openssl", "req", "-x509", *algorithm, *subject, *extensions, "-days", "1", "-out", str(cert)]
+        subprocess.run(command, check=True, capture_output=True)
+    else:
+        request = folder / f"{name}.csr"
+        subprocess.run(["openssl", "req", "-new", *algorithm, *subject, *extensions, "-out", str(request)],
+                       check=True, capture_output=True)
+        subprocess.run(["openssl", "x509", "-req", "-in", str(request), "-CA", str(issuer[0]), "-CAkey",
+                        str(issuer[1]), "-set_serial", str(int.from_bytes(os.urandom(8), "big")), "-days", "1",
+                        "-copy_extensions", "copy", "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+async def served_certificate(port: int, context: ssl.SSLContext | None = None) -> bytes:
+    """The DER certificate a TLS server on loopback presents in a fresh handshake (not verified)."""
+    if context is None:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+    try:
+        ssl_object = writer.get_extra_info("ssl_object")
+        return bytes(ssl_object.getpeercert(binary_form=True))
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
+
+
+def der_of(cert: Path) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(cert.read_text())

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
+from exporter.config import Bitrix24Config, Secret
 from exporter.errors import SourceFailure
 from exporter.simulator.bitrix24 import LEGACY_KEYS
 from exporter.snapshot import PortalSnapshot
-from tests.conftest import eventually
+from exporter.sources.bitrix24 import Bitrix24Source
+from exporter.sources.bitrix24_client import OperationPause
+from exporter.sources.retries import RetryPolicy
+from tests.conftest import ReplayTransport, eventually
+
+SECRET = "s3cretw3bhook"
+NO_WAIT = RetryPolicy(attempts=3, rate_limit_attempts=3, base_delay=0.0, max_delay=0.0)
 
 
 def readings_by_key(data: PortalSnapshot) -> dict[tuple[int, int, str, str], float]:
@@ -19,7 +28,7 @@ def readings_by_key(data: PortalSnapshot) -> dict[tuple[int, int, str, str], flo
 async def test_batch_packs_600_commands_into_12_calls(portal_factory):
     server = await portal_factory(users=120)
     source = server.source()
-    data = await source.collect()
+    data = (await source.collect()).data
     assert len(data.users) == 120
     assert server.sim.calls["batch"] - 1 == 12  # one more batch carries user.get pages 2-3
     assert server.sim.commands == 600 + 2
@@ -30,7 +39,7 @@ async def test_batch_packs_600_commands_into_12_calls(portal_factory):
 async def test_readings_match_the_portal_for_every_user_group_and_role(portal_factory):
     server = await portal_factory(users=12, groups=2)
     source = server.source(groups=(0, 1, 2))
-    data = await source.collect()
+    data = (await source.collect()).data
     got = readings_by_key(data)
     expected = {}
     roles = {"all": "view_all", "responsible": "view_role_responsible", "accomplice": "view_role_accomplice",
@@ -53,7 +62,7 @@ async def test_user_names_come_from_user_get(portal_factory):
 
 
 async def source_collect(server, **overrides):
-    return await server.source(**overrides).collect()
+    return (await server.source(**overrides).collect()).data
 
 
 async def test_inactive_users_are_not_monitored(portal_factory):
@@ -110,9 +119,9 @@ async def test_error_in_one_command_costs_only_that_command(portal_factory):
 async def test_failed_command_keeps_its_last_good_values(portal_factory):
     server = await portal_factory(users=3)
     source = server.source()
-    first = readings_by_key(await source.collect())
+    first = readings_by_key((await source.collect()).data)
     server.sim.command_errors[2] = "ERROR_CORE"
-    second = readings_by_key(await source.collect())
+    second = readings_by_key((await source.collect()).data)
     assert {k: v for k, v in second.items() if k[0] == 2} == {k: v for k, v in first.items() if k[0] == 2}
 
 
@@ -121,7 +130,7 @@ async def test_removed_user_disappears_from_the_snapshot(portal_factory):
     source = server.source()
     await source.collect()
     server.sim.users[1].active = False  # user 2 is dismissed
-    data = await source.collect()
+    data = (await source.collect()).data
     assert 2 not in {u.user_id for u in data.users}
     assert 2 not in {r.user_id for r in data.readings}
 
@@ -131,7 +140,7 @@ async def test_pacing_meets_no_rate_limit_answer_in_steady_state(portal_factory)
     server = await portal_factory(users=250, rate=20.0, burst=10, latency=0.005)
     source = server.source(max_concurrency=8)
     for _ in range(2):
-        data = await source.collect()
+        data = (await source.collect()).data
         assert len(data.users) == 250
     assert server.sim.rejected == 0
     assert server.sim.calls["batch"] >= 2 * 26
@@ -143,10 +152,10 @@ async def test_rate_limit_answer_is_retried(portal_factory):
     from exporter.config import RateLimit
 
     source = server.source(rate_limit=RateLimit(1000.0, 50), max_concurrency=10)
-    data = await source.collect()
+    data = (await source.collect()).data
     assert server.sim.rejected > 0
     assert len({r.user_id for r in data.readings}) == 100
-    counts = server.store.telemetry()[next(iter(server.store.telemetry()))].counts()
+    counts = source.telemetry.counts()
     assert counts.errors["QUERY_LIMIT_EXCEEDED"] == server.sim.rejected
     requests = counts.requests
     assert requests[("batch", "rate_limited")] + requests.get(("user.get", "rate_limited"), 0) == server.sim.rejected
@@ -157,7 +166,7 @@ async def test_rate_limit_is_recognised_by_error_code_not_status(portal_factory,
     server = await portal_factory(users=60, rate=50.0, burst=2, status_for_rate_limit=status)
     from exporter.config import RateLimit
 
-    data = await server.source(rate_limit=RateLimit(1000.0, 50), max_concurrency=6).collect()
+    data = (await server.source(rate_limit=RateLimit(1000.0, 50), max_concurrency=6).collect()).data
     assert server.sim.rejected > 0
     assert len(data.users) == 60
 
@@ -173,7 +182,7 @@ async def test_operation_time_limit_pauses_the_method_until_reset(portal_factory
         server.sim.fault = None
 
     lifter = asyncio.create_task(lift_after_the_first_refusal())
-    data = await source.collect()
+    data = (await source.collect()).data
     await lifter
     assert len(data.users) == 2
     assert server.sim.calls["user.get"] >= 2  # refused, paused, asked again
@@ -208,7 +217,7 @@ async def test_commands_blocked_by_operation_limit_are_retried_after_the_pause(p
         del server.sim.command_errors[2]
 
     lifter = asyncio.create_task(lift_after_the_first_batch())
-    data = await source.collect()
+    data = (await source.collect()).data
     await lifter
     assert 2 in {r.user_id for r in data.readings}
     assert data.failed_commands == 0
@@ -219,7 +228,7 @@ async def test_operating_seconds_are_reported_per_method(portal_factory):
     server = await portal_factory(users=2, operating_per_command=0.5)
     source = server.source()
     await source.collect()
-    data = await source.collect()
+    data = (await source.collect()).data
     assert data.operating_seconds["tasks.task.counters.get"] >= 0.5 * 10
 
 
@@ -241,3 +250,76 @@ async def test_a_cycle_past_its_deadline_leaves_no_request_running(portal_factor
             and "aiohttp" not in t.get_coro().cr_code.co_filename] == []
     await eventually(lambda: server.sim.in_flight == 0)  # the portal answered what was cut off
     assert server.sim.received == received  # and no request went out after the deadline
+
+
+# --- single odd answers (replayed by a MockTransport) -------------------------------------------------
+
+Replay = Callable[..., tuple[Bitrix24Source, ReplayTransport]]
+
+
+@pytest.fixture
+async def replay() -> AsyncIterator[Replay]:
+    """A source whose every request gets the same answer: `source, transport = replay(body, status)`."""
+    made: list[Bitrix24Source] = []
+
+    def make(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> tuple[Bitrix24Source,
+                                                                                              ReplayTransport]:
+        transport = ReplayTransport([body], status, headers)
+        config = Bitrix24Config(name="p", webhook_url=Secret(f"https://portal.example/rest/1/{SECRET}/"))
+        made.append(Bitrix24Source(config, retry=NO_WAIT, pause=OperationPause(default=0.0, least=0.0),
+                                   transport=transport))
+        return made[-1], transport
+
+    yield make
+    for source in made:
+        await source.aclose()
+
+
+async def test_redirect_is_not_followed_and_fails_naming_the_new_host(replay: Replay) -> None:
+    source, transport = replay(b"", 302, {"Location": f"https://moved.example/rest/1/{SECRET}/user.get"})
+    with pytest.raises(SourceFailure) as failure:
+        await source.collect()
+    assert failure.value.reason == "api_error"
+    assert "moved.example" in failure.value.detail and SECRET not in failure.value.detail
+    assert [r.url.host for r in transport.calls] == ["portal.example"]  # tried once, never followed
+    counts = source.telemetry.counts()
+    requests, errors = counts.requests, counts.errors
+    assert (requests, errors) == ({("user.get", "api_error"): 1}, {"http_302": 1})
+
+
+@pytest.mark.parametrize(("code", "status", "reason", "tries"), [
+    ("expired_token", 401, "auth", 1),  # recorded in lower case
+    ("Insufficient_Scope", 403, "auth", 1),
+    ("query_limit_exceeded", 503, "rate_limited", NO_WAIT.rate_limit_attempts),  # recorded in upper case
+    ("Operation_Time_Limit", 429, "rate_limited", NO_WAIT.rate_limit_attempts),
+])
+async def test_error_codes_are_matched_in_any_case(replay: Replay, code: str, status: int, reason: str,
+                                                   tries: int) -> None:
+    source, transport = replay({"error": code, "error_description": "x"}, status)
+    with pytest.raises(SourceFailure) as failure:
+        await source.collect()
+    assert failure.value.reason == reason and len(transport.calls) == tries
+    assert source.telemetry.counts().requests == {("user.get", reason): tries}
+
+
+@pytest.mark.parametrize(("body", "status", "detail"), [
+    ({"error": "", "error_description": "Wrong socialnetwork group ID"}, 200,
+     "http_200: Wrong socialnetwork group ID"),
+    ({"error": "0", "error_description": "Group not found or access denied."}, 400,
+     "0: Group not found or access denied."),
+    ({"error": {"code": "", "message": "Access denied"}}, 200, "http_200: Access denied"),  # REST 3.0 shape
+])
+async def test_empty_and_zero_error_codes_are_errors(replay: Replay, body: Any, status: int, detail: str) -> None:
+    source, transport = replay(body, status)
+    with pytest.raises(SourceFailure) as failure:
+        await source.collect()
+    assert (failure.value.reason, failure.value.detail) == ("api_error", detail)
+    assert len(transport.calls) == 1  # an error the API stated is not retried like an unreadable answer
+
+
+async def test_command_error_codes_are_matched_in_any_case(portal_factory):
+    server = await portal_factory(users=3)
+    server.sim.command_errors[2] = "internal_server_error"  # worth one more pass, in whatever case
+    data = (await source_collect(server, roles=("all",)))
+    assert data.failed_commands == 1
+    assert server.sim.calls["batch"] == 2  # the first pass, then the one failed command again

@@ -20,7 +20,7 @@ from exporter.simulator.bitrix24 import PortalSimulator, SimDepartment, special_
 from exporter.simulator.bitrix24_org import MEMBER_ROLES, can_view_tasks, visible_to
 from exporter.snapshot import PortalSnapshot, SourceKey, Store
 from exporter.sources.bitrix24 import ROLES, Bitrix24Source
-from tests.conftest import FAST_RETRY, PortalServer, promtool
+from tests.conftest import FAST_PAUSE, FAST_RETRY, PortalServer, promtool, register
 
 ROLE_NAMES = {"A": "owner", "E": "moderator", "K": "member"}
 COUNTERS = "tasks.task.counters.get"
@@ -44,8 +44,7 @@ async def make_source() -> AsyncIterator[Callable[..., Bitrix24Source]]:
     def make(server: PortalServer, *, clock: Callable[[], float] | None = None,
              transport: httpx.AsyncBaseTransport | None = None, **overrides: Any) -> Bitrix24Source:
         config = server.config(**overrides)
-        telemetry = server.store.register(SourceKey("bitrix24", config.name), config.interval)
-        source = Bitrix24Source(config, telemetry, retry=FAST_RETRY, clock=clock or Clock(), transport=transport)
+        source = Bitrix24Source(config, retry=FAST_RETRY, pause=FAST_PAUSE, clock=clock or Clock(), transport=transport)
         made.append(source)
         return source
 
@@ -69,7 +68,7 @@ def log_events() -> Callable[[str], list[dict[str, Any]]]:
 def exposition(data: PortalSnapshot, name: str = "test") -> str:
     store = Store()
     key = SourceKey("bitrix24", name)
-    store.register(key, 60.0)
+    register(store, key, 60.0)
     store.succeeded(key, data, 0.1)
     return render(SnapshotCollector(store).snapshot_families()).decode()
 
@@ -104,7 +103,7 @@ def three_levels(sim: PortalSimulator) -> None:
 async def test_users_belong_to_their_departments_and_every_department_above(portal_factory, make_source):
     server = await portal_factory(users=5, inactive=0)
     three_levels(server.sim)
-    text = exposition(await make_source(server).collect())
+    text = exposition((await make_source(server).collect()).data)
     assert series(text, "bitrix24_department_info", "department_id", "name", "parent_id", "head_user_id") == {
         ("1", "Company", "", "1"), ("2", "Sales", "1", "2"), ("3", "Engineering", "1", ""),
         ("4", "Moscow", "2", "4"), ("5", "Backend", "3", "5"),
@@ -133,10 +132,10 @@ async def test_renamed_or_removed_department_changes_at_the_next_structure_refre
     server.sim.department(3).name = "R&D"
     server.sim.department(5).active = False
     clock.now += 599
-    before = exposition(await source.collect())
+    before = exposition((await source.collect()).data)
     assert ("3", "Engineering") in series(before, "bitrix24_department_info", "department_id", "name")
     clock.now += 1
-    after = exposition(await source.collect())
+    after = exposition((await source.collect()).data)
     assert series(after, "bitrix24_department_info", "department_id", "name") == {
         ("1", "Company"), ("2", "Sales"), ("3", "R&D"), ("4", "Moscow")}
     # user 3 reached Engineering only through Backend; user 5 was only in Backend
@@ -169,10 +168,10 @@ async def test_failed_structure_refresh_keeps_the_last_good_one_and_is_reported(
     broken = MethodFails("department.get")
     clock = Clock()
     source = make_source(server, clock=clock, transport=broken)
-    good = exposition(await source.collect())
+    good = exposition((await source.collect()).data)
     broken.failing = True
     clock.now += 3600
-    data = await source.collect()  # the counters cycle itself succeeds
+    data = (await source.collect()).data  # the counters cycle itself succeeds
     text = exposition(data)
     assert series(text, "bitrix24_department_info", "department_id", "name") == \
         series(good, "bitrix24_department_info", "department_id", "name")
@@ -183,7 +182,7 @@ async def test_failed_structure_refresh_keeps_the_last_good_one_and_is_reported(
     assert samples(text, "tasks_exporter_structure_last_success_timestamp_seconds") == \
         samples(good, "tasks_exporter_structure_last_success_timestamp_seconds")
     broken.failing = False
-    again = exposition(await source.collect())  # a failed refresh is tried again on the next cycle
+    again = exposition((await source.collect()).data)  # a failed refresh is tried again on the next cycle
     assert set(samples(again, "tasks_exporter_structure_up").values()) == {1.0}
 
 
@@ -222,7 +221,7 @@ def members(sim: PortalSimulator, group_id: int) -> dict[int, str]:
 async def test_groups_auto_reads_counters_for_members_only(portal_factory, make_source):
     server = await portal_factory(users=30, groups=4)
     sim = server.sim
-    data = await make_source(server, groups=None).collect()
+    data = (await make_source(server, groups=None).collect()).data
     probed = open_groups(sim)
     readable = [g for g in probed if can_view_tasks(sim.workgroup(g), sim.user_id, False)]
     assert special_group_ids(4)["members_only"] in set(probed) - set(readable)
@@ -245,7 +244,7 @@ async def test_groups_auto_reads_counters_for_members_only(portal_factory, make_
 async def test_group_names_kinds_and_members(portal_factory, make_source):
     server = await portal_factory(users=30, groups=4)
     sim = server.sim
-    text = exposition(await make_source(server, groups=None).collect())
+    text = exposition((await make_source(server, groups=None).collect()).data)
     readable = [g for g in open_groups(sim) if can_view_tasks(sim.workgroup(g), sim.user_id, False)]
     expected = {(str(g), sim.workgroup(g).name, "project" if sim.workgroup(g).project else "group")
                 for g in readable}
@@ -264,7 +263,7 @@ async def test_max_groups_caps_the_groups_and_says_how_many_were_left_out(portal
     server = await portal_factory(users=30, groups=4)
     clock = Clock()
     source = make_source(server, clock=clock, groups=None, max_groups=2)
-    text = exposition(await source.collect())
+    text = exposition((await source.collect()).data)
     assert series(text, "bitrix24_group_info", "group_id") == {("1",), ("2",)}
     assert {g for _, g in server.sim.counter_reads} == {0, 1, 2}
     assert server.sim.commands_by_method["sonet_group.user.get"] == 2
@@ -282,9 +281,9 @@ async def test_a_group_the_webhook_cannot_read_is_skipped_with_one_warning(porta
     hidden = special_group_ids(2)["members_only"]
     clock = Clock()
     source = make_source(server, clock=clock, groups=None if mode == "auto" else (0, 1, hidden))
-    data = await source.collect()
+    data = (await source.collect()).data
     clock.now += 3600
-    data = await source.collect()
+    data = (await source.collect()).data
     assert [w["group_id"] for w in log_events("bitrix24_group_skipped")] == [hidden]
     assert data.failed_commands == 0
     assert {q.group_id for q in data.counters} >= {0, 1}
@@ -295,7 +294,7 @@ async def test_a_group_the_webhook_cannot_read_is_skipped_with_one_warning(porta
 
 async def test_listed_groups_keep_every_user_and_gain_names(portal_factory, make_source):
     server = await portal_factory(users=10, groups=3)
-    data = await make_source(server, groups=(0, 2, 3)).collect()
+    data = (await make_source(server, groups=(0, 2, 3)).collect()).data
     users = {u.user_id for u in server.sim.users if u.active}
     assert {(q.user_id, q.group_id) for q in data.counters} == {(u, g) for u in users for g in (0, 2, 3)}
     text = exposition(data)
@@ -309,7 +308,7 @@ async def test_listed_groups_keep_every_user_and_gain_names(portal_factory, make
 async def test_emails_are_kept_trimmed_and_lower_cased(portal_factory, make_source):
     server = await portal_factory(users=3)
     server.sim.users[1].email = "  Boris.Petrov@Example.COM "
-    data = await make_source(server).collect()
+    data = (await make_source(server).collect()).data
     by_id = {u.user_id: u for u in data.users}
     assert by_id[2].email == "boris.petrov@example.com"
     assert by_id[1].email == server.sim.users[0].email.lower()
@@ -317,7 +316,7 @@ async def test_emails_are_kept_trimmed_and_lower_cased(portal_factory, make_sour
 
 async def test_names_false_keeps_ids_only(portal_factory, make_source):
     server = await portal_factory(users=12, groups=2)
-    data = await make_source(server, names=False, groups=None).collect()
+    data = (await make_source(server, names=False, groups=None).collect()).data
     assert data.users and all(u.name == "" and u.email == "" for u in data.users)
     text = exposition(data)
     assert {name for (name,) in series(text, "bitrix24_user_info", "name")} == {""}
@@ -329,10 +328,10 @@ async def test_names_false_keeps_ids_only(portal_factory, make_source):
 async def test_include_departments_and_exclude_users_send_fewer_commands(portal_factory, make_source):
     server = await portal_factory(users=5, inactive=0)
     three_levels(server.sim)
-    everyone = await make_source(server, name="all").collect()
+    everyone = (await make_source(server, name="all").collect()).data
     sent_for_everyone = server.sim.commands_by_method[COUNTERS]
     server.sim.reset_counts()
-    data = await make_source(server, name="sales", include_departments=(2,), exclude_users=(4,)).collect()
+    data = (await make_source(server, name="sales", include_departments=(2,), exclude_users=(4,)).collect()).data
     # Sales and Moscow below it: users 2, 3 (Moscow), 4 and 5, then 4 is excluded
     assert [u.user_id for u in data.users] == [2, 3, 5]
     assert {u for u, _ in server.sim.counter_reads} == {2, 3, 5}
@@ -350,9 +349,9 @@ async def test_a_missing_scope_turns_only_its_feature_off(portal_factory, make_s
     server.sim.status_for_scope_error = status
     clock = Clock()
     source = make_source(server, clock=clock, groups=None)
-    data = await source.collect()
+    data = (await source.collect()).data
     clock.now += 3600
-    data = await source.collect()
+    data = (await source.collect()).data
     [warning] = log_events("bitrix24_feature_off")
     assert (warning["feature"], warning["scope"]) == (feature, scope)
     text = exposition(data)
@@ -370,7 +369,7 @@ async def test_without_an_email_scope_emails_are_off_with_one_warning(portal_fac
     server.sim.scopes.add("user_brief")
     source = make_source(server)
     await source.collect()
-    data = await source.collect()
+    data = (await source.collect()).data
     assert [(w["feature"], w["scope"]) for w in log_events("bitrix24_feature_off")] == [("email", "user")]
     assert all(u.email == "" and u.name for u in data.users)
     assert series(exposition(data), "bitrix24_department_info", "department_id")
@@ -381,7 +380,7 @@ async def test_without_an_email_scope_emails_are_off_with_one_warning(portal_fac
 
 async def test_org_metrics_pass_promtool(portal_factory, make_source, tmp_path):
     server = await portal_factory(users=30, groups=4)
-    text = exposition(await make_source(server, groups=None).collect())
+    text = exposition((await make_source(server, groups=None).collect()).data)
     assert series(text, "bitrix24_user_department", "user_id")
     path = tmp_path / "metrics.txt"
     path.write_text(text, encoding="utf-8")

@@ -101,7 +101,7 @@ def source(portal: RecordedPortal, **config: Any) -> Bitrix24Source:
 async def collect(portal: RecordedPortal, **config: Any) -> Any:
     src = source(portal, **config)
     try:
-        return await src.collect()
+        return (await src.collect()).data
     finally:
         await src.aclose()
 
@@ -269,10 +269,10 @@ async def test_a_transient_error_in_a_member_list_keeps_the_last_good_structure(
     src = Bitrix24Source(Bitrix24Config(name="acme", webhook_url=Secret(WEBHOOK), groups=None, roles=("all",)),
                          ApiTelemetry(), retry=FAST_RETRY, transport=portal.transport(), clock=lambda: clock[0])
     try:
-        first = await src.collect()
+        first = (await src.collect()).data
         portal.handlers["sonet_group.user.get"] = lambda _: error(503, "QUERY_LIMIT_EXCEEDED", "Too many requests")
         clock[0] += 7200
-        second = await src.collect()
+        second = (await src.collect()).data
     finally:
         await src.aclose()
     assert second.org.groups == first.org.groups and second.org.members == first.org.members

@@ -19,6 +19,7 @@ from exporter.snapshot import (
     SourceKey,
     Store,
 )
+from tests.conftest import register
 
 
 def samples(text: str) -> list[tuple[str, tuple[tuple[str, str], ...], float]]:
@@ -32,7 +33,7 @@ def samples(text: str) -> list[tuple[str, tuple[tuple[str, str], ...], float]]:
 def store_with_data() -> Store:
     store = Store()
     key = SourceKey("bitrix24", 'acme "main"')
-    telemetry = store.register(key, 60)
+    telemetry = register(store, key)
     telemetry.request("batch", "success")
     telemetry.error("QUERY_LIMIT_EXCEEDED")
     counters = {CounterQuery(1, 0, "all"): (("expired", 3.0), ("new_comments", 0.0)),
@@ -41,7 +42,7 @@ def store_with_data() -> Store:
     store.succeeded(key, PortalSnapshot(users, counters, hidden_users=1, failed_commands=0,
                                         operating_seconds={"tasks.task.counters.get": 1.5}), 0.2)
     pkey = SourceKey("pachca", "ws")
-    store.register(pkey, 60)
+    register(store, pkey)
     store.succeeded(pkey, ReminderTally(by_status={("undone", "call", "2"): 4}, overdue={("call", "2"): 1},
                                         due_soon={"call": 2}, without_due_date={"done": 1},
                                         performer={(7, "undone"): 4}, performer_overdue={7: 1},

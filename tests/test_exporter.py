@@ -6,9 +6,13 @@ import subprocess
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
 
+from exporter import log
 from exporter.app import running
 from exporter.config import Config
+from exporter.scheduler import SourceLoop
+from exporter.snapshot import PortalSnapshot, Store
 from tests.conftest import eventually, promtool
 
 UP = 'tasks_exporter_source_up{source="bitrix24",target="acme"}'
@@ -61,7 +65,7 @@ async def test_failed_cycle_keeps_last_good_data_and_reports_down(portal_factory
     server = await portal_factory(users=2)
     config = Config(bitrix24=(server.config(name="acme", interval=0.2),))
     source = server.source(name="acme", interval=0.2)  # fast retries: the test waits for a failed cycle
-    async with running(config, max_backoff=0.4, sources=[source], store=server.store) as exp:
+    async with running(config, max_backoff=0.4, sources=[source]) as exp:
         good = await eventually(lambda: _when(scrape(exp.url), "bitrix24_tasks{"))
         server.sim.fault = "http_500"
         failing = await eventually(lambda: _when(scrape(exp.url), f"{UP} 0.0"))
@@ -161,3 +165,19 @@ async def test_gzip_answer_is_one_stream_with_the_live_part(portal_factory):
         assert "bitrix24_tasks{" in plain and "process_resident_memory_bytes" in plain
         assert "tasks_exporter_api_requests_total{" in plain
         assert raw.text.count("# TYPE") == plain.count("# TYPE")
+
+
+async def test_cycle_done_logs_the_sources_own_summary_and_its_requests(portal_factory):
+    server = await portal_factory(users=3, hidden=1)
+    source = server.source(name="acme")
+    store = Store()
+    store.register(source)
+    log.configure("info")
+    with capture_logs() as logs:
+        assert await SourceLoop(source, store).run_once()
+    (done,) = [e for e in logs if e["event"] == "cycle_done"]
+    data = store.states()[0].data
+    assert isinstance(data, PortalSnapshot)
+    assert (done["users"], done["hidden_users"], done["failed_commands"]) == (3, 1, 0)
+    assert done["series"] == len(list(data.readings)) > 0
+    assert done["requests"] == server.sim.received

@@ -12,7 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter import log
 from exporter.app import Exporter
 from exporter.config import Config
-from exporter.sources.bitrix24_client import RetryPolicy
+from exporter.sources.bitrix24_client import OperationPause
+from exporter.sources.retries import RetryPolicy
 from tests.conftest import B24_FAULT_REASONS, eventually
 
 FAULTS = B24_FAULT_REASONS
@@ -44,13 +45,13 @@ def log_lines():
     yield lambda: [json.loads(line) for line in buffer.getvalue().splitlines() if line.strip()]
 
 
-RETRY = RetryPolicy(attempts=2, rate_limit_attempts=3, base_delay=0.01, max_delay=0.02,
-                    default_operation_pause=0.05, min_operation_pause=0.01)
+RETRY = RetryPolicy(attempts=2, rate_limit_attempts=3, base_delay=0.01, max_delay=0.02)
+PAUSE = OperationPause(default=0.05, least=0.01)
 
 
 async def exporter_for(server, name="acme", **config):
     config = {"interval": 0.1, "timeout": 0.5, **config}
-    return server.config(name=name, **config), server.source(retry=RETRY, name=name, **config)
+    return server.config(name=name, **config), server.source(retry=RETRY, pause=PAUSE, name=name, **config)
 
 
 @pytest.mark.parametrize("fault", sorted(FAULTS))
@@ -58,8 +59,7 @@ async def test_fault_keeps_last_good_data_counts_the_reason_and_recovers(portal_
     server = await portal_factory(users=3)
     server.sim.fault_retry_after = 0.05
     cfg, source = await exporter_for(server)
-    async with Exporter(Config(bitrix24=(cfg,)), "127.0.0.1", 0, sources=[source], store=server.store,
-                        max_backoff=0.2) as exp:
+    async with Exporter(Config(bitrix24=(cfg,)), "127.0.0.1", 0, sources=[source], max_backoff=0.2) as exp:
         good = await eventually(lambda: _good(exp.url))
         server.sim.fault = fault
         bad = await eventually(lambda: _down_with(exp.url, FAULTS[fault]), timeout=15)
@@ -86,11 +86,10 @@ async def _down_with(url: str, reason: str) -> str | None:
 
 async def test_one_portals_failure_never_touches_another(portal_factory, log_lines):
     healthy, broken = await portal_factory(users=2), await portal_factory(users=2)
-    broken.store = healthy.store  # both sources report into one store
     cfg_a, source_a = await exporter_for(healthy, name="a")
     cfg_b, source_b = await exporter_for(broken, name="b")
     async with Exporter(Config(bitrix24=(cfg_a, cfg_b)), "127.0.0.1", 0, sources=[source_a, source_b],
-                        store=healthy.store, max_backoff=0.2) as exp:
+                        max_backoff=0.2) as exp:
         await eventually(lambda: exp.store.ready())
         broken.sim.fault = "http_500"
         text = await eventually(lambda: _when(exp.url, lambda t: up(t, "b") == 0))
@@ -111,7 +110,6 @@ async def test_cycle_deadline_fails_a_hanging_cycle(portal_factory, log_lines):
     # requests would wait 30 s; the cycle deadline does not
     cfg, source = await exporter_for(server, timeout=30.0, cycle_timeout=0.3)
     server.sim.fault = "timeout"
-    async with Exporter(Config(bitrix24=(cfg,)), "127.0.0.1", 0, sources=[source], store=server.store,
-                        max_backoff=0.2) as exp:
+    async with Exporter(Config(bitrix24=(cfg,)), "127.0.0.1", 0, sources=[source], max_backoff=0.2) as exp:
         text = await eventually(lambda: _when(exp.url, lambda t: failures(t, "acme", "deadline") >= 1))
         assert up(text, "acme") == 0

@@ -14,9 +14,8 @@ from exporter.app import Exporter
 from exporter.config import Config, PachcaConfig, Secret
 from exporter.simulator import pachca as pachcasim
 from exporter.simulator import serve
-from exporter.snapshot import SourceKey
 from exporter.sources.pachca import PachcaSource
-from exporter.sources.pachca_client import RetryPolicy
+from exporter.sources.retries import RetryPolicy
 from tests.conftest import PACHCA_FAULT_REASONS, eventually
 
 FAULTS = PACHCA_FAULT_REASONS
@@ -52,11 +51,10 @@ async def test_pachca_fault_is_isolated_counted_and_recovered(portal_factory, lo
     async with serve(pachcasim.create_app(workspace)) as url:
         p_cfg = PachcaConfig(name="ws", token=Secret(workspace.token), base_url=url + pachcasim.PREFIX,
                              interval=0.1, timeout=0.4)
-        telemetry = portal.store.register(SourceKey("pachca", "ws"), p_cfg.interval)
-        pachca = PachcaSource(p_cfg, telemetry, retry=RetryPolicy(attempts=2, rate_limit_attempts=2,
-                                                                   base_delay=0.01, max_delay=0.02))
+        pachca = PachcaSource(p_cfg, retry=RetryPolicy(attempts=2, rate_limit_attempts=2, base_delay=0.01,
+                                                        max_delay=0.02))
         config = Config(bitrix24=(b24_cfg,), pachca=(p_cfg,))
-        async with Exporter(config, "127.0.0.1", 0, sources=[b24, pachca], store=portal.store,
+        async with Exporter(config, "127.0.0.1", 0, sources=[b24, pachca],
                             max_backoff=0.2) as exp, httpx.AsyncClient() as client:
             async def scrape() -> str:
                 return (await client.get(f"{exp.url}/metrics")).text

@@ -21,7 +21,8 @@ from exporter.ratelimit import LeakyBucket
 from exporter.simulator import pachca as pachcasim
 from exporter.simulator import serve
 from exporter.snapshot import ApiTelemetry
-from exporter.sources.bitrix24_client import Bitrix24Client, RetryPolicy
+from exporter.sources.bitrix24_client import Bitrix24Client
+from exporter.sources.retries import RetryPolicy
 from tests.conftest import eventually
 
 DETECTION_LIMIT = 60.0  # what issue 10 asks for, at default settings

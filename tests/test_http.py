@@ -25,7 +25,7 @@ from exporter.app import running
 from exporter.config import Config
 from exporter.server import accepts_gzip, coding_weights
 from exporter.snapshot import CounterQuery, PortalSnapshot, PortalUser, SourceKey, Store
-from tests.conftest import eventually, promtool
+from tests.conftest import eventually, promtool, register
 
 TEXT_0_0_4 = "text/plain; version=0.0.4; charset=utf-8"
 ACME = SourceKey("bitrix24", "acme")
@@ -74,7 +74,7 @@ def render_failures(text: str) -> float | None:
 
 async def test_render_failure_keeps_the_last_good_metrics_is_logged_once_and_counted(events: Events):
     store = Store()
-    store.register(ACME, 60)
+    register(store, ACME)
     async with running(Config(), sources=[], store=store) as exp:
         store.succeeded(ACME, snapshot(3.0), 0.1)
         await metrics_when(exp.url, lambda t: expired(t) == 3.0)

@@ -21,6 +21,7 @@ from exporter.config import Config
 from exporter.scheduler import SourceLoop
 from exporter.simulator import bitrix24 as b24sim
 from exporter.simulator import serve
+from exporter.snapshot import Store
 from tests.conftest import eventually, free_port
 
 Events = Callable[[], list[dict[str, Any]]]
@@ -134,7 +135,10 @@ def test_console_format_renders_stdlib_records_with_their_logger():
 async def test_every_event_of_a_cycle_names_its_source_and_target(portal_factory, events: Events):
     server = await portal_factory(users=3)
     server.sim.fault = "http_500"
-    loop = SourceLoop(server.source(name="acme"), server.store)
+    source = server.source(name="acme")
+    store = Store()
+    store.register(source)
+    loop = SourceLoop(source, store)
     assert await loop.run_once() is False
     logged = events()
     assert any(e.get("logger") == "httpx" for e in logged)  # the client's requests, logged by httpx

@@ -23,11 +23,11 @@ from exporter.simulator.bitrix24_users import generate_people
 from exporter.simulator.pachca import DEMO_TOKEN, PREFIX, PachcaSimulator, create_app, generate_workspace
 from exporter.snapshot import ApiTelemetry, PachcaUser, PortalSnapshot, PortalUser, ReminderTally, SourceKey, Store
 from exporter.sources.pachca import PachcaSource
-from exporter.sources.pachca_client import RetryPolicy
-from tests.conftest import eventually, promtool
+from exporter.sources.retries import RetryPolicy
+from tests.conftest import eventually, promtool, register
 
 NOW = 1_780_000_000.0
-FAST = RetryPolicy(attempts=3, rate_limit_attempts=3, base_delay=0.001, max_delay=0.005, max_retry_after=1.0)
+FAST = RetryPolicy(attempts=3, rate_limit_attempts=3, base_delay=0.001, max_delay=0.005)
 Labels = tuple[tuple[str, str], ...]
 
 
@@ -60,7 +60,7 @@ async def make_source(base_url: str) -> AsyncIterator[MakeSource]:
     def make(*, transport: httpx.AsyncBaseTransport | None = None, clock: Callable[[], float] | None = None,
              telemetry: ApiTelemetry | None = None, **config: Any) -> PachcaSource:
         settings = {"name": "team", "token": Secret(DEMO_TOKEN), "base_url": base_url, "timeout": 2.0, **config}
-        source = PachcaSource(PachcaConfig(**settings), telemetry or ApiTelemetry(), retry=FAST,
+        source = PachcaSource(PachcaConfig(**settings), telemetry or ApiTelemetry(), retry=FAST, max_retry_after=1.0,
                               transport=transport, clock=clock or Clock())
         made.append(source)
         return source
@@ -74,7 +74,7 @@ def render(tally: ReminderTally, portal: PortalSnapshot | None = None, people: P
     store = Store()
     for key, data in ((SourceKey("pachca", "team"), tally), (SourceKey("bitrix24", "acme"), portal)):
         if data is not None:
-            store.register(key, 60)
+            register(store, key, 60)
             store.succeeded(key, data, 0.1)
     return render_text(SnapshotCollector(store, people=people).snapshot_families()).decode()
 
@@ -116,7 +116,7 @@ def no_tasks() -> httpx.Response:
 
 async def test_departments_tags_and_emails_come_from_users_with_nulls_as_empty(sim: PachcaSimulator,
                                                                                make_source: MakeSource) -> None:
-    tally = await make_source().collect()
+    tally = (await make_source().collect()).data
     by_id = {u.user_id: u for u in tally.users}
     assert set(by_id) == {u["id"] for u in sim.users}
     for raw in sim.users:
@@ -142,7 +142,7 @@ async def test_odd_user_records_cost_only_their_own_fields(make_source: MakeSour
         {"id": "5", "first_name": "string id"}, "not a user", {"first_name": "no id"},
     ]
     source = make_source(transport=routed(no_tasks, lambda: users_page(records)))
-    tally = await source.collect()
+    tally = (await source.collect()).data
     assert tally.users == (
         PachcaUser(1, "user1", "", (), ""),
         PachcaUser(2, "Anna", "Backend", ("Design", "On-call"), "anna.p@example.com"),
@@ -157,7 +157,7 @@ async def test_users_are_walked_by_cursor_and_end_on_has_next_false(make_source:
     sim = generate_workspace(5, seed=3, now=NOW, users=120)
     sim.short_pages = short_pages  # pages shorter than limit mid-stream must not end the walk
     async with serve(create_app(sim)) as url:
-        tally = await make_source(base_url=url + PREFIX).collect()
+        tally = (await make_source(base_url=url + PREFIX).collect()).data
     assert [u.user_id for u in tally.users] == sorted(u["id"] for u in sim.users)
     user_requests = [r for r in sim.requests if r.path == "/users"]
     assert all(r.query.get("limit") == "50" for r in user_requests)
@@ -174,7 +174,7 @@ async def test_429_on_users_waits_retry_after_and_reads_them(make_source: MakeSo
         users_page([user(1, list_tags=["Design"])])])
     telemetry = ApiTelemetry()
     source = make_source(telemetry=telemetry, transport=routed(no_tasks, lambda: next(answers)))
-    tally = await source.collect()
+    tally = (await source.collect()).data
     assert [(u.user_id, u.tags) for u in tally.users] == [(1, ("Design",))]
     counts = telemetry.counts()
     assert counts.requests[("GET /users", "rate_limited")] == 1 and counts.requests[("GET /users", "success")] == 1
@@ -187,9 +187,9 @@ async def test_missing_users_scope_turns_departments_and_tags_off_with_one_warni
     clock = Clock()
     source = make_source(clock=clock)
     with capture_logs() as logs:
-        first = await source.collect()
+        first = (await source.collect()).data
         clock.now += 2 * 3600  # past the structure interval: still no second try
-        second = await source.collect()
+        second = (await source.collect()).data
     warnings = [e for e in logs if e["log_level"] == "warning"]
     assert [e["event"] for e in warnings] == ["pachca_user_names_off"] and warnings[0]["scope"] == "users:read"
     assert sim.count("/users") == 1 and first.total == second.total == 60
@@ -201,7 +201,7 @@ async def test_missing_users_scope_turns_departments_and_tags_off_with_one_warni
 
 async def test_names_false_keeps_departments_and_tags_but_no_names(sim: PachcaSimulator,
                                                                    make_source: MakeSource) -> None:
-    tally = await make_source(names=False).collect()
+    tally = (await make_source(names=False).collect()).data
     text = render(tally)
     info = series(text, "pachca_user_info")
     assert info and all(dict(labels)["name"] == "" for labels in info)
@@ -221,14 +221,14 @@ async def test_users_are_reread_on_the_structure_interval_not_every_cycle(sim: P
                                                                           make_source: MakeSource) -> None:
     clock = Clock()
     source = make_source(clock=clock, structure_interval=600.0)
-    first = await source.collect()
+    first = (await source.collect()).data
     sim.users[0]["department"] = "Renamed"
     sim.users[0]["list_tags"] = ["Night shift"]
     clock.now += 599
-    before = await source.collect()
+    before = (await source.collect()).data
     assert sim.count("/users") == 1 and before.users == first.users
     clock.now += 1
-    after = await source.collect()
+    after = (await source.collect()).data
     assert sim.count("/users") == 2 and sim.count("/tasks") == 3 * 2  # two pages of tasks every cycle
     renamed = next(u for u in after.users if u.user_id == sim.users[0]["id"])
     assert (renamed.department, renamed.tags) == ("Renamed", ("Night shift",))
@@ -240,11 +240,11 @@ async def test_failing_refresh_keeps_the_last_good_users_and_never_fails_the_cou
     clock = Clock()
     telemetry = ApiTelemetry()
     source = make_source(clock=clock, telemetry=telemetry, transport=routed(no_tasks, lambda: users[0]()))
-    good = await source.collect()
+    good = (await source.collect()).data
     users[0] = lambda: httpx.Response(502, text="<html>bad gateway</html>", headers={"content-type": "text/html"})
     clock.now += 3600
     with capture_logs() as logs:
-        later = await source.collect()
+        later = (await source.collect()).data
     assert later.users == good.users and later.users_read_at == NOW
     failed = [e for e in logs if e["event"] == "pachca_user_names_failed"]
     assert len(failed) == 1 and failed[0]["kept_users"] == 1
@@ -285,7 +285,7 @@ EMAIL = PeopleConfig(match="email", pairs=(PeoplePair("acme", "team"),))
 
 async def test_people_match_the_demo_portal_by_email(sim: PachcaSimulator, make_source: MakeSource) -> None:
     """The workspace shares the portal's people with documented twists (see simulator.pachca.generate)."""
-    tally = await make_source().collect()
+    tally = (await make_source().collect()).data
     with capture_logs() as logs:
         text = render(tally, demo_portal(), EMAIL)
     portal = {p.user_id: normalize_email(p.email) for p in generate_people(12)}
@@ -302,7 +302,7 @@ async def test_people_match_the_demo_portal_by_email(sim: PachcaSimulator, make_
 
 
 async def test_people_label_name_and_names_false_portal(sim: PachcaSimulator, make_source: MakeSource) -> None:
-    tally = await make_source().collect()
+    tally = (await make_source().collect()).data
     by_name = PeopleConfig(match="email", label="name", pairs=EMAIL.pairs)
     named = series(render(tally, demo_portal(), by_name), "tasks_exporter_person_info")
     names = {f"{p.name} {p.last_name}" for p in generate_people(12)}
@@ -316,10 +316,10 @@ async def test_people_label_name_and_names_false_portal(sim: PachcaSimulator, ma
 
 async def test_shared_email_is_logged_once_however_often_it_renders(sim: PachcaSimulator,
                                                                     make_source: MakeSource) -> None:
-    tally = await make_source().collect()
+    tally = (await make_source().collect()).data
     store = Store()
     for key, data in ((SourceKey("pachca", "team"), tally), (SourceKey("bitrix24", "acme"), demo_portal())):
-        store.register(key, 60)
+        register(store, key, 60)
         store.succeeded(key, data, 0.1)
     collector = SnapshotCollector(store, people=EMAIL)
     with capture_logs() as logs:
@@ -330,7 +330,7 @@ async def test_shared_email_is_logged_once_however_often_it_renders(sim: PachcaS
 
 async def test_people_wait_for_both_sides(sim: PachcaSimulator, make_source: MakeSource) -> None:
     sim.tokens = {DEMO_TOKEN: frozenset({"tasks:read"})}
-    tally = await make_source().collect()  # users never read: matching would call everyone bitrix24_only
+    tally = (await make_source().collect()).data  # users never read: matching would call everyone bitrix24_only
     text = render(tally, demo_portal(), EMAIL)
     assert series(text, "tasks_exporter_people") == {} and series(text, "tasks_exporter_person_info") == {}
     assert "# TYPE tasks_exporter_people gauge" in text
@@ -345,7 +345,7 @@ def test_people_families_have_no_series_without_the_people_section() -> None:
 
 async def test_org_metrics_pass_promtool_check_metrics(sim: PachcaSimulator, make_source: MakeSource) -> None:
     tool = promtool()
-    text = render(await make_source().collect(), demo_portal(), EMAIL)
+    text = render((await make_source().collect()).data, demo_portal(), EMAIL)
     assert series(text, "pachca_user_tag") and series(text, "tasks_exporter_person_info")
     result = subprocess.run([tool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0 and not (result.stdout.strip() or result.stderr.strip()), \

@@ -17,11 +17,12 @@ from exporter.simulator import serve
 from exporter.simulator.pachca import DEMO_TOKEN, PREFIX, PachcaSimulator, create_app, generate_workspace
 from exporter.snapshot import ApiTelemetry, PachcaUser, ReminderTally
 from exporter.sources.pachca import PachcaSource
-from exporter.sources.pachca_client import RetryPolicy
+from exporter.sources.retries import RetryPolicy
 
 NOW = 1_780_000_000.0  # 2026-05-28T20:26:40Z
 DAY = 86400.0
-FAST = RetryPolicy(attempts=3, rate_limit_attempts=3, base_delay=0.001, max_delay=0.005, max_retry_after=1.0)
+FAST = RetryPolicy(attempts=3, rate_limit_attempts=3, base_delay=0.001, max_delay=0.005)
+MAX_RETRY_AFTER = 1.0  # a Retry-After above this fails the cycle (the default cap is 60 s)
 
 
 class Clock:
@@ -58,7 +59,7 @@ async def make_source(base_url: str) -> AsyncIterator[MakeSource]:
              transport: httpx.AsyncBaseTransport | None = None, retry: RetryPolicy = FAST,
              clock: Callable[[], float] | None = None, **config: Any) -> PachcaSource:
         settings = {"name": "acme", "token": Secret(token), "base_url": base_url, "timeout": 2.0, **config}
-        source = PachcaSource(PachcaConfig(**settings), telemetry or ApiTelemetry(), retry=retry,
+        source = PachcaSource(PachcaConfig(**settings), telemetry, retry=retry, max_retry_after=MAX_RETRY_AFTER,
                               transport=transport, clock=clock or Clock())
         made.append(source)
         return source
@@ -146,7 +147,7 @@ def names(tally: ReminderTally) -> dict[int, str]:
 async def test_generated_workspace_tally_matches_a_plain_count(sim: PachcaSimulator,
                                                                make_source: MakeSource) -> None:
     source = make_source()
-    tally = await source.collect()
+    tally = (await source.collect()).data
     expected = expected_tally(sim.reminders, sim.users, NOW, DAY, pages=math.ceil(180 / 50))
     assert tally == expected
     # the data set exercises every metric, so the equality above pins something in each
@@ -156,13 +157,13 @@ async def test_generated_workspace_tally_matches_a_plain_count(sim: PachcaSimula
 
 
 async def test_tally_follows_the_due_soon_setting(sim: PachcaSimulator, make_source: MakeSource) -> None:
-    tally = await make_source(due_soon=3 * DAY).collect()
+    tally = (await make_source(due_soon=3 * DAY).collect()).data
     assert tally.due_soon == expected_tally(sim.reminders, sim.users, NOW, 3 * DAY, pages=4).due_soon
 
 
 async def test_null_due_at_is_never_overdue(sim: PachcaSimulator, make_source: MakeSource) -> None:
     sim.reminders = [reminder(1, due_at=None), reminder(2, due_at=None, status="done")]
-    tally = await make_source().collect()
+    tally = (await make_source().collect()).data
     assert tally.overdue == {} and tally.due_soon == {} and tally.performer_overdue == {}
     assert tally.oldest_overdue_seconds == 0.0
     assert tally.without_due_date == {"undone": 1, "done": 1}
@@ -175,7 +176,7 @@ async def test_due_soon_window_bounds(sim: PachcaSimulator, make_source: MakeSou
     sim.reminders = [reminder(1, due_at=at(-1)), reminder(2, due_at=at(0), kind="email"),
                      reminder(3, due_at=at(DAY), kind="email"), reminder(4, due_at=at(DAY + 1), kind="event"),
                      reminder(5, due_at=at(-5), status="done")]
-    tally = await make_source().collect()
+    tally = (await make_source().collect()).data
     assert tally.overdue == {("call", "1"): 1}
     assert tally.due_soon == {"email": 2}
     assert tally.oldest_overdue_seconds == 1.0
@@ -185,7 +186,7 @@ async def test_all_day_reminder_is_due_at_the_given_midnight(sim: PachcaSimulato
                                                             make_source: MakeSource) -> None:
     sim.reminders = [reminder(1, due_at="2026-05-28T00:00:00.000Z", all_day=True),
                      reminder(2, due_at="2026-05-29T00:00:00.000Z", all_day=True, kind="meeting")]
-    tally = await make_source().collect()
+    tally = (await make_source().collect()).data
     assert tally.overdue == {("call", "1"): 1}
     assert tally.oldest_overdue_seconds == NOW - datetime.fromisoformat("2026-05-28T00:00:00Z").timestamp()
     assert tally.due_soon == {"meeting": 1}
@@ -194,7 +195,7 @@ async def test_all_day_reminder_is_due_at_the_given_midnight(sim: PachcaSimulato
 async def test_reminder_with_three_performers_counts_once_for_each(sim: PachcaSimulator,
                                                                   make_source: MakeSource) -> None:
     sim.reminders = [reminder(1, performers=[11, 12, 13, 12]), reminder(2, status="done", performers=[12])]
-    tally = await make_source().collect()
+    tally = (await make_source().collect()).data
     assert tally.performer == {(11, "undone"): 1, (12, "undone"): 1, (13, "undone"): 1, (12, "done"): 1}
     assert tally.performer_overdue == {11: 1, 12: 1, 13: 1}
     assert tally.total == 2
@@ -203,7 +204,7 @@ async def test_reminder_with_three_performers_counts_once_for_each(sim: PachcaSi
 async def test_unknown_priority_kind_and_status_are_kept(sim: PachcaSimulator, make_source: MakeSource) -> None:
     sim.reminders = [reminder(1, priority=7, kind="todo"), reminder(2, priority="2", status="archived"),
                      reminder(3, priority=0, kind="meeting")]
-    tally = await make_source().collect()
+    tally = (await make_source().collect()).data
     assert tally.by_status == {("undone", "todo", "7"): 1, ("archived", "call", "2"): 1,
                                ("undone", "meeting", "0"): 1}
     assert tally.overdue == {("todo", "7"): 1, ("meeting", "0"): 1}
@@ -216,7 +217,7 @@ async def test_wrong_types_cost_only_their_field(sim: PachcaSimulator, make_sour
         {**reminder(6), "performer_ids": "12"}, {**reminder(7), "kind": ["call"]}, "not a reminder", 42,
     ]
     with capture_logs() as logs:
-        tally = await make_source().collect()
+        tally = (await make_source().collect()).data
     assert tally.total == 7
     assert tally.by_status == {("undone", "call", "unknown"): 1, ("undone", "call", "1"): 4,
                                ("unknown", "call", "1"): 1, ("undone", "unknown", "1"): 1}
@@ -228,7 +229,7 @@ async def test_wrong_types_cost_only_their_field(sim: PachcaSimulator, make_sour
 
 async def test_wrong_types_fault_does_not_fail_the_cycle(sim: PachcaSimulator, make_source: MakeSource) -> None:
     sim.fault = "wrong_types"
-    tally = await make_source().collect()
+    tally = (await make_source().collect()).data
     assert tally.pages == 4
     assert 0 < tally.total < 180
 
@@ -238,31 +239,30 @@ async def test_wrong_types_fault_does_not_fail_the_cycle(sim: PachcaSimulator, m
 
 async def test_walk_sends_limit_and_stops_on_has_next_false(sim: PachcaSimulator,
                                                             make_source: MakeSource) -> None:
-    source = make_source(performer_names=False)
-    tally = await source.collect()
+    cycle = await make_source(performer_names=False).collect()
     tasks = [r for r in sim.requests if r.path == "/tasks"]
-    assert len(tasks) == tally.pages == 4  # the last page's non-null cursor is not followed
+    assert len(tasks) == cycle.data.pages == 4  # the last page's non-null cursor is not followed
     assert all(r.query["limit"] == "50" for r in tasks)
     assert "cursor" not in tasks[0].query and all("cursor" in r.query for r in tasks[1:])
-    assert source.last_calls == 4 and sim.count("/users") == 0
+    assert cycle.calls == 4 and sim.count("/users") == 0
 
 
 async def test_page_size_is_honoured(sim: PachcaSimulator, make_source: MakeSource) -> None:
-    tally = await make_source(page_size=20, performer_names=False).collect()
+    tally = (await make_source(page_size=20, performer_names=False).collect()).data
     assert tally.pages == 9 and tally.total == 180
     assert {r.query["limit"] for r in sim.requests} == {"20"}
 
 
 async def test_missing_has_next_walks_to_the_empty_page(sim: PachcaSimulator, make_source: MakeSource) -> None:
     sim.omit_has_next = True
-    tally = await make_source(performer_names=False).collect()
+    tally = (await make_source(performer_names=False).collect()).data
     assert tally.total == 180 and tally.pages == 5  # four with data, then the empty one
 
 
 async def test_short_page_mid_stream_does_not_end_the_walk(sim: PachcaSimulator,
                                                            make_source: MakeSource) -> None:
     sim.short_pages = True
-    tally = await make_source(performer_names=False).collect()
+    tally = (await make_source(performer_names=False).collect()).data
     assert tally == expected_tally(sim.reminders, [], NOW, DAY, pages=tally.pages, read_users=False)
     assert tally.pages > 4
 
@@ -271,7 +271,7 @@ async def test_repeated_cursor_stops_without_counting_twice(sim: PachcaSimulator
                                                             make_source: MakeSource) -> None:
     sim.repeat_cursor = True
     with capture_logs() as logs:
-        tally = await make_source(performer_names=False).collect()
+        tally = (await make_source(performer_names=False).collect()).data
     assert tally == expected_tally(sim.reminders, [], NOW, DAY, pages=4, read_users=False)
     assert sim.count("/tasks") == 4
     assert events(logs, "pachca_cursor_repeated")
@@ -280,7 +280,7 @@ async def test_repeated_cursor_stops_without_counting_twice(sim: PachcaSimulator
 async def test_cursor_that_never_ends_stops_at_max_pages(sim: PachcaSimulator, make_source: MakeSource) -> None:
     sim.endless = True
     with capture_logs() as logs:
-        tally = await make_source(max_pages=7, performer_names=False).collect()
+        tally = (await make_source(max_pages=7, performer_names=False).collect()).data
     assert tally.pages == 7 and sim.count("/tasks") == 7
     assert tally.total == 180  # wrapped-around records are not counted again
     assert events(logs, "pachca_page_cap_reached")[0]["max_pages"] == 7
@@ -290,14 +290,14 @@ async def test_empty_page_ends_the_walk_even_if_has_next_says_more(make_source: 
     answers = iter([page([reminder(1)], next_page="a", has_next=True),
                     page([], next_page="b", has_next=True), page([reminder(2)], next_page="c")])
     source = make_source(transport=mock(lambda request: next(answers)), performer_names=False)
-    tally = await source.collect()
-    assert (tally.total, tally.pages, source.last_calls) == (1, 2, 2)
+    cycle = await source.collect()
+    assert (cycle.data.total, cycle.data.pages, cycle.calls) == (1, 2, 2)
 
 
 async def test_null_cursor_of_the_older_api_ends_the_walk(make_source: MakeSource) -> None:
     source = make_source(transport=mock(lambda request: page([reminder(1)], next_page=None)),
                          performer_names=False)
-    assert (await source.collect()).pages == 1
+    assert (await source.collect()).data.pages == 1
 
 
 # --- retries and failures ---------------------------------------------------------------------------
@@ -307,7 +307,7 @@ async def test_429_honours_retry_after_then_succeeds(sim: PachcaSimulator, make_
     sim.inject("rate_limit_storm", times=1)
     sim.retry_after = 0.2
     telemetry = ApiTelemetry()
-    tally = await make_source(telemetry=telemetry, performer_names=False).collect()
+    tally = (await make_source(telemetry=telemetry, performer_names=False).collect()).data
     assert tally.total == 180
     first, second = sim.requests[0], sim.requests[1]
     assert first.status == 429 and second.status == 200
@@ -328,23 +328,28 @@ async def test_retry_after_beyond_the_cap_fails_and_pauses_requests(sim: PachcaS
     sim.fault = None
     with pytest.raises(SourceFailure):  # still inside the Retry-After: no request at all
         await source.collect()
-    assert sim.count() == 1 and source.last_calls == 0
+    assert sim.count() == 1
     clock.now += 3601
-    assert (await source.collect()).total == 180
+    assert (await source.collect()).data.total == 180
 
 
 async def test_429_without_retry_after_backs_off_and_gives_up(make_source: MakeSource) -> None:
-    source = make_source(transport=mock(lambda r: httpx.Response(429, json={"errors": []})))
+    sent: list[httpx.Request] = []
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(429, json={"errors": []})
+
     with pytest.raises(SourceFailure) as failure:
-        await source.collect()
-    assert failure.value.reason == "rate_limited" and source.last_calls == FAST.rate_limit_attempts
+        await make_source(transport=mock(refuse)).collect()
+    assert failure.value.reason == "rate_limited" and len(sent) == FAST.rate_limit_attempts
 
 
 @pytest.mark.parametrize("fault", ["http_500", "http_502", "http_503"])
 async def test_server_error_then_success(sim: PachcaSimulator, make_source: MakeSource, fault: str) -> None:
     sim.inject(fault, times=2)
     telemetry = ApiTelemetry()
-    tally = await make_source(telemetry=telemetry, performer_names=False).collect()
+    tally = (await make_source(telemetry=telemetry, performer_names=False).collect()).data
     assert tally.total == 180
     counts = telemetry.counts()
     assert counts.requests[("GET /tasks", "server_error")] == 2
@@ -362,7 +367,7 @@ async def test_server_errors_past_the_attempts_fail_the_cycle(sim: PachcaSimulat
 async def test_connection_reset_is_retried(sim: PachcaSimulator, make_source: MakeSource) -> None:
     sim.inject("reset", times=1)
     telemetry = ApiTelemetry()
-    assert (await make_source(telemetry=telemetry, performer_names=False).collect()).total == 180
+    assert (await make_source(telemetry=telemetry, performer_names=False).collect()).data.total == 180
     assert telemetry.counts().requests[("GET /tasks", "network_error")] == 1
 
 
@@ -405,7 +410,7 @@ async def test_invalid_token_stops_the_cycle_with_reason_auth(sim: PachcaSimulat
     assert failure.value.reason == "auth" and "invalid_token" in failure.value.detail
     assert sim.count() == 1  # never retried
     counts = telemetry.counts()
-    assert counts.requests == {("GET /tasks", "auth_error"): 1} and counts.errors == {"invalid_token": 1}
+    assert counts.requests == {("GET /tasks", "auth"): 1} and counts.errors == {"invalid_token": 1}
     assert events(logs, "pachca_auth_failed")[0]["code"] == "invalid_token"
     assert "wrong-token-123" not in repr(logs) + str(failure.value)
 
@@ -424,7 +429,20 @@ async def test_bad_request_is_an_api_error_without_retries(sim: PachcaSimulator,
     with pytest.raises(SourceFailure) as failure:
         await make_source(page_size=60, telemetry=telemetry).collect()  # the fake allows 1-50
     assert failure.value.reason == "api_error" and failure.value.detail.startswith("invalid")
-    assert sim.count() == 1 and telemetry.counts().requests == {("GET /tasks", "client_error"): 1}
+    assert sim.count() == 1 and telemetry.counts().requests == {("GET /tasks", "api_error"): 1}
+
+
+async def test_redirect_is_not_followed_and_fails_naming_the_new_host(make_source: MakeSource) -> None:
+    sent: list[httpx.Request] = []
+
+    def moved(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(301, headers={"Location": "https://elsewhere.example/api/shared/v1/tasks"})
+
+    with pytest.raises(SourceFailure) as failure:
+        await make_source(transport=mock(moved)).collect()
+    assert failure.value.reason == "api_error" and "elsewhere.example" in failure.value.detail
+    assert [r.url.host for r in sent] == ["127.0.0.1"]  # the token never went to the other host
 
 
 async def test_bearer_token_is_sent(make_source: MakeSource) -> None:
@@ -443,8 +461,8 @@ async def test_bearer_token_is_sent(make_source: MakeSource) -> None:
 
 async def test_names_are_read_once_and_reused(sim: PachcaSimulator, make_source: MakeSource) -> None:
     source = make_source()
-    first = await source.collect()
-    second = await source.collect()
+    first = (await source.collect()).data
+    second = (await source.collect()).data
     assert names(first) == names(second) != {}
     assert sim.count("/users") == 1
     assert names(first)[17] == "user17"  # an invitee without a name falls back to the nickname
@@ -456,7 +474,7 @@ async def test_names_are_reread_when_a_new_performer_appears(sim: PachcaSimulato
     await source.collect()
     sim.users.append({"id": 99, "first_name": "New", "last_name": "Hire", "nickname": "new"})
     sim.reminders.append(reminder(9999, performers=[99]))
-    tally = await source.collect()
+    tally = (await source.collect()).data
     assert names(tally)[99] == "New Hire" and sim.count("/users") == 2
 
 
@@ -465,8 +483,8 @@ async def test_missing_users_scope_turns_names_off_and_keeps_counts(sim: PachcaS
     sim.tokens = {DEMO_TOKEN: frozenset({"tasks:read"})}
     source = make_source()
     with capture_logs() as logs:
-        first = await source.collect()
-        second = await source.collect()
+        first = (await source.collect()).data
+        second = (await source.collect()).data
     expected = expected_tally(sim.reminders, [], NOW, DAY, pages=4, read_users=False)
     assert first == second == expected
     assert sim.count("/users") == 1 and not source.names_enabled
@@ -477,11 +495,11 @@ async def test_names_true_keeps_trying_and_keeps_the_last_good_names(sim: Pachca
                                                                      make_source: MakeSource) -> None:
     clock = Clock()
     source = make_source(performer_names=True, clock=clock)
-    good = (await source.collect()).users
+    good = (await source.collect()).data.users
     sim.tokens = {DEMO_TOKEN: frozenset({"tasks:read"})}
     clock.now += 3 * 3600  # names are due for a refresh
     with capture_logs() as logs:
-        later = await source.collect()
+        later = (await source.collect()).data
     assert later.users == good and source.names_enabled
     assert sim.count("/users") == 2 and events(logs, "pachca_user_names_failed")
 
@@ -492,13 +510,14 @@ async def test_users_server_error_never_fails_the_counts(sim: PachcaSimulator, m
         "/users": lambda: httpx.Response(503, text="<html>busy</html>"),
     }
     source = make_source(transport=mock(lambda request: answers[request.url.path.removeprefix(PREFIX)]()))
-    tally = await source.collect()
+    cycle = await source.collect()
+    tally = cycle.data
     assert tally.total == 1 and tally.users == () and tally.users_read_at is None
-    assert source.last_calls == 1 + FAST.attempts
+    assert cycle.calls == 1 + FAST.attempts
 
 
 async def test_names_false_never_asks(sim: PachcaSimulator, make_source: MakeSource) -> None:
-    tally = await make_source(performer_names=False).collect()
+    tally = (await make_source(performer_names=False).collect()).data
     assert tally.users == () and sim.count("/users") == 0
 
 
@@ -510,6 +529,5 @@ async def test_source_surface_for_the_scheduler(make_source: MakeSource) -> None
     assert (source.source, source.target) == ("pachca", "acme")
     assert (source.interval, source.cycle_timeout) == (30.0, 120.0)
     assert source.cycle_bound(100) == 2.0
-    await source.collect()
-    assert source.last_calls == 5  # four pages of tasks, one of users
+    assert (await source.collect()).calls == 5  # four pages of tasks, one of users
 

@@ -9,7 +9,8 @@ from exporter.config import Bitrix24Config, Secret
 from exporter.errors import ApiError
 from exporter.snapshot import ApiTelemetry, PortalSnapshot
 from exporter.sources.bitrix24 import Bitrix24Source, parse_counters
-from exporter.sources.bitrix24_client import RetryPolicy, parse_batch
+from exporter.sources.bitrix24_client import OperationPause, parse_batch
+from exporter.sources.retries import RetryPolicy
 from tests.conftest import ReplayTransport, run_cycle
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)
@@ -48,10 +49,10 @@ def test_parse_counters_returns_numbers_none_or_a_typed_error(result):
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(json_values | batch_like | user_page_like | st.binary(max_size=30), min_size=1, max_size=4),
-       st.sampled_from([200, 400, 401, 429, 500, 503]))
+       st.sampled_from([200, 302, 400, 401, 429, 500, 503]))
 def test_a_whole_cycle_over_any_answers_gives_a_snapshot_or_a_source_failure(answers, status):
     config = Bitrix24Config(name="p", webhook_url=Secret("https://p.example/rest/1/abc/"), roles=("all",))
-    retry = RetryPolicy(attempts=2, rate_limit_attempts=2, base_delay=0.0, max_delay=0.0,
-                        default_operation_pause=0.0, min_operation_pause=0.0)
-    source = Bitrix24Source(config, ApiTelemetry(), retry=retry, transport=ReplayTransport(answers, status))
+    retry = RetryPolicy(attempts=2, rate_limit_attempts=2, base_delay=0.0, max_delay=0.0)
+    source = Bitrix24Source(config, ApiTelemetry(), retry=retry, pause=OperationPause(default=0.0, least=0.0),
+                            transport=ReplayTransport(answers, status))
     run_cycle(source, PortalSnapshot)

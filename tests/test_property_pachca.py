@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 from exporter.config import PachcaConfig, Secret
 from exporter.snapshot import ApiTelemetry, ReminderTally
 from exporter.sources.pachca import PachcaSource, TallyBuilder
-from exporter.sources.pachca_client import RetryPolicy, parse_page
+from exporter.sources.pachca_client import parse_page
+from exporter.sources.retries import RetryPolicy
 from tests.conftest import ReplayTransport, run_cycle
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)

@@ -6,7 +6,7 @@ Why a process of its own: counted in the test process, every loopback connection
 client's end and the simulator's) and the test's own sockets come and go, so the only criterion left was a
 guess ("the floor may rise by 4"), which flaked. Counted in the exporter's process and sorted by where each
 socket leads, every class of file descriptor has a bound that follows from a configured limit (see
-`Limits`). The exporter there is built with `Exporter(config, sources=..., store=...)` rather than started
+`Limits`). The exporter there is built with `Exporter(config, sources=...)` rather than started
 with `python -m exporter --config`: retry policies and the scheduler's backoff cap are constructor
 arguments, not config keys, and the soak needs fast ones to run a hundred cycles in seconds.
 
@@ -42,12 +42,11 @@ from exporter.config import ROLE_NAMES, Bitrix24Config, Config, PachcaConfig, Ra
 from exporter.simulator import bitrix24 as b24sim
 from exporter.simulator import pachca as pachcasim
 from exporter.simulator import serve
-from exporter.snapshot import SourceData, SourceKey, Store
-from exporter.sources import Source
+from exporter.sources import CycleResult, Source
 from exporter.sources.bitrix24 import Bitrix24Source
-from exporter.sources.bitrix24_client import BATCH_LIMIT, RetryPolicy
+from exporter.sources.bitrix24_client import BATCH_LIMIT, OperationPause
 from exporter.sources.pachca import PachcaSource
-from exporter.sources.pachca_client import RetryPolicy as PachcaRetry
+from exporter.sources.retries import RetryPolicy
 from tests.conftest import B24_FAULT_REASONS, PACHCA_FAULT_REASONS, eventually
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "8"))
@@ -56,9 +55,8 @@ B24_FAULTS = [None, *[f for f in b24sim.FAULTS if f != "timeout"], None]
 PACHCA_FAULTS = [None, *sorted(f for f in pachcasim.FAULTS if f != "timeout"), None]
 USERS = 60
 INTERVAL = 0.05
-B24_RETRY = RetryPolicy(attempts=2, rate_limit_attempts=2, base_delay=0.005, max_delay=0.01,
-                        default_operation_pause=0.01, min_operation_pause=0.005)
-PACHCA_RETRY = PachcaRetry(attempts=2, rate_limit_attempts=2, base_delay=0.005, max_delay=0.01)
+RETRY = RetryPolicy(attempts=2, rate_limit_attempts=2, base_delay=0.005, max_delay=0.01)
+PAUSE = OperationPause(default=0.01, least=0.005)
 SAMPLE_EVERY = 0.01  # seconds between the exporter process's looks at itself
 
 
@@ -169,14 +167,11 @@ class LeakingSource:
         self.inner = inner
         self.source, self.target = inner.source, inner.target
         self.interval, self.cycle_timeout = inner.interval, inner.cycle_timeout
+        self.telemetry = inner.telemetry
         self.portal = portal
         self.kept: list[Any] = []
 
-    @property
-    def last_calls(self) -> int:
-        return self.inner.last_calls
-
-    async def collect(self) -> SourceData:
+    async def collect(self) -> CycleResult:
         _, writer = await asyncio.open_connection(*self.portal)
         self.kept += [writer, asyncio.create_task(asyncio.Event().wait())]
         return await self.inner.collect()
@@ -195,18 +190,17 @@ def run_exporter(conn: Connection, plan: Plan) -> None:
 
 
 async def _serve(conn: Connection, plan: Plan) -> None:
-    store = Store()
     b24_cfg = Bitrix24Config(name="soak", webhook_url=Secret(plan.webhook), interval=INTERVAL, timeout=0.5,
                              max_concurrency=LIMITS.max_concurrency, rate_limit=RateLimit(10_000.0, 10_000))
     p_cfg = PachcaConfig(name="soak", token=Secret(plan.token), base_url=plan.pachca_url, interval=INTERVAL,
                          timeout=0.5)
-    b24: Source = Bitrix24Source(b24_cfg, store.register(SourceKey("bitrix24", "soak"), INTERVAL), retry=B24_RETRY)
+    b24: Source = Bitrix24Source(b24_cfg, retry=RETRY, pause=PAUSE)
     if plan.leak:
         url = httpx.URL(plan.webhook)
         b24 = LeakingSource(b24, (url.host, url.port or 80))
-    pachca = PachcaSource(p_cfg, store.register(SourceKey("pachca", "soak"), INTERVAL), retry=PACHCA_RETRY)
+    pachca = PachcaSource(p_cfg, retry=RETRY)
     async with Exporter(Config(bitrix24=(b24_cfg,), pachca=(p_cfg,)), "127.0.0.1", 0, sources=[b24, pachca],
-                        store=store, max_backoff=0.1) as exp:
+                        max_backoff=0.1) as exp:
         conn.send(exp.url)
         first = most = None
         samples = memory_before = 0

@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
-from exporter.snapshot import SourceData
+from exporter.snapshot import ApiTelemetry, SourceData
+
+
+@dataclass(frozen=True, slots=True)
+class CycleResult:
+    """Everything one successful cycle produced: its data and the HTTP requests it took."""
+
+    data: SourceData
+    calls: int
 
 
 class Source(Protocol):
-    """What the scheduler needs from a source; sources never touch Prometheus types."""
+    """What the scheduler and the store need from a source; sources never touch Prometheus types."""
 
     source: str  # "bitrix24" | "pachca": the `source` label
     target: str  # portal or workspace name: the `target` label
     interval: float
     cycle_timeout: float
-    last_calls: int  # HTTP requests the last cycle made
+    telemetry: ApiTelemetry  # the source's API traffic, which the store exposes
 
-    async def collect(self) -> SourceData:
+    async def collect(self) -> CycleResult:
         """One cycle. Raises exporter.errors.SourceFailure(reason, detail) for expected faults."""
         ...
 

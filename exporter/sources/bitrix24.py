@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import aclosing
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -16,15 +17,16 @@ from exporter.errors import ApiError, SourceFailure
 from exporter.org import subtree
 from exporter.ratelimit import LeakyBucket, cycle_bound
 from exporter.snapshot import ApiTelemetry, CounterQuery, CounterSet, PortalSnapshot, PortalUser
+from exporter.sources import CycleResult
 from exporter.sources.bitrix24_client import (
-    AUTH_CODES,
     BATCH_LIMIT,
-    RATE_LIMIT_CODES,
+    PAUSE,
+    RETRY,
     RETRYABLE_COMMAND_CODES,
     BatchCall,
     BatchResult,
     Bitrix24Client,
-    RetryPolicy,
+    OperationPause,
     chunk,
     command,
 )
@@ -37,7 +39,8 @@ from exporter.sources.bitrix24_structure import (
     parse_ids,
     plan_queries,
 )
-from exporter.sources.transport import all_or_none, as_they_finish
+from exporter.sources.concurrency import all_or_none, as_they_finish
+from exporter.sources.retries import RetryPolicy
 
 # The `type` of tasks.task.counters.get for each role a config may list (config.ROLE_NAMES).
 ROLES: dict[str, str] = {
@@ -134,31 +137,77 @@ def _is_inactive(record: Mapping[str, Any]) -> bool:
     return record.get("ACTIVE") in (False, "N", "false", 0, "0")
 
 
+@dataclass(slots=True)
+class CounterFold:
+    """What the counters batches of one cycle have answered so far, folded in as each batch arrives, so raw
+    answers never pile up (at 5,000 users they would be ~30 MB). Indexes point into `queries`."""
+
+    queries: Sequence[CounterQuery]
+    read: dict[CounterQuery, CounterSet] = field(default_factory=dict)
+    hidden: set[int] = field(default_factory=set)  # users whose counters came back as [] (no access)
+    errors: dict[int, tuple[str, str]] = field(default_factory=dict)  # index -> (code, description)
+    answered: set[int] = field(default_factory=set)
+
+    def add(self, sent: Mapping[str, int], result: BatchResult) -> None:
+        """Fold in one batch answer; `sent` maps its command keys to query indexes."""
+        for key, raw in result.results.items():
+            i = sent.get(key)
+            if i is None:
+                continue
+            self.answered.add(i)
+            try:
+                counters = parse_counters(raw)
+            except ApiError as exc:
+                self.errors[i] = (exc.code, exc.message)
+                continue
+            if counters is None:
+                self.hidden.add(self.queries[i].user_id)
+            else:
+                self.read[self.queries[i]] = counters
+        self.errors.update((sent[k], e) for k, e in result.errors.items() if k in sent)
+
+    def missing(self, indexes: Iterable[int]) -> None:
+        """Commands of `indexes` the batch answers said nothing about count as failed."""
+        for i in indexes:
+            if i not in self.answered and i not in self.errors:
+                self.errors[i] = ("missing", "the batch answer has no entry for this command")
+
+    def take_retryable(self) -> list[int]:
+        """The commands that failed with a code worth one more pass, forgotten so that pass decides them."""
+        again = sorted(i for i, (code, _) in self.errors.items() if code.upper() in RETRYABLE_COMMAND_CODES)
+        for i in again:
+            del self.errors[i]
+            self.answered.discard(i)
+        return again
+
+
 class Bitrix24Source:
     """Collects one portal. Keeps the last reading of each query so a failed command keeps its value."""
 
     source = "bitrix24"
 
-    def __init__(self, config: Bitrix24Config, telemetry: ApiTelemetry, *,
-                 retry: RetryPolicy | None = None, transport: httpx.AsyncBaseTransport | None = None,
+    def __init__(self, config: Bitrix24Config, telemetry: ApiTelemetry | None = None, *,
+                 retry: RetryPolicy = RETRY, pause: OperationPause = PAUSE,
+                 transport: httpx.AsyncBaseTransport | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.target = config.name
         self.interval = config.interval
         self.cycle_timeout = config.cycle_timeout
-        self._bucket = LeakyBucket(config.rate_limit.requests_per_second, config.rate_limit.burst)
+        self.telemetry = ApiTelemetry() if telemetry is None else telemetry
+        # public: a reload that replaces this source hands its level to the successor (LeakyBucket.take_over)
+        self.bucket = LeakyBucket(config.rate_limit.requests_per_second, config.rate_limit.burst)
         self._client = Bitrix24Client(
-            config.webhook_url.reveal(), self._bucket, telemetry, timeout=config.timeout,
-            max_concurrency=config.max_concurrency, retry=retry, transport=transport,
+            config.webhook_url.reveal(), self.bucket, self.telemetry, timeout=config.timeout,
+            max_concurrency=config.max_concurrency, retry=retry, pause=pause, transport=transport,
         )
         self._last: dict[CounterQuery, CounterSet] = {}
         self._query_users: list[int] = []
         self._query_structure: Structure | None = None
         self._queries: list[CounterQuery] = []
         self._structure = StructureKeeper(StructureReader(self._client, config), interval=config.structure_interval,
-                                          classify=_reason, clock=clock, portal=config.name)
+                                          clock=clock, portal=config.name)
         self._emails_missing = False
-        self.last_calls = 0
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -167,7 +216,7 @@ class Bitrix24Source:
         rate = self.config.rate_limit
         return cycle_bound(calls, rate.requests_per_second, rate.burst)
 
-    async def collect(self) -> PortalSnapshot:
+    async def collect(self) -> CycleResult:
         """Run one cycle; raises SourceFailure when it cannot produce a whole snapshot."""
         calls_before = self._client.calls
         self._client.operating.clear()  # the portal's window value as of this cycle, not a maximum ever seen
@@ -177,14 +226,13 @@ class Bitrix24Source:
             users = self._monitored(users, structure)
             counters, hidden, failed = await self._read_counters(users, structure)
         except ApiError as exc:
-            raise SourceFailure(_reason(exc.code), str(exc)) from None
-        finally:
-            self.last_calls = self._client.calls - calls_before
-        return PortalSnapshot(
+            raise SourceFailure(exc.reason, str(exc)) from None
+        snapshot = PortalSnapshot(
             users=tuple(users), counters=counters, hidden_users=hidden, failed_commands=failed,
             operating_seconds=dict(self._client.operating), org=org_view(users, structure, self._queries),
             structure=self._structure.status,
         )
+        return CycleResult(snapshot, self._client.calls - calls_before)
 
     # --- users ----------------------------------------------------------------------------------
 
@@ -246,7 +294,7 @@ class Bitrix24Source:
                                             for call in chunk(commands)):
                 answered.update(result.results)
         except ApiError as exc:
-            if exc.code in AUTH_CODES:
+            if exc.reason == "auth":
                 raise
             log.info("bitrix24_user_pages_batch_refused", portal=self.target, code=exc.code)
         records: list[Any] = []
@@ -282,7 +330,7 @@ class Bitrix24Source:
                         if _user_id(record) == int(key[1:]):
                             found[int(key[1:])] = portal_user(int(key[1:]), record, names=self.config.names)
         except ApiError as exc:
-            if exc.code in AUTH_CODES:
+            if exc.reason == "auth":
                 raise
             log.warning("bitrix24_user_names_failed", portal=self.target, code=exc.code)
         return [found.get(uid, PortalUser(uid, "")) for uid in ids]
@@ -293,14 +341,13 @@ class Bitrix24Source:
                              ) -> tuple[dict[CounterQuery, CounterSet], int, int]:
         """Every user x group x role counter set; a failed command keeps its last good values."""
         queries = self._queries_for(users, structure)
-        read: dict[CounterQuery, CounterSet] = {}
-        hidden: set[int] = set()
-        errors = await self._fold(queries, range(len(queries)), read, hidden)
-        retry = sorted(i for i, (code, _) in errors.items() if code in RETRYABLE_COMMAND_CODES)
+        fold = CounterFold(queries)
+        await self._fold(fold, range(len(queries)))
+        retry = fold.take_retryable()
         if retry:
-            again = await self._fold(queries, retry, read, hidden)
-            errors = {i: e for i, e in errors.items() if e[0] not in RETRYABLE_COMMAND_CODES} | again
-        for i, (code, description) in errors.items():
+            await self._fold(fold, retry)
+        read = fold.read
+        for i, (code, description) in fold.errors.items():
             log.debug("bitrix24_command_failed", portal=self.target, command=queries[i], code=code,
                       description=description)
             if queries[i] in self._last:
@@ -308,7 +355,7 @@ class Bitrix24Source:
         # in query order, so /metrics lists series the same way every cycle
         fresh = {q: read[q] for q in queries if q in read}
         self._last = fresh
-        return fresh, len(hidden), len(errors)
+        return fresh, len(fold.hidden), len(fold.errors)
 
     def _queries_for(self, users: list[PortalUser], structure: Structure) -> list[CounterQuery]:
         """The cycle's queries; the previous cycle's objects when the users and structure are the same (they
@@ -320,40 +367,13 @@ class Bitrix24Source:
             self._queries = plan_queries(ids, structure, self.config.roles, auto=self.config.groups is None)
         return self._queries
 
-    async def _fold(self, queries: Sequence[CounterQuery], indexes: Sequence[int],
-                    read: dict[CounterQuery, CounterSet], hidden: set[int]) -> dict[int, tuple[str, str]]:
-        """Send queries[i] for every i in batches and fold each answer into `read` as it arrives, so raw
-        answers never pile up (at 5,000 users they would be ~30 MB). Returns the commands that failed."""
-        errors: dict[int, tuple[str, str]] = {}
-        answered: set[int] = set()
+    async def _fold(self, fold: CounterFold, indexes: Sequence[int]) -> None:
+        """Send fold.queries[i] for every i in batches and fold each answer in as it arrives."""
         parts = [indexes[n:n + BATCH_LIMIT] for n in range(0, len(indexes), BATCH_LIMIT)]
-        async with aclosing(as_they_finish(self._send(queries, part) for part in parts)) as batches:
+        async with aclosing(as_they_finish(self._send(fold.queries, part) for part in parts)) as batches:
             async for sent, result in batches:
-                self._fold_batch(queries, sent, result, read, hidden, errors, answered)
-        for i in indexes:
-            if i not in answered and i not in errors:
-                errors[i] = ("missing", "the batch answer has no entry for this command")
-        return errors
-
-    @staticmethod
-    def _fold_batch(queries: Sequence[CounterQuery], sent: Mapping[str, int], result: BatchResult,
-                    read: dict[CounterQuery, CounterSet], hidden: set[int], errors: dict[int, tuple[str, str]],
-                    answered: set[int]) -> None:
-        for key, raw in result.results.items():
-            i = sent.get(key)
-            if i is None:
-                continue
-            answered.add(i)
-            try:
-                counters = parse_counters(raw)
-            except ApiError as exc:
-                errors[i] = (exc.code, exc.message)
-                continue
-            if counters is None:
-                hidden.add(queries[i].user_id)
-            else:
-                read[queries[i]] = counters
-        errors.update((sent[k], e) for k, e in result.errors.items() if k in sent)
+                fold.add(sent, result)
+        fold.missing(indexes)
 
     async def _send(self, queries: Sequence[CounterQuery], indexes: Sequence[int]
                     ) -> tuple[dict[str, int], BatchResult]:
@@ -372,14 +392,3 @@ def _records(body: Any) -> list[Any]:
         raise ApiError("invalid_response", "user.get result is not a list")
     return result
 
-
-def _reason(code: str) -> str:
-    if code in AUTH_CODES:
-        return "auth"
-    if code in RATE_LIMIT_CODES or code == "OPERATION_TIME_LIMIT":
-        return "rate_limited"
-    if code in ("timeout", "network_error", "invalid_response"):
-        return code
-    if code.startswith("http_5") or code in ("INTERNAL_SERVER_ERROR", "ERROR_UNEXPECTED_ANSWER"):
-        return "server_error"
-    return "api_error"

@@ -1,14 +1,14 @@
 """Bitrix24 REST client: webhook calls, `batch` packing, leaky-bucket pacing, retries by error code.
 
 Error handling follows docs/api-notes.md#b24-error-shape: match the `error` field, not the HTTP status
-(QUERY_LIMIT_EXCEEDED has been both 429 and 503), and guard the JSON decode (proxies answer HTML).
+(QUERY_LIMIT_EXCEEDED has been both 429 and 503), in any case, and guard the JSON decode (proxies answer
+HTML). `_reason` classifies every answer that is an error, once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,22 +18,26 @@ from urllib.parse import urlencode
 import httpx
 import structlog
 
-from exporter.errors import ApiError
+from exporter.errors import ApiError, ApiFailureReason
 from exporter.ratelimit import LeakyBucket
 from exporter.snapshot import ApiTelemetry
-from exporter.sources.transport import FaultRetries, pace, timed_send
+from exporter.sources.retries import Retrier, RetryPolicy
+from exporter.sources.sending import pace, refused, timed_send
 
 BATCH_LIMIT = 50
-AUTH_CODES = frozenset({
+# Error codes, upper-cased: the API mixes cases (`expired_token`, `QUERY_LIMIT_EXCEEDED`), so every
+# comparison goes through `upper()` (docs/api-notes.md#b24-error-shape).
+AUTH_CODES = frozenset(code.upper() for code in (
     "NO_AUTH_FOUND", "INVALID_CREDENTIALS", "insufficient_scope", "expired_token", "invalid_token",
     "ACCESS_DENIED", "user_access_error", "authorization_error", "PORTAL_DELETED", "INVALID_REQUEST",
     "WRONG_AUTH_TYPE", "ERROR_OAUTH",
-})
+))
 RATE_LIMIT_CODES = frozenset({"QUERY_LIMIT_EXCEEDED", "OVERLOAD_LIMIT"})
 OPERATION_LIMIT = "OPERATION_TIME_LIMIT"
-RETRYABLE_COMMAND_CODES = frozenset({
-    "QUERY_LIMIT_EXCEEDED", OPERATION_LIMIT, "INTERNAL_SERVER_ERROR", "ERROR_UNEXPECTED_ANSWER",
-})
+SERVER_CODES = frozenset({"INTERNAL_SERVER_ERROR", "ERROR_UNEXPECTED_ANSWER"})
+RETRYABLE_COMMAND_CODES = frozenset({"QUERY_LIMIT_EXCEEDED", OPERATION_LIMIT, *SERVER_CODES})
+
+RETRY = RetryPolicy(attempts=5, rate_limit_attempts=10, base_delay=0.5)
 
 log = structlog.get_logger()
 
@@ -54,16 +58,18 @@ class BatchResult:
     times: dict[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
-@dataclass(slots=True)
-class RetryPolicy:
-    attempts: int = 5  # tries of one call on 5xx, network faults, timeouts and unreadable answers
-    rate_limit_attempts: int = 10
-    base_delay: float = 0.5
-    max_delay: float = 30.0
-    retry_budget: float = 30.0  # seconds of failed tries and backoff one call may spend (transport.FaultRetries)
-    default_operation_pause: float = 60.0
-    min_operation_pause: float = 1.0
-    max_operation_pause: float = 600.0
+@dataclass(frozen=True, slots=True)
+class OperationPause:
+    """How long a method blocked by OPERATION_TIME_LIMIT is paused: until the portal's reset time, kept
+    between `least` and `most` seconds; `default` when the answer has no reset time
+    (docs/api-notes.md#b24-operation-time-limit)."""
+
+    default: float = 60.0
+    least: float = 1.0
+    most: float = 600.0
+
+
+PAUSE = OperationPause()
 
 
 def command(method: str, params: Mapping[str, Any]) -> str:
@@ -126,14 +132,15 @@ class Bitrix24Client:
     """Calls one portal through its incoming webhook; every request passes the shared leaky bucket."""
 
     def __init__(self, webhook_url: str, bucket: LeakyBucket, telemetry: ApiTelemetry, *,
-                 timeout: float, max_concurrency: int, retry: RetryPolicy | None = None,
+                 timeout: float, max_concurrency: int, retry: RetryPolicy = RETRY,
+                 pause: OperationPause = PAUSE,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._base = webhook_url if webhook_url.endswith("/") else webhook_url + "/"
         self._bucket = bucket
         self._telemetry = telemetry
-        self._retry = retry or RetryPolicy()
+        self._retries = Retrier(retry, timeout)
+        self._operation_pause = pause
         self._timeout = timeout
-        self._faults = FaultRetries()
         # one slot per call, held across its retries, and as many connections as slots: a request never
         # queues for a connection, so httpx's pool timeout cannot fire because the cycle is long
         self._slots = asyncio.Semaphore(max_concurrency)
@@ -155,41 +162,33 @@ class Bitrix24Client:
             return await self._call(method, params, pause_key or method)
 
     async def _call(self, method: str, params: Mapping[str, Any], pause_key: str) -> Any:
-        failures = 0
-        rate_limited = 0
-        spent = 0.0  # seconds of failed tries and their backoff (FaultRetries)
+        tries = self._retries.request()
         while True:
             await self._wait_for_pause(pause_key)
             await pace(self._bucket, self._telemetry)
-            started = time.monotonic()
+            tries.sending()
             try:
                 body = await self._attempt(method, params)
             except ApiError as exc:
-                if exc.code == OPERATION_LIMIT:
-                    self._faults.answered()
+                code = exc.code.upper()
+                if code == OPERATION_LIMIT:
                     self._pause(pause_key, exc.retry_after)
-                    rate_limited += 1
-                    if rate_limited >= self._retry.rate_limit_attempts:
+                    if not tries.after_rate_limit():
                         raise
                     continue
-                if exc.code in RATE_LIMIT_CODES:
-                    self._faults.answered()
+                if code in RATE_LIMIT_CODES:
                     self._bucket.saturate()
-                    rate_limited += 1
-                    if rate_limited >= self._retry.rate_limit_attempts:
+                    if not tries.after_rate_limit():
                         raise
-                    await asyncio.sleep(self._backoff(rate_limited))
+                    await asyncio.sleep(self._retries.backoff(tries.rate_limited))
                     continue
-                failures += 1
-                delay = self._backoff(failures)
-                spent += time.monotonic() - started + delay
-                if not self._faults.retry(exc, failures, spent, attempts=self._retry.attempts,
-                                          budget=self._retry.retry_budget, timeout=self._timeout):
+                delay = tries.after_fault(exc)
+                if delay is None:
                     raise
-                log.debug("bitrix24_retry", method=method, code=exc.code, attempt=failures)
+                log.debug("bitrix24_retry", method=method, code=exc.code, attempt=tries.faults)
                 await asyncio.sleep(delay)
             else:
-                self._faults.answered()
+                tries.answered()
                 return body
 
     async def batch(self, call: BatchCall, *, pause_key: str) -> BatchResult:
@@ -202,7 +201,7 @@ class Bitrix24Client:
             self._note_operating(pause_key, block)
         for code, _ in result.errors.values():
             self._telemetry.error(code)
-        if any(code == OPERATION_LIMIT for code, _ in result.errors.values()):
+        if any(code.upper() == OPERATION_LIMIT for code, _ in result.errors.values()):
             # commands blocked inside a batch: pause their method until the window resets
             # (docs/api-notes.md#b24-operation-time-limit)
             resets = [_reset_in({"time": block}) for block in result.times.values()]
@@ -216,29 +215,27 @@ class Bitrix24Client:
         return self._decode(method, response)
 
     def _decode(self, method: str, response: httpx.Response) -> Any:
+        status = response.status_code
         try:
             body = json.loads(response.content)
         except (ValueError, UnicodeDecodeError):
             body = None
-        error = body.get("error") if isinstance(body, dict) else None
-        if isinstance(error, dict):  # REST 3.0 shape {error: {code, message}}
-            error = error.get("code")
-        if error is not None and error != "":
-            code = str(error)
-            description = str(body.get("error_description", ""))[:200] if isinstance(body, dict) else ""
-            self._telemetry.error(code)
-            self._telemetry.request(method, _outcome(code, response.status_code))
-            retry_after = _reset_in(body) if code == OPERATION_LIMIT else None
-            retryable = code not in AUTH_CODES and (response.status_code >= 500 or code in RATE_LIMIT_CODES)
-            raise ApiError(code, description, status=response.status_code, retryable=retryable,
-                           retry_after=retry_after)
-        if response.status_code >= 400 or not isinstance(body, dict):
-            outcome = "invalid_response" if response.status_code < 400 else _outcome("", response.status_code)
-            self._telemetry.request(method, outcome)
-            code = f"http_{response.status_code}" if response.status_code >= 400 else "invalid_response"
-            self._telemetry.error(code)
-            raise ApiError(code, _content_hint(response), status=response.status_code,
-                           retryable=response.status_code >= 500 or response.status_code < 400)
+        error = error_of(body)
+        if error is not None:
+            code, description = error
+            code = code or f"http_{status}"  # an empty code with only a description is still an error
+            reason = failure_reason(code, status)
+            retry_after = _reset_in(body) if code.upper() == OPERATION_LIMIT else None
+            retryable = reason != "auth" and (status >= 500 or code.upper() in RATE_LIMIT_CODES)
+            raise refused(self._telemetry, method, ApiError(
+                code, description, status=status, retryable=retryable, retry_after=retry_after, reason=reason))
+        if status >= 400 or not isinstance(body, dict):
+            # not JSON, or not an object: on 2xx an unreadable answer worth another try, else the status decides
+            code = f"http_{status}" if status >= 400 else "invalid_response"
+            reason = failure_reason("", status) if status >= 400 else "invalid_response"
+            raise refused(self._telemetry, method, ApiError(
+                code, _content_hint(response), status=status, retryable=status >= 500 or status < 400,
+                reason=reason))
         self._telemetry.request(method, "success")
         if isinstance(body.get("time"), dict):
             self._note_operating(method, body["time"])
@@ -261,24 +258,38 @@ class Bitrix24Client:
         self._paused_until.pop(key, None)
 
     def _pause(self, key: str, retry_after: float | None) -> None:
-        delay = retry_after if retry_after is not None else self._retry.default_operation_pause
-        delay = min(max(delay, self._retry.min_operation_pause), self._retry.max_operation_pause)
+        pause = self._operation_pause
+        delay = min(max(retry_after if retry_after is not None else pause.default, pause.least), pause.most)
         self._paused_until[key] = time.time() + delay
         log.warning("bitrix24_operation_time_limit", method=key, pause_seconds=round(delay, 1))
 
-    def _backoff(self, attempt: int) -> float:
-        delay = min(self._retry.max_delay, self._retry.base_delay * 2 ** (attempt - 1))
-        return float(delay * random.uniform(0.5, 1.5))
+
+def error_of(body: Any) -> tuple[str, str] | None:
+    """(code, description) when a decoded answer is an error: `{error, error_description}`, or REST 3.0's
+    `{error: {code, message}}`. The code may be "0" (a controller error) or empty with only a description
+    (docs/api-notes.md#b24-error-shape); both are errors. None when the answer carries no error."""
+    if not isinstance(body, dict) or body.get("error") is None:
+        return None
+    error = body["error"]
+    if isinstance(error, dict):
+        code, description = error.get("code"), error.get("message")
+    else:
+        code, description = error, body.get("error_description")
+    code = "" if code is None else str(code)
+    description = "" if description is None else str(description)[:200]
+    return (code, description) if code or description else None
 
 
-def _outcome(code: str, status: int) -> str:
-    if code in RATE_LIMIT_CODES or code == OPERATION_LIMIT:
+def failure_reason(code: str, status: int) -> ApiFailureReason:
+    """Why an answer with this error code (may be empty) and status is a failure: by code first, any case."""
+    upper = code.upper()
+    if upper in RATE_LIMIT_CODES or upper == OPERATION_LIMIT:
         return "rate_limited"
-    if code in AUTH_CODES or status in (401, 403):
-        return "auth_error"
-    if status >= 500:
+    if upper in AUTH_CODES or status in (401, 403):
+        return "auth"
+    if status >= 500 or upper in SERVER_CODES:
         return "server_error"
-    return "client_error" if status >= 400 or code else "success"
+    return "api_error"
 
 
 def _reset_in(body: Any) -> float | None:

@@ -27,8 +27,9 @@ from exporter.sources.bitrix24_client import (
     Bitrix24Client,
     chunk,
     command,
+    failure_reason,
 )
-from exporter.sources.transport import all_or_none
+from exporter.sources.concurrency import all_or_none
 
 PAGE_SIZE = 50
 COUNTERS_METHOD = "tasks.task.counters.get"  # the counters commands of a cycle, and the probe of a group
@@ -256,7 +257,7 @@ class StructureReader:
                     continue
                 code, description = answers.errors.get(key, ("missing", "the batch answer has no entry for it"))
                 if code.lower() in _RETRYABLE or (prefix == "t" and code.lower() in _AUTH):
-                    raise ApiError(code, f"group {g}: {description}")
+                    raise ApiError(code, f"group {g}: {description}", reason=failure_reason(code, 200))
                 if prefix in needs:
                     problems.append((code, description))
             if not problems:
@@ -338,11 +339,10 @@ class StructureKeeper:
     """The last good Structure, re-read once `interval` has passed on `clock`. A refresh that fails keeps
     the last good one, counts the failure by reason and is tried again on the next cycle."""
 
-    def __init__(self, reader: StructureReader, *, interval: float, classify: Callable[[str], str],
+    def __init__(self, reader: StructureReader, *, interval: float,
                  clock: Callable[[], float] = time.monotonic, portal: str = "") -> None:
         self._reader = reader
         self._interval = interval
-        self._classify = classify
         self._clock = clock
         self._portal = portal
         self._structure = reader.initial()
@@ -362,7 +362,7 @@ class StructureKeeper:
         try:
             structure = await self._reader.read()
         except ApiError as exc:
-            reason = self._classify(exc.code)
+            reason = exc.reason
             failures = dict(self._status.failures)
             failures[reason] = failures.get(reason, 0) + 1
             self._status = StructureStatus(False, self._status.last_success, failures)

@@ -26,7 +26,9 @@ from exporter.config import PachcaConfig
 from exporter.errors import ApiError, SourceFailure
 from exporter.people import normalize_email
 from exporter.snapshot import ApiTelemetry, PachcaUser, ReminderTally
-from exporter.sources.pachca_client import REQUESTS_PER_SECOND, PachcaClient, RetryPolicy, failure_reason
+from exporter.sources import CycleResult
+from exporter.sources.pachca_client import MAX_RETRY_AFTER, REQUESTS_PER_SECOND, RETRY, PachcaClient
+from exporter.sources.retries import RetryPolicy
 
 UNKNOWN = "unknown"
 MAX_LABEL_LENGTH = 64
@@ -209,17 +211,19 @@ class PachcaSource:
 
     source = "pachca"
 
-    def __init__(self, config: PachcaConfig, telemetry: ApiTelemetry, *, retry: RetryPolicy | None = None,
+    def __init__(self, config: PachcaConfig, telemetry: ApiTelemetry | None = None, *,
+                 retry: RetryPolicy = RETRY, max_retry_after: float = MAX_RETRY_AFTER,
                  transport: httpx.AsyncBaseTransport | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.target = config.name
         self.interval = config.interval
         self.cycle_timeout = config.cycle_timeout
-        self.last_calls = 0
+        self.telemetry = ApiTelemetry() if telemetry is None else telemetry
         self._clock = clock
-        self._client = PachcaClient(config.base_url, config.token, telemetry, timeout=config.timeout,
-                                    retry=retry, transport=transport, clock=clock)
+        self._client = PachcaClient(config.base_url, config.token, self.telemetry, timeout=config.timeout,
+                                    retry=retry, max_retry_after=max_retry_after, transport=transport,
+                                    clock=clock)
         self.names_enabled = config.performer_names is not False  # whether GET /users is read at all
         self._users: dict[int, PachcaUser] = {}
         self._users_read_at: float | None = None
@@ -231,35 +235,31 @@ class PachcaSource:
     def cycle_bound(self, calls: int) -> float:
         return calls / REQUESTS_PER_SECOND
 
-    async def collect(self) -> ReminderTally:
+    async def collect(self) -> CycleResult:
         """Run one cycle; raises SourceFailure when GET /tasks cannot be read to the end."""
         calls_before = self._client.calls
+        tally = TallyBuilder(self._clock(), self.config.due_soon)
         try:
-            tally = TallyBuilder(self._clock(), self.config.due_soon)
-            try:
-                async with aclosing(self._client.walk("/tasks", limit=self.config.page_size,
-                                                      max_pages=self.config.max_pages)) as pages:
-                    async for records in pages:
-                        tally.add_page(records)
-            except ApiError as exc:
-                raise self._failure(exc) from None
-            performers = tally.performers
-            if self.names_enabled and self._names_stale(performers):
-                await self._read_names(performers)
-        finally:
-            self.last_calls = self._client.calls - calls_before
+            async with aclosing(self._client.walk("/tasks", limit=self.config.page_size,
+                                                  max_pages=self.config.max_pages)) as pages:
+                async for records in pages:
+                    tally.add_page(records)
+        except ApiError as exc:
+            raise self._failure(exc) from None
+        performers = tally.performers
+        if self.names_enabled and self._names_stale(performers):
+            await self._read_names(performers)
         if tally.malformed or tally.duplicates:
             log.warning("pachca_odd_records", workspace=self.target, malformed=tally.malformed,
                         duplicates=tally.duplicates)
         users = tuple(self._users[uid] for uid in sorted(self._users))
-        return tally.result(users, self._users_read_at)
+        return CycleResult(tally.result(users, self._users_read_at), self._client.calls - calls_before)
 
     def _failure(self, exc: ApiError) -> SourceFailure:
-        reason = failure_reason(exc)
-        if reason == "auth":
+        if exc.reason == "auth":
             log.error("pachca_auth_failed", workspace=self.target, code=exc.code, status=exc.status,
                       hint=AUTH_HINTS.get(exc.code, "the token may not read reminders"))
-        return SourceFailure(reason, str(exc))
+        return SourceFailure(exc.reason, str(exc))
 
     # --- the user directory: names, departments, tags, e-mails ----------------------------------------
 
@@ -280,7 +280,7 @@ class PachcaSource:
                         if (user := pachca_user(record, names=self.config.names)) is not None:
                             users[user.user_id] = user
         except ApiError as exc:
-            if exc.status in (401, 403) and self.config.performer_names is None:
+            if exc.reason == "auth" and self.config.performer_names is None:
                 self.names_enabled = False
                 log.warning("pachca_user_names_off", workspace=self.target, code=exc.code, scope="users:read",
                             off="performer names, departments, tags, people matching",

@@ -22,25 +22,17 @@ import httpx
 import structlog
 
 from exporter.config import Secret
-from exporter.errors import ApiError
+from exporter.errors import ApiError, ApiFailureReason
 from exporter.ratelimit import LeakyBucket
 from exporter.snapshot import ApiTelemetry
-from exporter.sources.transport import FaultRetries, pace, timed_send
+from exporter.sources.retries import Retrier, RetryPolicy
+from exporter.sources.sending import pace, refused, timed_send
 
 REQUESTS_PER_SECOND = 50  # "all other API methods", per token (docs/api-notes.md#pachca-rate-limit)
-NETWORK_CODES = frozenset({"timeout", "network_error", "invalid_response"})
+RETRY = RetryPolicy(attempts=4, rate_limit_attempts=4, base_delay=1.0)
+MAX_RETRY_AFTER = 60.0  # a longer Retry-After fails the cycle and pauses requests instead
 
 log = structlog.get_logger()
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    attempts: int = 4  # tries of one request on 5xx, network faults, timeouts and unreadable bodies
-    rate_limit_attempts: int = 4  # tries of one request answered 429
-    base_delay: float = 1.0  # backoff base_delay * 2^(n-1), x jitter 0.5-1.5
-    max_delay: float = 30.0
-    max_retry_after: float = 60.0  # a longer Retry-After fails the cycle and pauses requests instead
-    retry_budget: float = 30.0  # seconds of failed tries and backoff one request may spend (transport.FaultRetries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,30 +56,18 @@ def parse_page(body: Mapping[str, Any]) -> Page:
                 has_next=has_next if isinstance(has_next, bool) else None)
 
 
-def failure_reason(exc: ApiError) -> str:
-    """The SourceFailure reason for an ApiError that ended a cycle."""
-    if exc.code in NETWORK_CODES:
-        return exc.code
-    if exc.status in (401, 403):
-        return "auth"
-    if exc.status == 429 or exc.code == "rate_limit":
-        return "rate_limited"
-    if exc.status is not None and exc.status >= 500:
-        return "server_error"
-    return "api_error"
-
-
 class PachcaClient:
     """GETs list methods of one workspace with its token; every request passes a 50 req/s bucket."""
 
     def __init__(self, base_url: str, token: Secret, telemetry: ApiTelemetry, *, timeout: float,
-                 retry: RetryPolicy | None = None, transport: httpx.AsyncBaseTransport | None = None,
+                 retry: RetryPolicy = RETRY, max_retry_after: float = MAX_RETRY_AFTER,
+                 transport: httpx.AsyncBaseTransport | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self._base = base_url.rstrip("/")
         self._telemetry = telemetry
-        self._retry = retry or RetryPolicy()
+        self._retries = Retrier(retry, timeout)
+        self._max_retry_after = max_retry_after
         self._timeout = timeout
-        self._faults = FaultRetries()
         self._clock = clock
         self._bucket = LeakyBucket(REQUESTS_PER_SECOND, REQUESTS_PER_SECOND)
         self._paused_until = 0.0
@@ -126,31 +106,29 @@ class PachcaClient:
     async def get(self, path: str, params: Mapping[str, str]) -> dict[str, Any]:
         """GET one list page; retries 429 (Retry-After), 5xx, network faults and unreadable bodies."""
         method = f"GET {path}"
-        failures = 0
-        rate_limited = 0
-        spent = 0.0  # seconds of failed tries and their backoff (FaultRetries)
+        tries = self._retries.request()
         while True:
             self._check_pause(path)
             await pace(self._bucket, self._telemetry)
-            started = time.monotonic()
+            tries.sending()
             try:
                 body = await self._attempt(method, path, params)
             except ApiError as exc:
                 if exc.status == 429:
-                    self._faults.answered()
-                    rate_limited += 1
-                    delay = self._rate_limit_delay(exc, rate_limited, path)
-                else:
-                    failures += 1
-                    delay = self._backoff(failures)
-                    spent += time.monotonic() - started + delay
-                    if not self._faults.retry(exc, failures, spent, attempts=self._retry.attempts,
-                                              budget=self._retry.retry_budget, timeout=self._timeout):
+                    more = tries.after_rate_limit()
+                    self._check_retry_after(exc, path)
+                    if not more:
                         raise
+                    delay = self._rate_limit_delay(exc, tries.rate_limited)
+                else:
+                    fault_delay = tries.after_fault(exc)
+                    if fault_delay is None:
+                        raise
+                    delay = fault_delay
                 log.debug("pachca_retry", path=path, code=exc.code, delay_s=round(delay, 3))
                 await asyncio.sleep(delay)
             else:
-                self._faults.answered()
+                tries.answered()
                 return body
 
     async def _attempt(self, method: str, path: str, params: Mapping[str, str]) -> dict[str, Any]:
@@ -169,38 +147,38 @@ class PachcaClient:
             if isinstance(body, dict) and isinstance(body.get("data"), list):
                 self._telemetry.request(method, "success")
                 return body
-            self._telemetry.request(method, "invalid_response")
-            self._telemetry.error("invalid_response")
-            raise ApiError("invalid_response", _shape_hint(response, body), status=status, retryable=True)
+            raise refused(self._telemetry, method, ApiError(
+                "invalid_response", _shape_hint(response, body), status=status, retryable=True))
         code, message = error_of(body, status, response)
-        self._telemetry.error(code)
         retry_after = None
+        reason: ApiFailureReason
         if status == 429:
-            outcome, retryable = "rate_limited", True
+            reason, retryable = "rate_limited", True
             retry_after = retry_after_seconds(response.headers.get("Retry-After"))
         elif status in (401, 403):
-            outcome, retryable = "auth_error", False
+            reason, retryable = "auth", False
         elif status >= 500:
-            outcome, retryable = "server_error", True
+            reason, retryable = "server_error", True
         else:
-            outcome, retryable = "client_error", False
-        self._telemetry.request(method, outcome)
-        raise ApiError(code, message, status=status, retryable=retryable, retry_after=retry_after)
+            reason, retryable = "api_error", False
+        raise refused(self._telemetry, method, ApiError(
+            code, message, status=status, retryable=retryable, retry_after=retry_after, reason=reason))
 
-    def _rate_limit_delay(self, exc: ApiError, attempt: int, path: str) -> float:
-        """Seconds to sleep before retrying a 429, or raise when this cycle should give up."""
+    def _check_retry_after(self, exc: ApiError, path: str) -> None:
+        """A Retry-After beyond the cap is an overload ban: hammering it prolongs the ban, so the cycle fails
+        and requests pause until it passes (docs/api-notes.md#pachca-long-ban)."""
         wait = exc.retry_after
-        if wait is not None and wait > self._retry.max_retry_after:
-            # a Retry-After beyond the cap is an overload ban: hammering it prolongs the ban
-            # (docs/api-notes.md#pachca-long-ban)
+        if wait is not None and wait > self._max_retry_after:
             self._paused_until = self._clock() + wait
             log.warning("pachca_rate_limit_pause", path=path, retry_after_s=wait)
-            cap = self._retry.max_retry_after
+            cap = self._max_retry_after
             raise ApiError(exc.code, f"Retry-After {wait:g}s exceeds the {cap:g}s cap; requests paused until "
-                           "it passes", status=429)
-        if attempt >= self._retry.rate_limit_attempts:
-            raise exc
-        delay = wait * random.uniform(1.0, 1.25) if wait is not None else self._backoff(attempt)
+                           "it passes", status=429, reason="rate_limited")
+
+    def _rate_limit_delay(self, exc: ApiError, attempt: int) -> float:
+        """Seconds to sleep before retrying a 429: its Retry-After with a little jitter, else backoff."""
+        wait = exc.retry_after
+        delay = wait * random.uniform(1.0, 1.25) if wait is not None else self._retries.backoff(attempt)
         self._telemetry.waited(delay)
         return delay
 
@@ -208,11 +186,7 @@ class PachcaClient:
         remaining = self._paused_until - self._clock()
         if remaining > 0:
             raise ApiError("rate_limit", f"requests paused {remaining:.0f}s more after a long Retry-After",
-                           status=429)
-
-    def _backoff(self, attempt: int) -> float:
-        delay = min(self._retry.max_delay, self._retry.base_delay * 2 ** (attempt - 1))
-        return float(delay * random.uniform(0.5, 1.5))
+                           status=429, reason="rate_limited")
 
 
 def error_of(body: Any, status: int, response: httpx.Response) -> tuple[str, str]:
