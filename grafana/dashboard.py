@@ -70,8 +70,8 @@ SUBTREE_EXPIRED = (f"sum by (portal, department_id) (bitrix24_user_department{{{
                    f"* on(portal, user_id) group_left {USER_EXPIRED})")
 WITH_DEPARTMENT_NAME = (" * on(portal, department_id) group_left(name) "
                         f"max by (portal, department_id, name) (bitrix24_department_info{{{PORTAL}}})")
-# 1 for every user in the selected departments or below them (a user in two of them counts once).
-IN_DEPARTMENT = f'max by (portal, user_id) (bitrix24_user_department{{{PORTAL}, department_id=~"$department"}})'
+# The users of the selected departments and of those below them; `and` keeps a user in two of them once.
+IN_DEPARTMENT = f'bitrix24_user_department{{{PORTAL}, department_id=~"$department"}}'
 GROUP_EXPIRED = (f'sum by (portal, group_id) (bitrix24_tasks{{{PORTAL}, group_id!="0", role=~"$role", '
                  'counter="expired"})')
 WITH_GROUP_NAME = (" * on(portal, group_id) group_left(name, kind) "
@@ -84,6 +84,9 @@ PERSON_BY_B24_USER = (f'max by (portal, user_id, person) (label_replace({PERSON}
 PERSON_BY_PERFORMER = (f'max by (workspace, performer_id, person) (label_replace({PERSON}, "performer_id", "$1", '
                        '"pachca_user_id", "(.+)"))')
 ZERO_PER_PERSON = f"(0 * max by (person) ({PERSON}))"
+# Both keys at once, for the Bitrix24 figures of a Pachca user: one row per matched pair.
+PERSON_PAIRS = (f'label_replace(label_replace({PERSON}, "user_id", "$1", "bitrix24_user_id", "(.+)"), '
+                '"performer_id", "$1", "pachca_user_id", "(.+)")')
 # Pachca employee tags (teams), keyed by performer_id for a join with the per-performer reminder counts.
 TEAM_TAGS = 'pachca_user_tag{workspace=~"$workspace", tag=~"$team"}'
 TEAM_MEMBERS = f'label_replace({TEAM_TAGS}, "performer_id", "$1", "user_id", "(.+)")'
@@ -250,9 +253,9 @@ def organisation_panels() -> list[Builder[Any]]:
               .thresholds(steps((None, "text"), (1, "yellow"), (10, "red")))
               .cell_options(common_m.TableColorTextCellOptions())
               .sort_by([common_b.TableSortByFieldState().display_name("expired").desc(True)])
-              .with_target(query(f'sum by (portal, user_id, counter) (bitrix24_tasks{{{PORTAL}, group_id="0", '
-                                 f'role=~"$role"}}) * on(portal, user_id) group_left() {IN_DEPARTMENT}'
-                                 f"{WITH_B24_NAME}", instant=True, as_table=True)))
+              .with_target(query(f'(sum by (portal, user_id, counter) (bitrix24_tasks{{{PORTAL}, group_id="0", '
+                                 f'role=~"$role"}}) and on(portal, user_id) {IN_DEPARTMENT}){WITH_B24_NAME}',
+                                 instant=True, as_table=True)))
     workgroups = (bars("Workgroups by overdue tasks", "The 15 Bitrix24 workgroups and projects with most expired "
                        "tasks summed over their monitored members (the chosen role), named via "
                        "bitrix24_group_info. With `groups: auto` only members' counters are read.",
@@ -287,8 +290,8 @@ def people_panels() -> list[Builder[Any]]:
     team_overdue = (f"sum by (tag) ({PERFORMER_OVERDUE} * on(workspace, performer_id) group_right {TEAM_MEMBERS}) "
                     f"or on(tag) (0 * count by (tag) ({TEAM_TAGS}))")
     # Bitrix24 expired tasks of each matched Pachca user, keyed like TEAM_MEMBERS.
-    b24_by_performer = (f"sum by (workspace, performer_id) ({PERSON_BY_PERFORMER} * on(person) group_left "
-                        f"{b24_per_person('expired')})")
+    b24_by_performer = (f"sum by (workspace, performer_id) ({PERSON_PAIRS} * on(portal, user_id) group_left "
+                        f"{USER_EXPIRED})")
     teams = (joined_table("Pachca teams", "Each Pachca employee tag (list_tags, pachca_user_tag): how many "
                           "people carry it, their overdue Pachca reminders, and the Bitrix24 expired tasks of "
                           "those of them the `people` section matched (blank: nobody matched).", "tag",
