@@ -83,12 +83,13 @@ T = TypeVar("T")
 
 
 def bitrix24_rows(users: tuple[int, ...], naive_run: tuple[int, ...], fast_run: tuple[int, ...],
-                  steady: tuple[int, int], progress: Progress, alongside: Callable[[], T]) -> tuple[list[Row], T]:
+                  steady: tuple[tuple[int, int], ...], progress: Progress, alongside: Callable[[], T]
+                  ) -> tuple[list[Row], T]:
     """Run every job (short ones alone, long ones side by side with `alongside`); rows in table order."""
     fast = fast_bitrix24_installed()
     jobs = [Job("ours", u) for u in users] + [Job("naive", u) for u in naive_run]
     jobs += [Job(variant, u) for u in fast_run for variant in FAST] if fast else []
-    jobs.append(Job("ours", *steady))
+    jobs += [Job("ours", *run) for run in steady]
     done, other = _run_all(jobs, progress, alongside)
     rows: list[Row] = []
     for u in users:
@@ -102,7 +103,7 @@ def bitrix24_rows(users: tuple[int, ...], naive_run: tuple[int, ...], fast_run: 
                 calls = job.expected_calls()
                 rows.append(Row(job, "computed, not run", wall=bound(calls), calls=calls,
                                 commands=u * ROLES + -(-u // PAGE)))
-    rows.append(done[Job("ours", *steady)])
+    rows += [done[Job("ours", *run)] for run in steady]
     return rows, other
 
 
@@ -184,7 +185,7 @@ def _cells(r: Row) -> list[str]:
     users = f"{r.job.users:,}" + (f" x {r.job.cycles} cycles" if r.job.cycles > 1 else "")
     status = r.status
     if r.job.cycles > 1 and r.measured:
-        status = "measured, back to back: " + " + ".join(f"{w:.1f}" for w in r.walls)
+        status = "measured, back to back: " + " + ".join(seconds(w) for w in r.walls)
     if r.measured and not r.complete:
         status += " (INCOMPLETE answers)"
     approx = r.status.startswith("computed") and r.job.client in FAST

@@ -88,8 +88,7 @@ async def _ours(conn: Connection, run: ClientRun) -> None:
     state = exporter.store.states()[0]
     if not state.up or not isinstance(state.data, PortalSnapshot):
         raise RuntimeError(f"cycle failed: {state.last_error}")
-    while exporter.exposition.renders < 2:  # the first render is of the empty store, at start
-        await asyncio.sleep(0.01)
+    await until(lambda: exporter.exposition.renders >= 2)  # the first render is of the empty store, at start
     host, port = exporter.url.removeprefix("http://").split(":")
     await scrape_once(host, int(port))
     cpu = time.process_time() - cpu
@@ -98,6 +97,12 @@ async def _ours(conn: Connection, run: ClientRun) -> None:
     conn.send({"walls": walls, "cpu_s": cpu, "rss_mb": rss, "peak_rss_mb": peak, "users": len(state.data.users),
                "answers": len({(r.user_id, r.role) for r in state.data.readings})})
     await next_message(conn)
+
+
+async def until(check: Callable[[], bool], step: float = 0.01) -> None:
+    """Poll `check` (state of a component that offers no event to wait on) until it holds."""
+    while not check():  # noqa: ASYNC110 -- the exporter exposes a counter, not an event
+        await asyncio.sleep(step)
 
 
 async def scrape_once(host: str, port: int, encoding: str = "gzip") -> int:
@@ -130,6 +135,9 @@ def _fast(webhook: str, slow: bool = False) -> tuple[Cycle, Callable[[], Awaitab
     from exporter.sources.bitrix24 import ROLES
 
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # its failed retries end as unretrieved tasks
+    # it sets its own logger to DEBUG and logs every request and answer in full: formatting those records
+    # cost it CPU time in runs before 2026-11-25 22:10 UTC (issue 14), which no user of it would pay
+    logging.getLogger("fast_bitrix24").setLevel(logging.WARNING)
     # its defaults are the plain-plan limits: request_pool_size=50, requests_per_second=2.0
     bitrix = BitrixAsync(webhook, verbose=False)
 

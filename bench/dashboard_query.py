@@ -336,7 +336,7 @@ def report(result: dict[str, Any], command: str) -> str:
     rules = sorted(result["rules"], key=lambda r: -r[1])
     every = f"{plan.scrape_interval} s"
     return "\n".join([
-        f"## Dashboard queries on a real Prometheus, {plan.users:,} users (issue 12)", "",
+        f"# Issue 12: the dashboard's queries on a real Prometheus, {plan.users:,} users", "",
         machine(), f"prometheus: {' '.join(version)}", f"command: {command}", "",
         f"Stored: {stored}. The exporter ran `groups: auto` with a `people` section against a {plan.users:,}-user "
         f"portal ({plan.workgroups} readable workgroups) and a workspace of the same people ({plan.reminders:,} "

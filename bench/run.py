@@ -1,6 +1,7 @@
 """Benchmarks of tasks-exporter (issue 6), measured in one run against the simulators on 127.0.0.1.
 
-    python bench/run.py           # everything, about 15 minutes (the 5,000-user cycle alone takes ~4)
+    python bench/run.py           # everything, about 20 minutes (the 5,000-user cycle alone takes ~4)
+    python bench/run.py --only portals   # one part (bitrix24, memory, pachca, metrics, portals)
     python bench/run.py --quick   # small sizes only, under a minute (the smoke test runs this)
 
 Each simulator and each measured process runs in a process of its own (see procs.py); results go to
@@ -10,14 +11,16 @@ stdout as Markdown tables, progress to stderr. bench/RESULTS.md holds a full run
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from bitrix24_bench import bitrix24_rows, bitrix24_table
+from bitrix24_bench import Row, bitrix24_rows, bitrix24_table
 from clients import WorkspaceRun, pachca_main
 from memory import MemoryRun, memory_main
+from portals import ManyRun, PortalsSpec, many_main, portals_main
 from procs import Child, PortalSpec, WorkspaceSpec, child, portal_main, workspace_main
 from report import TITLE, machine, number, seconds, table
 from scrape import ScrapeLoad, exporter_main, percentile, scraper_main
@@ -25,6 +28,8 @@ from targets import targets_table
 
 LATENCY = 0.05  # seconds per API call, both simulators
 SCRAPERS = 10
+SIMULATOR_PROCESSES = 2  # the many-portals run: portals are spread over this many simulator processes
+PARTS = ("bitrix24", "memory", "pachca", "metrics", "portals")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,21 +38,28 @@ class Plan:
     users: tuple[int, ...]  # Bitrix24 portal sizes
     naive_run: tuple[int, ...]  # sizes the naive client really runs (the rest are computed)
     fast_run: tuple[int, ...]  # sizes fast-bitrix24 really runs (with its defaults, and in slow mode)
-    steady: tuple[int, int]  # (users, cycles) run back to back: the bucket never drains between cycles
+    # (users, cycles) run back to back: the bucket never drains between cycles; from the second cycle on the
+    # exporter's cycle is pipelined (the steady state)
+    steady: tuple[tuple[int, int], ...]
     reminders: tuple[int, ...]
     series: tuple[int, ...]
     scrapes: int  # per window (1 or 10 scrapers)
     scrape_budget_s: float
     live_users: int  # portal of the cycle in flight during scrapes (500 ms latency)
     memory: tuple[tuple[int, int], ...]  # (users, cycles)
+    portals: tuple[int, int]  # (portals, users each) in one exporter process
+    portals_interval: float
+    portals_window_s: float  # CPU and RSS are measured over this much steady operation
 
 
-FULL = Plan(quick=False, users=(100, 1000, 5000), naive_run=(100,), fast_run=(100, 1000, 5000), steady=(1000, 3),
+FULL = Plan(quick=False, users=(100, 1000, 5000), naive_run=(100,), fast_run=(100, 1000, 5000),
+            steady=((100, 2), (1000, 3)),
             reminders=(1000, 20000), series=(25000, 100000), scrapes=10000, scrape_budget_s=30.0,
-            live_users=1000, memory=((1000, 1000), (5000, 13)))
-QUICK = Plan(quick=True, users=(10, 100), naive_run=(10,), fast_run=(10, 100), steady=(100, 2),
+            live_users=1000, memory=((1000, 1000), (5000, 13)), portals=(100, 100), portals_interval=60.0,
+            portals_window_s=180.0)
+QUICK = Plan(quick=True, users=(10, 100), naive_run=(10,), fast_run=(10, 100), steady=((100, 2),),
              reminders=(1000,), series=(2500,), scrapes=300, scrape_budget_s=3.0, live_users=100,
-             memory=((100, 23),))
+             memory=((100, 23),), portals=(5, 20), portals_interval=5.0, portals_window_s=6.0)
 
 
 def progress(message: str) -> None:
@@ -186,29 +198,119 @@ def memory_table(results: list[dict[str, Any]]) -> str:
                   "bucket opened wide too), so that many cycles fit in minutes; 5 roles, group 0"])
 
 
+# --- many portals in one process ------------------------------------------------------------------
+
+
+def portals_section(plan: Plan) -> dict[str, Any]:
+    count, users = plan.portals
+    progress(f"many portals: {count} x {users:,} users in one exporter, {plan.portals_interval:g} s interval")
+    share = -(-count // SIMULATOR_PROCESSES)
+    with contextlib.ExitStack() as stack:
+        sims = [stack.enter_context(child(f"portals-{k}", portals_main,
+                                          PortalsSpec(min(share, count - k * share), users, LATENCY, k * share),
+                                          ready_timeout=300.0))
+                for k in range(SIMULATOR_PROCESSES) if k * share < count]
+        webhooks = tuple(w for sim in sims for w in sim.ready["webhooks"])
+        run = ManyRun(webhooks, plan.portals_interval, LATENCY)
+        with child("many-exporter", many_main, run, ready_timeout=120.0) as exporter:
+            url = exporter.ready["url"]
+            first = exporter.ask("first", timeout=900.0)
+            progress(f"many portals: first cycles done in {first['seconds']:.1f} s; CPU window "
+                     f"{plan.portals_window_s:g} s")
+            cpu = exporter.ask(("cpu", plan.portals_window_s), timeout=plan.portals_window_s + 300.0)
+            served = _served_series(url)
+            with child("scraper", scraper_main, ScrapeLoad(url, SCRAPERS, plan.scrape_budget_s)) as scraper:
+                before = exporter.ask("mark")
+                load = scraper.ask(("go", SCRAPERS, plan.scrapes), timeout=plan.scrape_budget_s + 120)
+                after = exporter.ask("mark")
+            cycles = exporter.ask("cycles")
+        stats = [sim.ask("stats") for sim in sims]
+    steady = [(target, d / b) for target, runs in cycles["cycles"].items() for d, b in runs[1:]]
+    firsts = [runs[0][0] / runs[0][1] for runs in cycles["cycles"].values()]
+    latencies = load["latencies"]
+    result = {
+        "portals": count, "users": users, "interval": plan.portals_interval, "series": served,
+        "first_s": first["seconds"], "first_worst": max(firsts), "cpu_s": cpu["cpu_s"], "window_s": cpu["seconds"],
+        "renders_window": cpu["renders"], "render_s": cpu["render_s"], "rss_max": cpu["rss_max_mb"],
+        "rss_end": cycles["rss_mb"],
+        "peak_rss": cycles["peak_rss_mb"], "scrapes": len(latencies),
+        "median_ms": percentile(latencies, 0.5) * 1000, "p99_ms": percentile(latencies, 0.99) * 1000,
+        "scrape_cycles": after["cycles"] - before["cycles"], "scrape_renders": after["renders"] - before["renders"],
+        "scrape_s": load.get("seconds", 0.0),
+        "steady_cycles": len(steady), "steady_worst": max((r for _, r in steady), default=float("nan")),
+        "steady_median": percentile([r for _, r in steady], 0.5) if steady else float("nan"),
+        "calls": sum(sum(s["calls"]) for s in stats), "rejected": sum(sum(s["rejected"]) for s in stats),
+    }
+    emit(portals_table(result))
+    return result
+
+
+def _every(r: dict[str, Any]) -> str:
+    return f"{r['window_s'] / r['renders_window']:.0f} s" if r["renders_window"] else "-"
+
+
+def portals_table(r: dict[str, Any]) -> str:
+    per_minute = r["cpu_s"] / r["window_s"] * 60
+    rows = [
+        ["portals x users", f"{r['portals']} x {r['users']:,} (interval {r['interval']:g} s, 50 ms per call)"],
+        ["series served", number(r["series"])],
+        ["first cycles (all portals at once)", f"{r['first_s']:.1f} s until every portal had one; worst "
+                                               f"cycle/bound {r['first_worst']:.1f}x"],
+        ["CPU", f"{per_minute:.2f} s per minute = {per_minute / 60 * 100:.1f} % of one core "
+                f"(over {r['window_s']:.0f} s, a gzip scrape every 15 s)"],
+        ["renders", f"{r['renders_window']} in that window, one every {_every(r)}; the last took "
+                    f"{r['render_s'] * 1000:.0f} ms"],
+        ["RSS", f"{r['rss_max']:.1f} MB highest sample in that window; {r['rss_end']:.1f} MB at the end; "
+                f"peak {r['peak_rss']:.1f} MB"],
+        [f"/metrics, {SCRAPERS} scrapers", f"median {r['median_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms over "
+                                           f"{r['scrapes']:,} scrapes; {r['scrape_cycles']} cycles and "
+                                           f"{r['scrape_renders']} renders meanwhile"],
+        ["steady-state cycle / bound", f"worst {r['steady_worst']:.2f}x, median {r['steady_median']:.2f}x over "
+                                       f"{r['steady_cycles']} cycles"],
+        ["API calls, rate-limit answers", f"{number(r['calls'])}, {number(r['rejected'])}"],
+    ]
+    return table("Many portals in one exporter process", ["measure", "value"], rows,
+                 [f"portals served by {SIMULATOR_PROCESSES} simulator processes, each portal its own app, port, "
+                  "webhook and leaky bucket (2 req/s, burst 50); one exporter process (exporter.app.running, "
+                  "default config per portal)",
+                  "bound = the leaky-bucket bound + one round trip (50 ms), per portal; steady state = every "
+                  "cycle after a portal's first"])
+
+
 # --- main -----------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes only (< 1 minute); used by the smoke test")
+    parser.add_argument("--only", default=",".join(PARTS),
+                        help=f"comma-separated parts to run, of {', '.join(PARTS)} (default: all)")
     args = parser.parse_args(argv)
+    parts = set(args.only.split(","))
+    if not parts <= set(PARTS):
+        parser.error(f"--only: unknown part(s) {', '.join(sorted(parts - set(PARTS)))}")
     plan = QUICK if args.quick else FULL
     started = time.monotonic()
     emit(f"# {TITLE}{' (--quick: small sizes only)' if plan.quick else ''}\n")
-    emit(f"{machine()}\ncommand: python bench/run.py{' --quick' if plan.quick else ''}\n")
-    growth, *rest = plan.memory
-    rows, memory = bitrix24_rows(plan.users, plan.naive_run, plan.fast_run, plan.steady, progress,
-                                 alongside=lambda: memory_runs((growth,)))
-    emit(bitrix24_table(rows))
-    memory += memory_runs(tuple(rest))
-    emit(memory_table(memory))
-    pachca = pachca_section(plan)
-    metrics = metrics_section(plan)
-    emit(targets_table(rows, metrics, memory, quick=plan.quick))
+    only = "" if parts == set(PARTS) else f" --only {','.join(p for p in PARTS if p in parts)}"
+    emit(f"{machine()}\ncommand: python bench/run.py{' --quick' if plan.quick else ''}{only}\n")
+    growth, *rest = plan.memory if "memory" in parts else ((0, 0),)
+    rows: list[Row] = []
+    memory: list[dict[str, Any]] = []
+    if "bitrix24" in parts:
+        rows, memory = bitrix24_rows(plan.users, plan.naive_run, plan.fast_run, plan.steady, progress,
+                                     alongside=lambda: memory_runs((growth,)) if "memory" in parts else [])
+        emit(bitrix24_table(rows))
+    if "memory" in parts:
+        memory = memory if "bitrix24" in parts else memory_runs((growth,))
+        memory += memory_runs(tuple(rest))
+        emit(memory_table(memory))
+    pachca = pachca_section(plan) if "pachca" in parts else []
+    metrics = metrics_section(plan) if "metrics" in parts else []
+    portals = portals_section(plan) if "portals" in parts else None
+    emit(targets_table(rows, metrics, memory, portals, quick=plan.quick))
     progress(f"done in {time.monotonic() - started:.0f} s")
-    return 0 if pachca and memory else 1
-
+    return 0 if ("pachca" not in parts or pachca) and ("memory" not in parts or memory) else 1
 
 if __name__ == "__main__":
     sys.exit(main())

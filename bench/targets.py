@@ -13,14 +13,24 @@ CALLS_FACTOR = 40
 MEDIAN_MS = 5.0
 SAME_LATENCY = (1.25, 0.5)  # "independent of API latency": busy median within 25 % or 0.5 ms of idle
 MEMORY_MB = 80.0
+LATENCY = 0.05
+SMALL_LIMIT = (1.5, 0.030)  # issue 14: a 100-user steady-state cycle within 1.5 round trips + 30 ms
+LARGE_RATIO = 1.05  # issue 14: 1,000 and 5,000 users within 1.05x the bound
+PORTALS_RSS_MB = 250.0  # issue 14, 100 portals x 100 users in one process
+PORTALS_CPU = 0.05  # of one core
+PORTALS_MEDIAN_MS, PORTALS_P99_MS = 5.0, 20.0
+PORTALS_RATIO = 1.1
 
 Verdict = tuple[str, str, str]
 
 
-def targets_table(rows: list[Row], metrics: list[dict[str, Any]], memory: list[dict[str, Any]], *,
-                  quick: bool) -> str:
-    lines = [_bound(rows), _versus_fast(rows), _fewer_calls(rows), _no_rejections(rows),
-             *_scrapes(metrics), _memory(rows, memory)]
+def targets_table(rows: list[Row], metrics: list[dict[str, Any]], memory: list[dict[str, Any]],
+                  portals: dict[str, Any] | None = None, *, quick: bool) -> str:
+    lines = [_bound(rows), _versus_fast(rows), _fewer_calls(rows), _no_rejections(rows)] if rows else []
+    lines += _scrapes(metrics) if metrics else []
+    lines += [_memory(rows, memory)] if rows or memory else []
+    lines += [_steady_small(rows), _faster_everywhere(rows), _large_bound(rows)] if rows else []
+    lines += _portals(portals)
     notes = ["quick run: sizes are small, so these verdicts are not the issue's; see bench/RESULTS.md"] if quick else []
     return table("Targets", ["target", "measured", "met"], lines, notes)
 
@@ -133,3 +143,88 @@ def _memory(rows: list[Row], memory: list[dict[str, Any]]) -> Verdict:
     if not parts:
         return (target, "not run", "not evaluated")
     return (target, "; ".join(parts), "met" if worst < MEMORY_MB else "not met")
+
+
+# --- issue 14 -------------------------------------------------------------------------------------
+
+
+def _steady_rows(rows: Sequence[Row]) -> dict[int, Row]:
+    """Back-to-back runs of ours by size: their cycles after the first are the pipelined steady state."""
+    return {r.job.users: r for r in rows if r.job.client == "ours" and r.measured and r.job.cycles > 1}
+
+
+def _steady_small(rows: list[Row]) -> Verdict:
+    trips, extra = SMALL_LIMIT
+    limit = trips * LATENCY + extra
+    target = f"100 users: steady-state cycle <= {trips:g} round trips + {extra * 1000:.0f} ms ({limit * 1000:.0f} ms)"
+    run = _steady_rows(rows).get(100)
+    if run is None or len(run.walls) < 2:
+        return (target, "not run", "not evaluated")
+    steady = max(run.walls[1:])
+    return (target, f"first cycle {run.walls[0] * 1000:.0f} ms, steady state {steady * 1000:.0f} ms "
+            f"({steady / LATENCY:.2f} round trips)", "met" if steady <= limit else "not met")
+
+
+def _faster_everywhere(rows: list[Row]) -> Verdict:
+    """Ours (at 100 users the steady-state cycle, above it the first cycle) against every fast-bitrix24 run."""
+    steady = _steady_rows(rows)
+    parts, slower = [], []
+    for r in _ours(rows):
+        small = steady.get(r.job.users) if r.job.users <= 100 else None
+        wall = max(small.walls[1:]) if small is not None and len(small.walls) > 1 else r.wall or 0.0
+        label = "steady state" if small is not None else "first cycle"
+        seen = []
+        for f in rows:
+            if f.job.client not in FAST or f.job.users != r.job.users or f.status in ("not installed",
+                                                                                        "computed, not run"):
+                continue
+            if f.measured and f.complete and f.wall is not None:
+                seen.append(f"{f.job.client} {f.wall:.2f} s")
+                if wall >= f.wall:
+                    slower.append(f"{r.job.users:,} ({f.job.client})")
+            else:
+                seen.append(f"{f.job.client} did not finish")
+        if seen:
+            parts.append(f"{r.job.users:,} users: ours {wall:.2f} s ({label}) vs " + ", ".join(seen))
+    if not parts:
+        return ("faster than fast-bitrix24 at every size", "not run", "not evaluated")
+    return ("faster than fast-bitrix24 at every size", "; ".join(parts),
+            f"not met at {', '.join(slower)}" if slower else "met")
+
+
+def _large_bound(rows: list[Row]) -> Verdict:
+    target = f"1,000 and 5,000 users: cycle <= {LARGE_RATIO}x the bound, zero rate-limit answers"
+    large = [r for r in _ours(rows, single=False) if r.job.users >= 1000]
+    if not large:
+        return (target, "not run", "not evaluated")
+    parts, missed = [], []
+    for r in large:
+        ratio = (r.wall or 0.0) / r.bound
+        cycles = f" x {r.job.cycles} cycles" if r.job.cycles > 1 else ""
+        parts.append(f"{r.job.users:,}{cycles}: {ratio:.2f}x, {r.rejected} rate-limit answers")
+        if ratio > LARGE_RATIO or r.rejected:
+            missed.append(f"{r.job.users:,}{cycles}")
+    return (target, "; ".join(parts), f"not met at {', '.join(missed)}" if missed else "met")
+
+
+def _portals(r: dict[str, Any] | None) -> list[Verdict]:
+    if r is None:
+        return []
+    scale = f"{r['portals']} portals x {r['users']:,} users"
+    share = r["cpu_s"] / r["window_s"]
+    rss = max(r["rss_max"], r["rss_end"])
+    return [
+        (f"{scale}: RSS < {PORTALS_RSS_MB:g} MB", f"{rss:.1f} MB (peak {r['peak_rss']:.1f})",
+         "met" if rss < PORTALS_RSS_MB else "not met"),
+        (f"{scale}: < {PORTALS_CPU:.0%} of one core at a {r['interval']:g} s interval",
+         f"{share:.1%} ({share * 60:.2f} CPU s per minute over {r['window_s']:.0f} s)",
+         "met" if share < PORTALS_CPU else "not met"),
+        (f"{scale}: /metrics median < {PORTALS_MEDIAN_MS:g} ms and p99 < {PORTALS_P99_MS:g} ms while cycles run",
+         f"median {r['median_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms at {r['series']:,} series, "
+         f"{r['scrape_cycles']} cycles meanwhile",
+         "met" if r["median_ms"] < PORTALS_MEDIAN_MS and r["p99_ms"] < PORTALS_P99_MS else "not met"),
+        (f"{scale}: every portal within {PORTALS_RATIO}x its own bound",
+         f"steady state: worst {r['steady_worst']:.2f}x, median {r['steady_median']:.2f}x "
+         f"({r['steady_cycles']} cycles); first cycles (all at once): worst {r['first_worst']:.1f}x",
+         "met" if r["steady_worst"] <= PORTALS_RATIO else "not met"),
+    ]

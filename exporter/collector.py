@@ -12,9 +12,9 @@ from __future__ import annotations
 import platform
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import get_args
+from typing import Any, Protocol, get_args
 
 import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -344,16 +344,11 @@ def _source_health(states: list[SourceState]) -> Iterator[Family]:
                               "Failed collection cycles by reason.", labels=[*labels, "reason"])
     for s in states:
         key = [s.key.source, s.key.target]
-        up.add_metric(key, 1 if s.up else 0)
-        if s.last_success is not None:
-            last.add_metric(key, s.last_success)
+        _add_health(key, s, up, last, failures)
         if s.last_duration is not None:
             duration.add_metric(key, s.last_duration)
         interval.add_metric(key, s.interval)
         bound.add_metric(key, s.cycle_bound)
-        # every reason is exported from the start, so increase() sees the first failure too
-        for reason, n in sorted({**dict.fromkeys(FAILURE_REASONS, 0), **s.failures}.items()):
-            failures.add_metric([*key, reason], n)
     yield from (up, last, duration, interval, bound, failures)
 
 
@@ -373,14 +368,29 @@ def _structure_health(statuses: list[tuple[SourceKey, StructureStatus]]) -> Iter
                               "Failed structure refreshes by reason (the last good structure is kept).",
                               labels=[*labels, "reason"])
     for key, status in statuses:
-        base = [key.source, key.target]
-        up.add_metric(base, 1 if status.up else 0)
-        if status.last_success is not None:
-            last.add_metric(base, status.last_success)
-        counts: dict[str, int] = {**dict.fromkeys(FAILURE_REASONS, 0), **status.failures}
-        for reason, n in sorted(counts.items()):
-            failures.add_metric([*base, reason], n)
+        _add_health([key.source, key.target], status, up, last, failures)
     yield from (up, last, failures)
+
+
+class _Health(Protocol):
+    """What a source's cycles (SourceState) and its structure refreshes (StructureStatus) both report."""
+
+    @property
+    def up(self) -> bool: ...
+    @property
+    def last_success(self) -> float | None: ...
+    @property
+    def failures(self) -> Mapping[Any, int]: ...
+
+
+def _add_health(key: list[str], health: _Health, up: Family, last: Family, failures: Family) -> None:
+    """Whether it is up, when it last succeeded (once it has), and its failures by reason: every reason is
+    exported from the start, so increase() sees the first failure too."""
+    up.add_metric(key, 1 if health.up else 0)
+    if health.last_success is not None:
+        last.add_metric(key, health.last_success)
+    for reason, n in sorted({**dict.fromkeys(FAILURE_REASONS, 0), **health.failures}.items()):
+        failures.add_metric([*key, reason], n)
 
 
 def _api_traffic(store: Store) -> Iterator[Family]:

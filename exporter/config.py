@@ -74,14 +74,18 @@ def _token(_reader: Reader, _path: str, text: str) -> Secret:
 _USER_ID = integer(1)
 
 
-def _users(reader: Reader, path: str, raw: Any) -> tuple[int, ...] | None:
-    if raw == "auto":
-        return None
-    if not isinstance(raw, list):
-        raise Invalid(f"must be auto or a list of user ids, got {kind_of(raw)}")
-    if not raw:
-        raise Invalid("is empty; use auto or list at least one user id")
-    return tuple(dict.fromkeys(items(reader, path, raw, _USER_ID)))
+def _auto_ids(noun: str, item: Kind[int], hint: str = "") -> Kind[tuple[int, ...] | None]:
+    """`auto` (None), or a non-empty list of `noun` ids, repeats dropped, order kept."""
+    def parse(reader: Reader, path: str, raw: Any) -> tuple[int, ...] | None:
+        if raw == "auto":
+            return None
+        if not isinstance(raw, list):
+            raise Invalid(f"must be auto or a list of {noun} ids, got {kind_of(raw)}")
+        if not raw:
+            raise Invalid(f"is empty; use auto or list at least one {noun} id{hint}")
+        return tuple(dict.fromkeys(items(reader, path, raw, item)))
+
+    return Kind(parse, f"`auto` or list of {noun} ids", lambda v: "auto" if v is None else show_list(v))
 
 
 def _auto_bool(_reader: Reader, _path: str, raw: Any) -> bool | None:
@@ -90,16 +94,6 @@ def _auto_bool(_reader: Reader, _path: str, raw: Any) -> bool | None:
     if not isinstance(raw, bool):
         raise Invalid(f"must be auto, true or false, got {raw!r}")
     return raw
-
-
-def _groups(reader: Reader, path: str, raw: Any) -> tuple[int, ...] | None:
-    if raw == "auto":
-        return None
-    if not isinstance(raw, list):
-        raise Invalid(f"must be auto or a list of workgroup ids, got {kind_of(raw)}")
-    if not raw:
-        raise Invalid("is empty; use auto or list at least one workgroup id (0: all groups)")
-    return tuple(dict.fromkeys(items(reader, path, raw, _GROUP_ID)))
 
 
 def _ids(reader: Reader, path: str, raw: Any) -> tuple[int, ...]:
@@ -114,15 +108,12 @@ def _flag(_reader: Reader, _path: str, raw: Any) -> bool:
     return raw
 
 
-_GROUP_ID = integer(0)
-GROUPS: Kind[tuple[int, ...] | None] = Kind(_groups, "`auto` or list of workgroup ids",
-                                            lambda v: "auto" if v is None else show_list(v))
+GROUPS = _auto_ids("workgroup", integer(0), " (0: all groups)")
 FLAG: Kind[bool] = Kind(_flag, "`true` or `false`", lambda v: str(v).lower())
 IDS: Kind[tuple[int, ...]] = Kind(_ids, "list of ids", show_list)
 WEBHOOK: Kind[Secret] = Kind(_webhook, "secret URL https://PORTAL/rest/USER_ID/SECRET/")
 TOKEN: Kind[Secret] = Kind(_token, "secret text")
-USERS: Kind[tuple[int, ...] | None] = Kind(_users, "`auto` or list of user ids",
-                                           lambda v: "auto" if v is None else show_list(v))
+USERS = _auto_ids("user", _USER_ID)
 AUTO_BOOL: Kind[bool | None] = Kind(_auto_bool, "`auto`, `true` or `false`",
                                     lambda v: "auto" if v is None else str(v).lower())
 

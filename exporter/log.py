@@ -130,7 +130,7 @@ def configure(level: str = "info", fmt: str = "console", stream: Any = None) -> 
         logging.getLogger(name).setLevel(logging.NOTSET if threshold <= logging.DEBUG else logging.WARNING)
 
 
-def log_loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+def log_loop_exception(_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
     """asyncio's exception handler: "Task exception was never retrieved" and exceptions in callbacks become
     error events with their traceback, like any other bug."""
     fields = {key: repr(context[key]) for key in ("task", "future", "handle") if key in context}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import zlib
 
 import structlog
 from structlog.contextvars import bound_contextvars
@@ -21,13 +22,19 @@ class SourceLoop:
 
     A failed cycle leaves the last good data in place; consecutive failures stretch the wait
     (interval x 2^n, capped at `max_backoff`) so a broken API is not hammered.
+
+    The first cycle runs at once; the second waits `phase` of an interval more, once, so that the sources of
+    one process (100 portals at the same interval) do not all collect in the same second of every interval.
+    By default `phase` is a fraction in [0, 1) fixed by the source's key, so a restart keeps the slots.
     """
 
-    def __init__(self, source: Source, store: Store, *, max_backoff: float = 300.0) -> None:
+    def __init__(self, source: Source, store: Store, *, max_backoff: float = 300.0,
+                 phase: float | None = None) -> None:
         self.source = source
         self.store = store
         self.key = SourceKey(source.source, source.target)
         self.max_backoff = max(max_backoff, source.interval)
+        self.phase = spread(self.key) if phase is None else phase
         self.failures = 0
         self.cycles = 0
         self.cycle_started: float | None = None  # time.monotonic() when the latest cycle began
@@ -40,10 +47,12 @@ class SourceLoop:
             if first_delay > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), first_delay)
+            # a source starts at once, then keeps its own slot in the interval (many portals do not cycle together)
+            phase = 0.0 if first_delay > 0 else self.phase * self.source.interval
             while not stop.is_set():
                 started = time.monotonic()
                 await self.run_once()
-                delay = self._next_delay()
+                delay, phase = self._next_delay() + phase, 0.0
                 remaining = delay - (time.monotonic() - started)
                 if remaining > 0:
                     with contextlib.suppress(TimeoutError):
@@ -101,3 +110,8 @@ class SourceLoop:
         if self.failures == 0:
             return self.source.interval
         return float(min(self.max_backoff, self.source.interval * 2 ** (self.failures - 1)))
+
+
+def spread(key: SourceKey) -> float:
+    """A fraction of the interval in [0, 1), the same for a source across restarts."""
+    return zlib.crc32(f"{key.source}/{key.target}".encode()) / 2**32

@@ -54,18 +54,18 @@ def build_app(store: Store, exposition: Exposition, web_config: LiveWebConfig | 
             log.debug("scrape_aborted", detail=str(exc))
         return response
 
-    async def landing(request: web.Request) -> web.Response:
+    async def landing(_request: web.Request) -> web.Response:
         return web.Response(text=_landing_page(store, sources or []), content_type="text/html")
 
-    async def healthz(request: web.Request) -> web.Response:
+    async def healthz(_request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
-    async def ready(request: web.Request) -> web.Response:
+    async def ready(_request: web.Request) -> web.Response:
         if store.ready():
             return web.Response(text="ready\n")
         return web.Response(status=503, text="not ready: a source has not completed its first cycle\n")
 
-    async def reload_config(request: web.Request) -> web.Response:
+    async def reload_config(_request: web.Request) -> web.Response:
         assert reload is not None
         problems = await reload()
         if problems:

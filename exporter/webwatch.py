@@ -107,7 +107,7 @@ class LiveWebConfig:
             return await handler(request)
         return guard
 
-    async def add_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+    async def add_headers(self, _request: web.Request, response: web.StreamResponse) -> None:
         """aiohttp's on_response_prepare: http_server_config.headers on every answer, errors included."""
         response.headers.update(self._config.http_server_config.headers)
 

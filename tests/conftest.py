@@ -1,9 +1,11 @@
-"""Shared fixtures: simulators on loopback, configs that point at them, and polling helpers."""
+"""Shared test helpers, each written once: simulators on loopback and sources against them, fast retry
+policies, reading /metrics, capturing logs, polling with a deadline, and the external tools tests call."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -12,32 +14,44 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, MutableMapping
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
+import yaml
+from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
 
 from exporter import log
-from exporter.config import Bitrix24Config, RateLimit, Secret
+from exporter.config import Bitrix24Config, PachcaConfig, PeopleConfig, RateLimit, Secret, parse_config
+from exporter.errors import ConfigError
 from exporter.simulator import bitrix24 as b24sim
+from exporter.simulator import pachca as pachcasim
 from exporter.simulator import serve
-from exporter.snapshot import ApiTelemetry, SourceKey, Store
+from exporter.simulator.pachca import DEMO_TOKEN, PREFIX, PachcaSimulator
+from exporter.snapshot import ApiTelemetry, PortalSnapshot, ReminderTally, SourceKey, Store
 from exporter.sources.bitrix24 import Bitrix24Source
 from exporter.sources.bitrix24_client import OperationPause
+from exporter.sources.pachca import PachcaSource
 from exporter.sources.retries import RetryPolicy
 
+ROOT = Path(__file__).resolve().parents[1]
+NOW = 1_780_000_000.0  # 2026-05-28T20:26:40Z: the fixed "now" of the Pachca workspaces and of Clock
+
+# --- sources and simulators ----------------------------------------------------------------------------
+
+# FAST_RETRY outlasts the simulators' rate limits; FAIL_FAST gives up after one retry, so a fault fails its
+# cycle within a second; NO_WAIT never sleeps (for MockTransport answers). Likewise the OPERATION_TIME_LIMIT pause.
 FAST_RETRY = RetryPolicy(attempts=3, rate_limit_attempts=20, base_delay=0.01, max_delay=0.05)
+FAIL_FAST = RetryPolicy(attempts=2, rate_limit_attempts=2, base_delay=0.01, max_delay=0.02)
+NO_WAIT = RetryPolicy(attempts=2, rate_limit_attempts=2, base_delay=0.0, max_delay=0.0)
 FAST_PAUSE = OperationPause(default=0.2, least=0.02, most=0.3)
-
-
-def register(store: Store, key: SourceKey, interval: float = 60.0) -> ApiTelemetry:
-    """Track `key` in `store` as a source would be, for tests that write its states by hand."""
-    telemetry = ApiTelemetry()
-    store.register(SimpleNamespace(source=key.source, target=key.target, interval=interval, telemetry=telemetry))
-    return telemetry
+NO_PAUSE = OperationPause(default=0.0, least=0.0)
+PACHCA_MAX_RETRY_AFTER = 1.0  # a Retry-After above this fails the cycle (the default cap is 60 s)
 
 # the `reason` a cycle fails with under each simulator fault (Pachca's "wrong_types" fails no cycle: a record
 # with fields of the wrong type costs only those fields)
@@ -69,9 +83,21 @@ PACHCA_FAULT_REASONS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _quiet_logs() -> None:
-    log.configure("warning")
+class Clock:
+    """A clock the test moves by hand (`clock.now += 3600`), for a source's `clock=`."""
+
+    def __init__(self, now: float = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def register(store: Store, key: SourceKey, interval: float = 60.0) -> ApiTelemetry:
+    """Track `key` in `store` as a source would be, for tests that write its states by hand."""
+    telemetry = ApiTelemetry()
+    store.register(SimpleNamespace(source=key.source, target=key.target, interval=interval, telemetry=telemetry))
+    return telemetry
 
 
 class PortalServer:
@@ -90,9 +116,11 @@ class PortalServer:
         return Bitrix24Config(**values)
 
     def source(self, *, retry: RetryPolicy = FAST_RETRY, pause: OperationPause = FAST_PAUSE,
+               clock: Callable[[], float] = time.monotonic, transport: httpx.AsyncBaseTransport | None = None,
                **overrides: Any) -> Bitrix24Source:
-        """A source for this portal with fast retries and pauses; `overrides` change its config."""
-        source = Bitrix24Source(self.config(**overrides), retry=retry, pause=pause)
+        """A source for this portal with fast retries and pauses, closed with the portal; `overrides` change
+        its config."""
+        source = Bitrix24Source(self.config(**overrides), retry=retry, pause=pause, clock=clock, transport=transport)
         self._sources.append(source)
         return source
 
@@ -122,69 +150,35 @@ async def portal_factory() -> AsyncIterator[Callable[..., Awaitable[PortalServer
             await server.close()
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
-    """Poll `check` until it returns a truthy value (or stops raising AssertionError), with a deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = check()
-            if asyncio.iscoroutine(result):
-                result = await result
-            if result:
-                return result
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)
+@pytest.fixture
+async def pachca_url(sim: PachcaSimulator) -> AsyncIterator[str]:
+    """The API base URL of the module's `sim` fixture (a fake Pachca workspace), served on loopback."""
+    async with serve(pachcasim.create_app(sim)) as url:
+        yield url + PREFIX
+        sim.fault = None  # release requests the "timeout" fault still holds, so shutdown is quick
 
 
-def require_tool(name: str, how_to_install: str) -> str:
-    """The path of a command-line tool (the venv's bin first, then PATH); skip without it, fail in CI."""
-    beside_python = Path(sys.executable).parent / name
-    found = str(beside_python) if beside_python.exists() else shutil.which(name)
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is not installed but CI is set: {how_to_install}")
-        pytest.skip(f"{name} is not installed ({how_to_install})")
-    return found
+MakePachcaSource = Callable[..., PachcaSource]
 
 
-def promtool() -> str:
-    return require_tool("promtool", "Debian's prometheus package; make test installs it")
+@pytest.fixture
+async def pachca_source(pachca_url: str) -> AsyncIterator[MakePachcaSource]:
+    """Builds PachcaSources (workspace "team") against `pachca_url`, or `transport=` a MockTransport, with
+    FAST_RETRY and a fixed Clock; `config` overrides the PachcaConfig. Closes them after the test."""
+    made: list[PachcaSource] = []
 
+    def make(*, token: str = DEMO_TOKEN, telemetry: ApiTelemetry | None = None,
+             transport: httpx.AsyncBaseTransport | None = None, retry: RetryPolicy = FAST_RETRY,
+             clock: Callable[[], float] | None = None, **config: Any) -> PachcaSource:
+        settings = {"name": "team", "token": Secret(token), "base_url": pachca_url, "timeout": 2.0, **config}
+        source = PachcaSource(PachcaConfig(**settings), telemetry, retry=retry,
+                              max_retry_after=PACHCA_MAX_RETRY_AFTER, transport=transport, clock=clock or Clock())
+        made.append(source)
+        return source
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def contract_metric_names() -> set[str]:
-    """Metric names the collector can expose, as exposed (counters gain `_total`): from its describe()."""
-    from exporter.collector import SnapshotCollector
-
-    return {m.name + "_total" if m.type == "counter" else m.name for m in SnapshotCollector.describe()}
-
-
-def load_dashboard_generator():  # type: ignore[no-untyped-def]
-    """grafana/dashboard.py as a module (it is a script, not a package)."""
-    import importlib.util
-    import warnings
-    from pathlib import Path
-
-    pytest.importorskip("grafana_foundation_sdk", reason="grafana-foundation-sdk is in the test/dashboard extras")
-    path = Path(__file__).resolve().parents[1] / "grafana" / "dashboard.py"
-    spec = importlib.util.spec_from_file_location("tasks_exporter_dashboard", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    with warnings.catch_warnings():
-        # The SDK marks the classic dashboard model "prefer dashboardv2" at import time. We keep the classic
-        # model on purpose: it imports and provisions on any Grafana 12; the v2 API needs feature toggles.
-        warnings.filterwarnings("ignore", "Prefer using dashboardv2", DeprecationWarning)
-        spec.loader.exec_module(module)
-    return module
+    yield make
+    for source in made:
+        await source.aclose()
 
 
 class ReplayTransport(httpx.MockTransport):
@@ -206,17 +200,262 @@ def run_cycle(source: Any, produces: type) -> None:
     """One collect() to completion: it must give a `produces` value or a SourceFailure, nothing else."""
     from exporter.errors import SourceFailure
 
-    async def cycle() -> None:
+    async def cycle() -> Any:
         try:
-            data = (await source.collect()).data
+            return (await source.collect()).data
         except SourceFailure as failure:
-            assert failure.reason
-        else:
-            assert isinstance(data, produces)
+            return failure
         finally:
             await source.aclose()
 
-    asyncio.run(cycle())
+    outcome = asyncio.run(cycle())
+    if isinstance(outcome, SourceFailure):
+        assert outcome.reason
+    else:
+        assert isinstance(outcome, produces)
+
+
+# scalars, lists and objects nested a few levels: what a JSON body may hold, for property-based tests
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+                           lambda children: st.lists(children, max_size=4)
+                           | st.dictionaries(st.text(max_size=6), children, max_size=4), max_leaves=20)
+
+
+def is_json(text: str) -> bool:
+    try:
+        httpx.Response(200, text=text).json()
+    except ValueError:
+        return False
+    return True
+
+
+# --- reading /metrics ----------------------------------------------------------------------------------
+
+Labels = frozenset[tuple[str, str]]
+
+
+def labels(**pairs: str) -> Labels:
+    """A sample's label set, as `samples` keys it."""
+    return frozenset(pairs.items())
+
+
+def samples(text: str, name: str, **wanted: str) -> dict[Labels, float]:
+    """Every sample `name` of an exposition whose labels include `wanted`, by its whole label set."""
+    return {frozenset(s.labels.items()): s.value for f in text_string_to_metric_families(text) for s in f.samples
+            if s.name == name and wanted.items() <= s.labels.items()}
+
+
+def value(text: str, name: str, **wanted: str) -> float | None:
+    """The one sample `name` whose labels include `wanted`; None when there is none."""
+    found = samples(text, name, **wanted)
+    assert len(found) <= 1, f"{name} {wanted} matches {len(found)} series"
+    return next(iter(found.values()), None)
+
+
+def series(text: str, name: str, *keys: str) -> set[tuple[str, ...]]:
+    """The values of the labels `keys`, in that order, of every sample `name`."""
+    return {tuple(dict(found)[k] for k in keys) for found in samples(text, name)}
+
+
+def down_with(text: str, reason: str, **source: str) -> bool:
+    """Is the source (`source=`, `target=`) down, with a failed cycle counted for `reason`?"""
+    failed = value(text, "tasks_exporter_source_failures_total", reason=reason, **source) or 0
+    return value(text, "tasks_exporter_source_up", **source) == 0 and failed >= 1
+
+
+def exposition(*data: PortalSnapshot | ReminderTally, people: PeopleConfig | None = None, portal: str = "acme",
+               workspace: str = "team") -> str:
+    """The snapshot families rendered for one cycle's data of each source (portal `portal`, workspace
+    `workspace`), as a store holding only them serves it."""
+    from exporter.collector import SnapshotCollector
+    from exporter.render import render
+
+    store = Store()
+    for part in data:
+        key = SourceKey("bitrix24", portal) if isinstance(part, PortalSnapshot) else SourceKey("pachca", workspace)
+        register(store, key)
+        store.succeeded(key, part, 0.1)
+    return render(SnapshotCollector(store, people=people).snapshot_families()).decode()
+
+
+def both_sources_served(text: str) -> bool:
+    """Each source of `--demo` has finished a cycle: task counters and reminders are on the page."""
+    return "bitrix24_tasks{" in text and "pachca_reminders{" in text
+
+
+async def scrape(url: str, headers: Mapping[str, str] | None = None) -> str:
+    """The body of GET {url}/metrics, which must answer 200."""
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"{url}/metrics", headers=headers)
+    assert response.status_code == 200, f"/metrics answered {response.status_code}"
+    return response.text
+
+
+async def scrape_until(url: str, check: Callable[[str], object], *, timeout: float = 10.0,  # noqa: ASYNC109 (see eventually)
+                       interval: float = 0.02, headers: Mapping[str, str] | None = None,
+                       starting: bool = False) -> str:
+    """Scrape until `check(body)` holds; the body it held for. `starting`: the exporter is a process that
+    may not listen yet, so a refused connection means "not yet"."""
+    async def attempt() -> str | None:
+        try:
+            text = await scrape(url, headers)
+        except httpx.TransportError:
+            if not starting:
+                raise
+            return None
+        return text if check(text) else None
+
+    text: str = await eventually(attempt, timeout=timeout, interval=interval)
+    return text
+
+
+async def check_metrics(text: str) -> None:
+    """`promtool check metrics` accepts the exposition without a word."""
+    checker = await asyncio.create_subprocess_exec(promtool(), "check", "metrics", stdin=subprocess.PIPE,
+                                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(checker.communicate(text.encode()), 30)
+    assert checker.returncode == 0, out.decode()
+    assert out.decode().strip() == ""
+
+
+def contract_metric_names() -> set[str]:
+    """Metric names the collector can expose, as exposed (counters gain `_total`): from its describe()."""
+    from exporter.collector import SnapshotCollector
+
+    return {m.name + "_total" if m.type == "counter" else m.name for m in SnapshotCollector.describe()}
+
+
+# --- logs ------------------------------------------------------------------------------------------------
+
+LogLines = Callable[[], list[dict[str, Any]]]
+Events = list[MutableMapping[str, Any]]
+
+
+@pytest.fixture(autouse=True)
+def _quiet_logs() -> None:
+    log.configure("warning")
+
+
+@pytest.fixture
+def logs() -> Iterator[Events]:
+    """Every structlog event the test logs, at any level, as the code passed it (not rendered; stdlib
+    records such as httpx's are not in it): for tests of what is logged. Tests of how it is written read
+    `json_log`."""
+    log.configure("debug")
+    with capture_logs() as captured:
+        yield captured
+
+
+def named(events: Events, event: str) -> Events:
+    return [e for e in events if e["event"] == event]
+
+
+def rendered_log(level: str) -> LogLines:
+    """Route the log through the real pipeline, as JSON, into a buffer; the function returned parses what
+    has been written so far (every line must parse)."""
+    buffer = io.StringIO()
+    log.configure(level, "json", stream=buffer)
+    return lambda: [json.loads(line) for line in buffer.getvalue().splitlines()]
+
+
+@pytest.fixture
+def json_log() -> LogLines:
+    """The test's log at debug level as the exporter writes it (JSON lines, masked, stdlib records
+    included), parsed: for tests of rendering, masking and tracebacks."""
+    return rendered_log("debug")
+
+
+# --- polling, processes, tools ------------------------------------------------------------------------
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:  # noqa: ASYNC109
+    """Poll `check` until it returns a truthy value (or stops raising AssertionError), with a deadline. The
+    deadline is a parameter, not an asyncio.timeout around the call: at the deadline the check's own last
+    AssertionError is raised, which says what was wrong."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()
+            if asyncio.iscoroutine(result):
+                result = await result
+            if result:
+                return result
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def exporter_process(*args: str, **kwargs: Any) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """`python -m exporter *args` listening on a free loopback port: the process and the URL it serves.
+    `kwargs` go to create_subprocess_exec (stdout=, stderr=, env=); a process left running is killed."""
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "exporter", *args,
+                                                "--web.listen-address", f"127.0.0.1:{port}", **kwargs)
+    try:
+        yield proc, f"http://127.0.0.1:{port}"
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.communicate()
+
+
+def require_tool(name: str, how_to_install: str) -> str:
+    """The path of a command-line tool (the venv's bin first, then PATH); skip without it, fail in CI."""
+    beside_python = Path(sys.executable).parent / name
+    found = str(beside_python) if beside_python.exists() else shutil.which(name)
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is not installed but CI is set: {how_to_install}")
+        pytest.skip(f"{name} is not installed ({how_to_install})")
+    return found
+
+
+def promtool() -> str:
+    return require_tool("promtool", "Debian's prometheus package; make test installs it")
+
+
+# --- config ----------------------------------------------------------------------------------------------
+
+CONFIG_ENV = {"HOOK": "https://acme.bitrix24.ru/rest/1/s3cr3tvalue/", "HOOK2": "https://beta.bitrix24.ru/rest/1/other/",
+              "TOKEN": "tok-123456"}
+
+
+def config_problems(doc: str, env: Mapping[str, str] = CONFIG_ENV) -> list[str]:
+    """The problems parse_config finds in the YAML `doc` (it must refuse it), one line each."""
+    with pytest.raises(ConfigError) as err:
+        parse_config(yaml.safe_load(doc), dict(env))
+    return err.value.problems
+
+
+def load_dashboard_generator():  # type: ignore[no-untyped-def]
+    """grafana/dashboard.py as a module (it is a script, not a package)."""
+    import importlib.util
+    import warnings
+
+    pytest.importorskip("grafana_foundation_sdk", reason="grafana-foundation-sdk is in the test/dashboard extras")
+    spec = importlib.util.spec_from_file_location("tasks_exporter_dashboard", ROOT / "grafana" / "dashboard.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    with warnings.catch_warnings():
+        # The SDK marks the classic dashboard model "prefer dashboardv2" at import time. We keep the classic
+        # model on purpose: it imports and provisions on any Grafana 12; the v2 API needs feature toggles.
+        warnings.filterwarnings("ignore", "Prefer using dashboardv2", DeprecationWarning)
+        spec.loader.exec_module(module)
+    return module
+
+
+# --- TLS -------------------------------------------------------------------------------------------------
 
 
 def make_certificate(folder: Path, name: str, *, san: str = "IP:127.0.0.1", issuer: tuple[Path, Path] | None = None,

@@ -7,9 +7,8 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT
 
 
 def test_quick_benchmark_prints_every_table() -> None:
@@ -26,4 +25,5 @@ def test_quick_benchmark_prints_every_table() -> None:
     for header in ("| client ", "| users ", "| reminders ", "| series ", "| target "):
         assert header in out, f"missing table header {header!r}"
     fast_missing = importlib.util.find_spec("fast_bitrix24") is None
-    assert ("| fast-bitrix24 " in out) and (("not installed" in out) == fast_missing)
+    assert "| fast-bitrix24 " in out
+    assert ("not installed" in out) == fast_missing

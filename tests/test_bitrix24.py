@@ -13,12 +13,9 @@ from exporter.errors import SourceFailure
 from exporter.simulator.bitrix24 import LEGACY_KEYS
 from exporter.snapshot import PortalSnapshot
 from exporter.sources.bitrix24 import Bitrix24Source
-from exporter.sources.bitrix24_client import OperationPause
-from exporter.sources.retries import RetryPolicy
-from tests.conftest import ReplayTransport, eventually
+from tests.conftest import NO_PAUSE, NO_WAIT, ReplayTransport, eventually
 
 SECRET = "s3cretw3bhook"
-NO_WAIT = RetryPolicy(attempts=3, rate_limit_attempts=3, base_delay=0.0, max_delay=0.0)
 
 
 def readings_by_key(data: PortalSnapshot) -> dict[tuple[int, int, str, str], float]:
@@ -65,6 +62,13 @@ async def source_collect(server, **overrides):
     return (await server.source(**overrides).collect()).data
 
 
+async def cycle_failure(server, **overrides) -> SourceFailure:
+    """The SourceFailure a cycle of a source for `server` must end in."""
+    with pytest.raises(SourceFailure) as failure:
+        await source_collect(server, **overrides)
+    return failure.value
+
+
 async def test_inactive_users_are_not_monitored(portal_factory):
     server = await portal_factory(users=5, inactive=2)
     data = await source_collect(server)
@@ -104,7 +108,8 @@ async def test_hidden_user_gets_no_series_and_is_counted(portal_factory):
     data = await source_collect(server)
     assert data.hidden_users == 2
     hidden = server.sim.hidden
-    assert hidden and not {r.user_id for r in data.readings} & hidden
+    assert hidden
+    assert not {r.user_id for r in data.readings} & hidden
     assert {u.user_id for u in data.users} >= hidden  # still listed as monitored users
 
 
@@ -191,18 +196,15 @@ async def test_operation_time_limit_pauses_the_method_until_reset(portal_factory
 async def test_bad_webhook_secret_fails_the_cycle_as_auth(portal_factory):
     server = await portal_factory(users=2)
     server.sim.secret = "rotated"
-    with pytest.raises(SourceFailure) as failure:
-        await source_collect(server)
-    assert failure.value.reason == "auth"
-    assert "simsecret" not in str(failure.value)
+    failure = await cycle_failure(server)
+    assert failure.reason == "auth"
+    assert "simsecret" not in str(failure)
 
 
 async def test_html_answer_fails_the_cycle_cleanly(portal_factory):
     server = await portal_factory(users=2)
     server.sim.fault = "html"
-    with pytest.raises(SourceFailure) as failure:
-        await source_collect(server)
-    assert failure.value.reason == "invalid_response"
+    assert (await cycle_failure(server)).reason == "invalid_response"
 
 
 async def test_commands_blocked_by_operation_limit_are_retried_after_the_pause(portal_factory):
@@ -266,8 +268,7 @@ async def replay() -> AsyncIterator[Replay]:
                                                                                               ReplayTransport]:
         transport = ReplayTransport([body], status, headers)
         config = Bitrix24Config(name="p", webhook_url=Secret(f"https://portal.example/rest/1/{SECRET}/"))
-        made.append(Bitrix24Source(config, retry=NO_WAIT, pause=OperationPause(default=0.0, least=0.0),
-                                   transport=transport))
+        made.append(Bitrix24Source(config, retry=NO_WAIT, pause=NO_PAUSE, transport=transport))
         return made[-1], transport
 
     yield make
@@ -280,7 +281,8 @@ async def test_redirect_is_not_followed_and_fails_naming_the_new_host(replay: Re
     with pytest.raises(SourceFailure) as failure:
         await source.collect()
     assert failure.value.reason == "api_error"
-    assert "moved.example" in failure.value.detail and SECRET not in failure.value.detail
+    assert "moved.example" in failure.value.detail
+    assert SECRET not in failure.value.detail
     assert [r.url.host for r in transport.calls] == ["portal.example"]  # tried once, never followed
     counts = source.telemetry.counts()
     requests, errors = counts.requests, counts.errors
@@ -298,7 +300,8 @@ async def test_error_codes_are_matched_in_any_case(replay: Replay, code: str, st
     source, transport = replay({"error": code, "error_description": "x"}, status)
     with pytest.raises(SourceFailure) as failure:
         await source.collect()
-    assert failure.value.reason == reason and len(transport.calls) == tries
+    assert failure.value.reason == reason
+    assert len(transport.calls) == tries
     assert source.telemetry.counts().requests == {("user.get", reason): tries}
 
 

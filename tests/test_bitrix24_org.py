@@ -3,85 +3,16 @@ their members, the scope and privacy keys, and the structure's own refresh inter
 
 from __future__ import annotations
 
-import io
-import json
-import subprocess
-from collections.abc import AsyncIterator, Callable
-from typing import Any
-
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from exporter import log
-from exporter.collector import SnapshotCollector
-from exporter.render import render
 from exporter.simulator.bitrix24 import PortalSimulator, SimDepartment, special_group_ids
 from exporter.simulator.bitrix24_org import MEMBER_ROLES, can_view_tasks, visible_to
-from exporter.snapshot import PortalSnapshot, SourceKey, Store
-from exporter.sources.bitrix24 import ROLES, Bitrix24Source
-from tests.conftest import FAST_PAUSE, FAST_RETRY, PortalServer, promtool, register
+from exporter.sources.bitrix24 import ROLES
+from tests.conftest import Clock, Events, check_metrics, exposition, labels, named, samples, series
 
 ROLE_NAMES = {"A": "owner", "E": "moderator", "K": "member"}
 COUNTERS = "tasks.task.counters.get"
-
-
-class Clock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-async def make_source() -> AsyncIterator[Callable[..., Bitrix24Source]]:
-    """`make_source(server, clock=Clock(), **config)`: a source on its own store, closed after the test."""
-    made: list[Bitrix24Source] = []
-
-    def make(server: PortalServer, *, clock: Callable[[], float] | None = None,
-             transport: httpx.AsyncBaseTransport | None = None, **overrides: Any) -> Bitrix24Source:
-        config = server.config(**overrides)
-        source = Bitrix24Source(config, retry=FAST_RETRY, pause=FAST_PAUSE, clock=clock or Clock(), transport=transport)
-        made.append(source)
-        return source
-
-    yield make
-    for source in made:
-        await source.aclose()
-
-
-@pytest.fixture
-def log_events() -> Callable[[str], list[dict[str, Any]]]:
-    buffer = io.StringIO()
-    log.configure("info", "json", stream=buffer)
-
-    def events(name: str) -> list[dict[str, Any]]:
-        lines = [json.loads(line) for line in buffer.getvalue().splitlines() if line.strip()]
-        return [line for line in lines if line.get("event") == name]
-
-    return events
-
-
-def exposition(data: PortalSnapshot, name: str = "test") -> str:
-    store = Store()
-    key = SourceKey("bitrix24", name)
-    register(store, key, 60.0)
-    store.succeeded(key, data, 0.1)
-    return render(SnapshotCollector(store).snapshot_families()).decode()
-
-
-def series(text: str, metric: str, *labels: str) -> set[tuple[str, ...]]:
-    """The label values of every sample of `metric`, in the order `labels` names them."""
-    return {tuple(s.labels[k] for k in labels) for f in text_string_to_metric_families(text) for s in f.samples
-            if s.name == metric}
-
-
-def samples(text: str, metric: str) -> dict[frozenset[tuple[str, str]], float]:
-    return {frozenset(s.labels.items()): s.value for f in text_string_to_metric_families(text) for s in f.samples
-            if s.name == metric}
 
 
 def three_levels(sim: PortalSimulator) -> None:
@@ -100,10 +31,10 @@ def three_levels(sim: PortalSimulator) -> None:
 # --- company structure ---------------------------------------------------------------------------
 
 
-async def test_users_belong_to_their_departments_and_every_department_above(portal_factory, make_source):
+async def test_users_belong_to_their_departments_and_every_department_above(portal_factory):
     server = await portal_factory(users=5, inactive=0)
     three_levels(server.sim)
-    text = exposition((await make_source(server).collect()).data)
+    text = exposition((await server.source().collect()).data)
     assert series(text, "bitrix24_department_info", "department_id", "name", "parent_id", "head_user_id") == {
         ("1", "Company", "", "1"), ("2", "Sales", "1", "2"), ("3", "Engineering", "1", ""),
         ("4", "Moscow", "2", "4"), ("5", "Backend", "3", "5"),
@@ -118,16 +49,14 @@ async def test_users_belong_to_their_departments_and_every_department_above(port
         # Sales is direct, so it is never also an ancestor of Moscow
         ("5", "2", "true"), ("5", "4", "true"), ("5", "1", "false"),
     }
-    rows = [s.labels for f in text_string_to_metric_families(text) for s in f.samples
-            if s.name == "bitrix24_user_department"]
-    assert len(rows) == 14  # each (user, department) once
+    assert len(samples(text, "bitrix24_user_department")) == 14  # each (user, department) once
 
 
-async def test_renamed_or_removed_department_changes_at_the_next_structure_refresh(portal_factory, make_source):
+async def test_renamed_or_removed_department_changes_at_the_next_structure_refresh(portal_factory):
     server = await portal_factory(users=5, inactive=0)
     three_levels(server.sim)
     clock = Clock()
-    source = make_source(server, clock=clock, structure_interval=600.0)
+    source = server.source(clock=clock, structure_interval=600.0)
     await source.collect()
     server.sim.department(3).name = "R&D"
     server.sim.department(5).active = False
@@ -144,10 +73,10 @@ async def test_renamed_or_removed_department_changes_at_the_next_structure_refre
                                                              "department_id")
 
 
-async def test_structure_is_read_on_its_own_interval(portal_factory, make_source):
+async def test_structure_is_read_on_its_own_interval(portal_factory):
     server = await portal_factory(users=12, groups=3)
     clock = Clock()
-    source = make_source(server, clock=clock, groups=None, structure_interval=3600.0)
+    source = server.source(clock=clock, groups=None, structure_interval=3600.0)
     structure_methods = ("department.get", "sonet_group.get", "sonet_group.user.get")
     for _ in range(3):
         await source.collect()
@@ -163,11 +92,11 @@ async def test_structure_is_read_on_its_own_interval(portal_factory, make_source
     assert {m: server.sim.commands_by_method[m] for m in structure_methods} == {m: 2 * n for m, n in first.items()}
 
 
-async def test_failed_structure_refresh_keeps_the_last_good_one_and_is_reported(portal_factory, make_source):
+async def test_failed_structure_refresh_keeps_the_last_good_one_and_is_reported(portal_factory):
     server = await portal_factory(users=6)
     broken = MethodFails("department.get")
     clock = Clock()
-    source = make_source(server, clock=clock, transport=broken)
+    source = server.source(clock=clock, transport=broken)
     good = exposition((await source.collect()).data)
     broken.failing = True
     clock.now += 3600
@@ -175,10 +104,9 @@ async def test_failed_structure_refresh_keeps_the_last_good_one_and_is_reported(
     text = exposition(data)
     assert series(text, "bitrix24_department_info", "department_id", "name") == \
         series(good, "bitrix24_department_info", "department_id", "name")
-    assert samples(text, "tasks_exporter_structure_up") == {
-        frozenset({("source", "bitrix24"), ("target", "test")}): 0.0}
+    assert samples(text, "tasks_exporter_structure_up") == {labels(source="bitrix24", target="acme"): 0.0}
     failures = samples(text, "tasks_exporter_structure_failures_total")
-    assert failures[frozenset({("source", "bitrix24"), ("target", "test"), ("reason", "server_error")})] == 1
+    assert failures[labels(source="bitrix24", target="acme", reason="server_error")] == 1
     assert samples(text, "tasks_exporter_structure_last_success_timestamp_seconds") == \
         samples(good, "tasks_exporter_structure_last_success_timestamp_seconds")
     broken.failing = False
@@ -218,10 +146,10 @@ def members(sim: PortalSimulator, group_id: int) -> dict[int, str]:
     return {uid: role for uid, role in group.members.items() if role in MEMBER_ROLES and uid in active}
 
 
-async def test_groups_auto_reads_counters_for_members_only(portal_factory, make_source):
+async def test_groups_auto_reads_counters_for_members_only(portal_factory):
     server = await portal_factory(users=30, groups=4)
     sim = server.sim
-    data = (await make_source(server, groups=None).collect()).data
+    data = (await server.source(groups=None).collect()).data
     probed = open_groups(sim)
     readable = [g for g in probed if can_view_tasks(sim.workgroup(g), sim.user_id, False)]
     assert special_group_ids(4)["members_only"] in set(probed) - set(readable)
@@ -241,10 +169,10 @@ async def test_groups_auto_reads_counters_for_members_only(portal_factory, make_
                                                                and (k[1] == 0 or k[0] in members(sim, k[1]))}
 
 
-async def test_group_names_kinds_and_members(portal_factory, make_source):
+async def test_group_names_kinds_and_members(portal_factory):
     server = await portal_factory(users=30, groups=4)
     sim = server.sim
-    text = exposition((await make_source(server, groups=None).collect()).data)
+    text = exposition((await server.source(groups=None).collect()).data)
     readable = [g for g in open_groups(sim) if can_view_tasks(sim.workgroup(g), sim.user_id, False)]
     expected = {(str(g), sim.workgroup(g).name, "project" if sim.workgroup(g).project else "group")
                 for g in readable}
@@ -254,37 +182,38 @@ async def test_group_names_kinds_and_members(portal_factory, make_source):
         (str(g), str(u), ROLE_NAMES[role]) for g in readable for u, role in members(sim, g).items()}
     outsiders = special_group_ids(4)["with_outsiders"]
     group = sim.workgroup(outsiders)
-    assert group is not None and set(group.members) - set(members(sim, outsiders))  # invited, banned, dismissed
+    assert group is not None
+    assert set(group.members) - set(members(sim, outsiders))  # invited, banned, dismissed
     assert not any(u == str(uid) for g, u, _ in series(text, "bitrix24_group_member", "group_id", "user_id", "role")
                    if g == str(outsiders) for uid in set(group.members) - set(members(sim, outsiders)))
 
 
-async def test_max_groups_caps_the_groups_and_says_how_many_were_left_out(portal_factory, make_source, log_events):
+async def test_max_groups_caps_the_groups_and_says_how_many_were_left_out(portal_factory, logs: Events):
     server = await portal_factory(users=30, groups=4)
     clock = Clock()
-    source = make_source(server, clock=clock, groups=None, max_groups=2)
+    source = server.source(clock=clock, groups=None, max_groups=2)
     text = exposition((await source.collect()).data)
     assert series(text, "bitrix24_group_info", "group_id") == {("1",), ("2",)}
     assert {g for _, g in server.sim.counter_reads} == {0, 1, 2}
     assert server.sim.commands_by_method["sonet_group.user.get"] == 2
-    [warning] = log_events("bitrix24_groups_left_out")
+    [warning] = named(logs, "bitrix24_groups_left_out")
     assert warning["left_out"] == len(open_groups(server.sim)) - 2
     clock.now += 3600
     await source.collect()
-    assert len(log_events("bitrix24_groups_left_out")) == 1  # said once, not every refresh
+    assert len(named(logs, "bitrix24_groups_left_out")) == 1  # said once, not every refresh
 
 
 @pytest.mark.parametrize("mode", ["auto", "listed"])
-async def test_a_group_the_webhook_cannot_read_is_skipped_with_one_warning(portal_factory, make_source, log_events,
+async def test_a_group_the_webhook_cannot_read_is_skipped_with_one_warning(portal_factory, logs: Events,
                                                                           mode):
     server = await portal_factory(users=20, groups=2)
     hidden = special_group_ids(2)["members_only"]
     clock = Clock()
-    source = make_source(server, clock=clock, groups=None if mode == "auto" else (0, 1, hidden))
+    source = server.source(clock=clock, groups=None if mode == "auto" else (0, 1, hidden))
     data = (await source.collect()).data
     clock.now += 3600
     data = (await source.collect()).data
-    assert [w["group_id"] for w in log_events("bitrix24_group_skipped")] == [hidden]
+    assert [w["group_id"] for w in named(logs, "bitrix24_group_skipped")] == [hidden]
     assert data.failed_commands == 0
     assert {q.group_id for q in data.counters} >= {0, 1}
     assert hidden not in {q.group_id for q in data.counters}
@@ -292,9 +221,9 @@ async def test_a_group_the_webhook_cannot_read_is_skipped_with_one_warning(porta
     assert str(hidden) not in {g for (g,) in series(exposition(data), "bitrix24_group_info", "group_id")}
 
 
-async def test_listed_groups_keep_every_user_and_gain_names(portal_factory, make_source):
+async def test_listed_groups_keep_every_user_and_gain_names(portal_factory):
     server = await portal_factory(users=10, groups=3)
-    data = (await make_source(server, groups=(0, 2, 3)).collect()).data
+    data = (await server.source(groups=(0, 2, 3)).collect()).data
     users = {u.user_id for u in server.sim.users if u.active}
     assert {(q.user_id, q.group_id) for q in data.counters} == {(u, g) for u in users for g in (0, 2, 3)}
     text = exposition(data)
@@ -305,19 +234,20 @@ async def test_listed_groups_keep_every_user_and_gain_names(portal_factory, make
 # --- scope and privacy ---------------------------------------------------------------------------
 
 
-async def test_emails_are_kept_trimmed_and_lower_cased(portal_factory, make_source):
+async def test_emails_are_kept_trimmed_and_lower_cased(portal_factory):
     server = await portal_factory(users=3)
     server.sim.users[1].email = "  Boris.Petrov@Example.COM "
-    data = (await make_source(server).collect()).data
+    data = (await server.source().collect()).data
     by_id = {u.user_id: u for u in data.users}
     assert by_id[2].email == "boris.petrov@example.com"
     assert by_id[1].email == server.sim.users[0].email.lower()
 
 
-async def test_names_false_keeps_ids_only(portal_factory, make_source):
+async def test_names_false_keeps_ids_only(portal_factory):
     server = await portal_factory(users=12, groups=2)
-    data = (await make_source(server, names=False, groups=None).collect()).data
-    assert data.users and all(u.name == "" and u.email == "" for u in data.users)
+    data = (await server.source(names=False, groups=None).collect()).data
+    assert data.users
+    assert all(u.name == "" and u.email == "" for u in data.users)
     text = exposition(data)
     assert {name for (name,) in series(text, "bitrix24_user_info", "name")} == {""}
     assert "@" not in text
@@ -325,34 +255,34 @@ async def test_names_false_keeps_ids_only(portal_factory, make_source):
     assert {name for (name,) in series(text, "bitrix24_group_info", "name")} >= {server.sim.workgroup(1).name}
 
 
-async def test_include_departments_and_exclude_users_send_fewer_commands(portal_factory, make_source):
+async def test_include_departments_and_exclude_users_send_fewer_commands(portal_factory):
     server = await portal_factory(users=5, inactive=0)
     three_levels(server.sim)
-    everyone = (await make_source(server, name="all").collect()).data
+    everyone = (await server.source(name="all").collect()).data
     sent_for_everyone = server.sim.commands_by_method[COUNTERS]
     server.sim.reset_counts()
-    data = (await make_source(server, name="sales", include_departments=(2,), exclude_users=(4,)).collect()).data
+    data = (await server.source(name="sales", include_departments=(2,), exclude_users=(4,)).collect()).data
     # Sales and Moscow below it: users 2, 3 (Moscow), 4 and 5, then 4 is excluded
     assert [u.user_id for u in data.users] == [2, 3, 5]
     assert {u for u, _ in server.sim.counter_reads} == {2, 3, 5}
     assert server.sim.commands_by_method[COUNTERS] == 3 * len(ROLES) < sent_for_everyone == 5 * len(ROLES)
     assert len(everyone.users) == 5
-    assert {u for (u,) in series(exposition(data, "sales"), "bitrix24_user_department", "user_id")} == {"2", "3", "5"}
+    assert {u for (u,) in series(exposition(data), "bitrix24_user_department", "user_id")} == {"2", "3", "5"}
 
 
 @pytest.mark.parametrize("status", [401, 403])
 @pytest.mark.parametrize(("scope", "feature"), [("department", "departments"), ("sonet_group", "workgroups")])
-async def test_a_missing_scope_turns_only_its_feature_off(portal_factory, make_source, log_events, status, scope,
+async def test_a_missing_scope_turns_only_its_feature_off(portal_factory, logs: Events, status, scope,
                                                           feature):
     server = await portal_factory(users=12, groups=2)
     server.sim.scopes.discard(scope)
     server.sim.status_for_scope_error = status
     clock = Clock()
-    source = make_source(server, clock=clock, groups=None)
+    source = server.source(clock=clock, groups=None)
     data = (await source.collect()).data
     clock.now += 3600
     data = (await source.collect()).data
-    [warning] = log_events("bitrix24_feature_off")
+    [warning] = named(logs, "bitrix24_feature_off")
     assert (warning["feature"], warning["scope"]) == (feature, scope)
     text = exposition(data)
     has_departments = bool(series(text, "bitrix24_department_info", "department_id"))
@@ -363,14 +293,14 @@ async def test_a_missing_scope_turns_only_its_feature_off(portal_factory, make_s
     assert len(data.users) == 12
 
 
-async def test_without_an_email_scope_emails_are_off_with_one_warning(portal_factory, make_source, log_events):
+async def test_without_an_email_scope_emails_are_off_with_one_warning(portal_factory, logs: Events):
     server = await portal_factory(users=4)
     server.sim.scopes -= {"user", "user_basic"}
     server.sim.scopes.add("user_brief")
-    source = make_source(server)
+    source = server.source()
     await source.collect()
     data = (await source.collect()).data
-    assert [(w["feature"], w["scope"]) for w in log_events("bitrix24_feature_off")] == [("email", "user")]
+    assert [(w["feature"], w["scope"]) for w in named(logs, "bitrix24_feature_off")] == [("email", "user")]
     assert all(u.email == "" and u.name for u in data.users)
     assert series(exposition(data), "bitrix24_department_info", "department_id")
 
@@ -378,11 +308,8 @@ async def test_without_an_email_scope_emails_are_off_with_one_warning(portal_fac
 # --- the exposition ------------------------------------------------------------------------------
 
 
-async def test_org_metrics_pass_promtool(portal_factory, make_source, tmp_path):
+async def test_org_metrics_pass_promtool(portal_factory):
     server = await portal_factory(users=30, groups=4)
-    text = exposition((await make_source(server, groups=None).collect()).data)
+    text = exposition((await server.source(groups=None).collect()).data)
     assert series(text, "bitrix24_user_department", "user_id")
-    path = tmp_path / "metrics.txt"
-    path.write_text(text, encoding="utf-8")
-    result = subprocess.run([promtool(), "check", "metrics"], stdin=path.open("rb"), capture_output=True, check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
+    await check_metrics(text)

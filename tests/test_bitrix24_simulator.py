@@ -25,7 +25,7 @@ from exporter.simulator.bitrix24 import (
 )
 from exporter.simulator.bitrix24_company import subtree
 from exporter.simulator.bitrix24_org import globally_active
-from tests.conftest import eventually
+from tests.conftest import eventually, is_json
 
 Call = Callable[..., Awaitable[tuple[int, Any]]]
 SPECIAL = special_group_ids(2)  # the demo portal has two ordinary groups
@@ -98,7 +98,8 @@ async def test_every_answer_carries_the_time_block(portal: Portal) -> None:
     block = answer["time"]
     assert {"start", "finish", "duration", "processing", "date_start", "date_finish", "operating",
             "operating_reset_at"} <= set(block)
-    assert block["finish"] >= block["start"] and isinstance(block["operating_reset_at"], int)
+    assert block["finish"] >= block["start"]
+    assert isinstance(block["operating_reset_at"], int)
 
 
 # --- user.get -------------------------------------------------------------------------------------------
@@ -121,25 +122,34 @@ async def test_user_get_pages_fifty_with_total_and_next(start: Callable[..., Awa
 
 async def test_user_get_past_the_end_is_an_empty_list_without_total(portal: Portal) -> None:
     _, answer = await portal.call("user.get", {"start": 500})
-    assert answer["result"] == [] and "total" not in answer and "next" not in answer
+    assert answer["result"] == []
+    assert "total" not in answer
+    assert "next" not in answer
 
 
 async def test_user_get_start_minus_one_skips_the_count(start: Callable[..., Awaitable[Portal]]) -> None:
     portal = await start(users=70)
     _, answer = await portal.call("user.get", {"start": -1, "FILTER": {">ID": 10}})
-    assert [u["ID"] for u in answer["result"]][:2] == ["11", "12"] and len(answer["result"]) == 50
-    assert answer["total"] == 0 and "next" not in answer
+    assert [u["ID"] for u in answer["result"]][:2] == ["11", "12"]
+    assert len(answer["result"]) == 50
+    assert answer["total"] == 0
+    assert "next" not in answer
 
 
 async def test_user_records_have_the_recorded_types(portal: Portal) -> None:
     users = await portal.result("user.get", {"start": 0})
     for user in users:
-        assert isinstance(user["ID"], str) and isinstance(user["ACTIVE"], bool)
-        assert user["UF_DEPARTMENT"] and all(type(d) is int for d in user["UF_DEPARTMENT"])
-        assert user["TIMESTAMP_X"] == {} and user["USER_TYPE"] == "employee"
-        assert isinstance(user["WORK_POSITION"], str) and user["IS_ONLINE"] in ("Y", "N")
+        assert isinstance(user["ID"], str)
+        assert isinstance(user["ACTIVE"], bool)
+        assert user["UF_DEPARTMENT"]
+        assert all(type(d) is int for d in user["UF_DEPARTMENT"])
+        assert user["TIMESTAMP_X"] == {}
+        assert user["USER_TYPE"] == "employee"
+        assert isinstance(user["WORK_POSITION"], str)
+        assert user["IS_ONLINE"] in ("Y", "N")
     by_id = {u["ID"]: u for u in users}
-    assert by_id["9"]["LAST_LOGIN"] == "" and "LAST_ACTIVITY_DATE" not in by_id["9"]  # never logged in
+    assert by_id["9"]["LAST_LOGIN"] == ""
+    assert "LAST_ACTIVITY_DATE" not in by_id["9"]  # never logged in
     assert by_id["1"]["LAST_LOGIN"].endswith("+03:00")
     assert len({frozenset(u) for u in users}) > 1  # NULL fields are left out: key sets differ
 
@@ -152,7 +162,9 @@ async def test_user_fields_depend_on_the_scope(portal: Portal, scopes: set[str],
     portal.sim.scopes = scopes
     (user,) = await portal.result("user.get", {"ID": 2})
     assert ("EMAIL" in user, "LAST_LOGIN" in user) == (email, last_login)
-    assert user["UF_DEPARTMENT"] and user["NAME"] and "WORK_POSITION" in user
+    assert user["UF_DEPARTMENT"]
+    assert user["NAME"]
+    assert "WORK_POSITION" in user
 
 
 async def test_filter_by_a_field_the_scope_hides_is_ignored(portal: Portal) -> None:
@@ -197,10 +209,13 @@ async def test_someone_without_a_department_is_seen_only_by_group_mates(portal: 
     portal.sim.users += [SimUser(50, "Ext", "Partner", email="ext@partner.example"),
                          SimUser(51, "Ext", "Mate", email="mate@partner.example")]
     group = portal.sim.workgroup(1)
-    assert group is not None and group.is_member(portal.sim.user_id)
+    assert group is not None
+    assert group.is_member(portal.sim.user_id)
     group.members[51] = "K"
     rows = {r["ID"]: r for r in await portal.result("user.get", {"FILTER": {">ID": 40}})}
-    assert "50" not in rows and rows["51"]["USER_TYPE"] == "extranet" and rows["51"]["UF_DEPARTMENT"] == []
+    assert "50" not in rows
+    assert rows["51"]["USER_TYPE"] == "extranet"
+    assert rows["51"]["UF_DEPARTMENT"] == []
     portal.sim.sonet_admin = True
     assert "50" in {r["ID"] for r in await portal.result("user.get", {"ADMIN_MODE": True, ">ID": 40})}
 
@@ -219,13 +234,17 @@ async def test_sorting_needs_both_sort_and_order(portal: Portal) -> None:
 async def test_departments_come_back_as_the_portal_writes_them(portal: Portal) -> None:
     _, answer = await portal.call("department.get")
     rows = answer["result"]
-    assert answer["total"] == len(rows) == 11 and "next" not in answer
+    assert answer["total"] == len(rows) == 11
+    assert "next" not in answer
     by_id = {r["ID"]: r for r in rows}
     root = by_id["1"]
-    assert "PARENT" not in root and root["UF_HEAD"] == "1" and root["NAME"] == "Company"
+    assert "PARENT" not in root
+    assert root["UF_HEAD"] == "1"
+    assert root["NAME"] == "Company"
     assert "UF_HEAD" not in by_id["10"]  # Accounting has no head: the key is missing, not empty
     for row in rows:
-        assert isinstance(row["ID"], str) and type(row["SORT"]) is int
+        assert isinstance(row["ID"], str)
+        assert type(row["SORT"]) is int
         assert set(row) <= {"ID", "NAME", "SORT", "PARENT", "UF_HEAD"}
         if "PARENT" in row:
             assert isinstance(row["PARENT"], str)
@@ -242,7 +261,8 @@ async def test_heads_are_employees_and_some_people_sit_in_two_departments(portal
     departments = await portal.result("department.get")
     users = {u["ID"]: u for u in await portal.result("user.get", {"FILTER": {"ACTIVE": True}})}
     heads = {d["UF_HEAD"]: d["ID"] for d in departments if "UF_HEAD" in d}
-    assert len(heads) >= 8 and set(heads) <= set(users)
+    assert len(heads) >= 8
+    assert set(heads) <= set(users)
     for head, dept in heads.items():
         assert int(dept) in users[head]["UF_DEPARTMENT"]
     assert any(len(u["UF_DEPARTMENT"]) == 2 for u in users.values())
@@ -262,7 +282,8 @@ async def test_department_filter_keys_count_only_in_upper_case(portal: Portal) -
 
 async def test_upper_case_sort_at_the_top_level_is_also_a_filter(portal: Portal) -> None:
     _, answer = await portal.call("department.get", {"SORT": "NAME"})  # SORT = intval("NAME") = 0
-    assert answer["result"] == [] and answer["total"] == 0
+    assert answer["result"] == []
+    assert answer["total"] == 0
 
 
 async def test_department_sort_and_order_in_any_case(portal: Portal) -> None:
@@ -279,12 +300,15 @@ async def test_department_paging_and_a_page_past_the_end(start: Callable[..., Aw
     _, first = await portal.call("department.get", {"start": 0})
     _, second = await portal.call("department.get", {"start": first["next"]})
     assert first["total"] == second["total"] == expected > 50
-    assert len(first["result"]) == 50 and first["next"] == 50 and "next" not in second
+    assert len(first["result"]) == 50
+    assert first["next"] == 50
+    assert "next" not in second
     assert len(second["result"]) == expected - 50
     _, floored = await portal.call("department.get", {"start": 25})  # pages, not offsets
     assert floored["result"] == first["result"]
     _, past = await portal.call("department.get", {"start": 1000})  # page 1 again, not an empty page
-    assert past["result"] == first["result"] and past["next"] == 50
+    assert past["result"] == first["result"]
+    assert past["next"] == 50
 
 
 async def test_department_get_needs_the_department_scope(portal: Portal) -> None:
@@ -301,7 +325,8 @@ async def test_renamed_and_removed_departments_show_on_the_next_answer(portal: P
     dept.name = "Web"
     portal.sim.departments.remove(portal.sim.department(13))  # type: ignore[arg-type]
     rows = {r["ID"]: r for r in await portal.result("department.get")}
-    assert rows["8"]["NAME"] == "Web" and "13" not in rows
+    assert rows["8"]["NAME"] == "Web"
+    assert "13" not in rows
 
 
 # --- sonet_group.get / sonet_group.user.get -------------------------------------------------------------
@@ -315,7 +340,8 @@ async def test_groups_are_rows_of_strings(portal: Portal) -> None:
         assert {"ID", "NAME", "ACTIVE", "VISIBLE", "OPENED", "CLOSED", "PROJECT", "OWNER_ID",
                 "NUMBER_OF_MEMBERS", "SUBJECT_NAME", "DATE_CREATE", "SITE_ID"} <= set(row)
         assert all(v is None or isinstance(v, str) for k, v in row.items() if k != "IMAGE")
-        assert row["PROJECT"] in ("Y", "N") and row["NUMBER_OF_MEMBERS"].isdigit()
+        assert row["PROJECT"] in ("Y", "N")
+        assert row["NUMBER_OF_MEMBERS"].isdigit()
     assert [r["ID"] for r in rows] == sorted((r["ID"] for r in rows), key=int, reverse=True)  # ID DESC
     assert {r["PROJECT"] for r in rows} == {"Y", "N"}
     archived = next(r for r in rows if r["ID"] == str(SPECIAL["archived"]))
@@ -325,7 +351,8 @@ async def test_groups_are_rows_of_strings(portal: Portal) -> None:
 async def test_group_params_are_read_in_upper_case_only(portal: Portal) -> None:
     ids = lambda rows: [int(r["ID"]) for r in rows]  # noqa: E731
     open_groups = ids(await portal.result("sonet_group.get", {"FILTER": {"CLOSED": "N", "ACTIVE": "Y"}}))
-    assert SPECIAL["archived"] not in open_groups and len(open_groups) == 4
+    assert SPECIAL["archived"] not in open_groups
+    assert len(open_groups) == 4
     assert SPECIAL["archived"] in ids(await portal.result("sonet_group.get", {"filter": {"CLOSED": "N"}}))
     ascending = ids(await portal.result("sonet_group.get", {"ORDER": {"ID": "ASC"}}))
     assert ascending == sorted(ascending)
@@ -357,8 +384,11 @@ async def test_groups_page_fifty_at_a_time(start: Callable[..., Awaitable[Portal
     portal = await start(users=200, groups=60)
     _, first = await portal.call("sonet_group.get", {"ORDER": {"ID": "ASC"}})
     _, second = await portal.call("sonet_group.get", {"ORDER": {"ID": "ASC"}, "start": first["next"]})
-    assert first["total"] == 63 and first["next"] == 50 and len(first["result"]) == 50
-    assert len(second["result"]) == 13 and "next" not in second
+    assert first["total"] == 63
+    assert first["next"] == 50
+    assert len(first["result"]) == 50
+    assert len(second["result"]) == 13
+    assert "next" not in second
 
 
 async def test_sonet_methods_need_the_sonet_group_scope(portal: Portal) -> None:
@@ -370,12 +400,14 @@ async def test_sonet_methods_need_the_sonet_group_scope(portal: Portal) -> None:
 
 async def test_members_are_owners_moderators_and_members_only(portal: Portal) -> None:
     group = portal.sim.workgroup(SPECIAL["with_outsiders"])
-    assert group is not None and {"Z", "T"} <= set(group.members.values())
+    assert group is not None
+    assert {"Z", "T"} <= set(group.members.values())
     _, answer = await portal.call("sonet_group.user.get", {"ID": group.group_id})
     assert set(answer) == {"result", "time"}  # no total, no next: everyone in one answer
     rows = answer["result"]
     assert all(isinstance(r["USER_ID"], str) for r in rows)
-    assert {r["ROLE"] for r in rows} <= {"A", "E", "K"} and [r["ROLE"] for r in rows].count("A") == 1
+    assert {r["ROLE"] for r in rows} <= {"A", "E", "K"}
+    assert [r["ROLE"] for r in rows].count("A") == 1
     active = {u.user_id for u in portal.sim.users if u.active}
     expected = [str(uid) for uid, role in group.members.items() if role in "AEK" and uid in active]
     assert [r["USER_ID"] for r in rows] == expected
@@ -455,9 +487,12 @@ async def test_counter_reads_count_each_command_by_user_and_group(portal: Portal
     await portal.result("tasks.task.counters.get", {"userId": 3})
     assert portal.sim.counter_reads == {(1, 1): 2, (2, 1): 2, (3, 0): 1}
     assert portal.sim.commands_by_method["tasks.task.counters.get"] == 5
-    assert portal.sim.calls["batch"] == 1 and portal.sim.commands == 4
+    assert portal.sim.calls["batch"] == 1
+    assert portal.sim.commands == 4
     portal.sim.reset_counts()
-    assert not portal.sim.counter_reads and portal.sim.commands == 0 and not portal.sim.calls
+    assert not portal.sim.counter_reads
+    assert portal.sim.commands == 0
+    assert not portal.sim.calls
 
 
 # --- batch ----------------------------------------------------------------------------------------------
@@ -489,8 +524,10 @@ async def test_batch_runs_every_method_and_reports_errors_per_command(portal: Po
 
 async def test_batch_sections_with_keys_zero_to_n_are_json_lists(portal: Portal) -> None:
     answer = await portal.result("batch", {"cmd": ["user.get?ID=1", "user.get?ID=2"]})
-    assert isinstance(answer["result"], list) and [r[0]["ID"] for r in answer["result"]] == ["1", "2"]
-    assert answer["result_error"] == [] and answer["result_next"] == []  # an empty section is [], never {}
+    assert isinstance(answer["result"], list)
+    assert [r[0]["ID"] for r in answer["result"]] == ["1", "2"]
+    assert answer["result_error"] == []
+    assert answer["result_next"] == []  # an empty section is [], never {}
     gap = await portal.result("batch", {"cmd": ["user.get?ID=1", "nope.get", "user.get?ID=2"]})
     assert set(gap["result"]) == {"0", "2"}  # keys 0 and 2 are not a list
 
@@ -498,7 +535,8 @@ async def test_batch_sections_with_keys_zero_to_n_are_json_lists(portal: Portal)
 async def test_batch_scope_errors_are_per_command(portal: Portal) -> None:
     portal.sim.scopes = {"task", "user"}
     answer = await portal.result("batch", {"cmd": {"d": "department.get", "u": "user.get?ID=1"}})
-    assert answer["result_error"]["d"]["error"] == "insufficient_scope" and set(answer["result"]) == {"u"}
+    assert answer["result_error"]["d"]["error"] == "insufficient_scope"
+    assert set(answer["result"]) == {"u"}
 
 
 async def test_batch_over_fifty_commands_fails_only_the_extra_ones(portal: Portal) -> None:
@@ -517,7 +555,8 @@ async def test_batch_inside_batch_is_not_allowed(portal: Portal) -> None:
 async def test_halt_stops_at_the_first_error(portal: Portal) -> None:
     cmd = {"a": "user.get?ID=1", "b": "nope.get", "c": "user.get?ID=2"}
     halted = await portal.result("batch", {"halt": 1, "cmd": cmd})
-    assert set(halted["result"]) == {"a"} and set(halted["result_error"]) == {"b"}
+    assert set(halted["result"]) == {"a"}
+    assert set(halted["result_error"]) == {"b"}
     go_on = await portal.result("batch", {"HALT": 0, "CMD": cmd})  # batch reads its keys in any case
     assert set(go_on["result"]) == {"a", "c"}
 
@@ -540,7 +579,8 @@ async def test_command_errors_fail_that_users_commands(portal: Portal) -> None:
     portal.sim.command_errors[2] = "ERROR_CORE"
     answer = await portal.result("batch", {"cmd": {"a": "tasks.task.counters.get?userId=2",
                                                     "b": "tasks.task.counters.get?userId=3"}})
-    assert answer["result_error"]["a"]["error"] == "ERROR_CORE" and "b" in answer["result"]
+    assert answer["result_error"]["a"]["error"] == "ERROR_CORE"
+    assert "b" in answer["result"]
 
 
 # --- the leaky bucket and the operating limit ------------------------------------------------------------
@@ -591,7 +631,7 @@ FAULT_ANSWERS: dict[str, tuple[int, Callable[[httpx.Response], bool]]] = {
     "http_502": (502, lambda r: r.headers["content-type"].startswith("text/html")),
     "http_503": (503, lambda r: r.text.startswith("<html>")),
     "html": (200, lambda r: r.headers["content-type"].startswith("text/html")),
-    "truncated_json": (200, lambda r: not _is_json(r.text)),
+    "truncated_json": (200, lambda r: not is_json(r.text)),
     "wrong_types": (200, lambda r: r.json()["result"] == {"result": "surprise"}),
     "unauthorized": (401, lambda r: r.json()["error"] == "NO_AUTH_FOUND"),
     "insufficient_scope": (401, lambda r: r.json()["error"] == "insufficient_scope"),
@@ -599,14 +639,6 @@ FAULT_ANSWERS: dict[str, tuple[int, Callable[[httpx.Response], bool]]] = {
     "operation_time_limit": (429, lambda r: r.json()["error"] == "OPERATION_TIME_LIMIT"
                              and r.json()["time"]["operating_reset_at"] > time.time()),
 }
-
-
-def _is_json(text: str) -> bool:
-    try:
-        httpx.Response(200, text=text).json()
-    except ValueError:
-        return False
-    return True
 
 
 def test_every_fault_mode_is_covered() -> None:
@@ -640,7 +672,8 @@ async def test_latency_delays_the_answer(start: Callable[..., Awaitable[Portal]]
     portal = await start(users=2, latency=0.1)
     began = time.monotonic()
     await portal.call("user.get")
-    assert time.monotonic() - began >= 0.1 and portal.sim.max_in_flight == 1
+    assert time.monotonic() - began >= 0.1
+    assert portal.sim.max_in_flight == 1
 
 
 # --- the generated portal -------------------------------------------------------------------------------
@@ -659,9 +692,11 @@ def test_a_large_portal_grows_its_structure() -> None:
     sim = generate_portal(5000, groups=100)
     by_id = {d.dept_id: d for d in sim.departments}
     answered = {d.dept_id for d in sim.departments if globally_active(d, by_id)}
-    assert len(answered) > 400 and subtree(sim.departments, 1) == set(by_id)
+    assert len(answered) > 400
+    assert subtree(sim.departments, 1) == set(by_id)
     assert all(u.departments and set(u.departments) <= answered for u in sim.users)
     in_leaves = {d for u in sim.users for d in u.departments}
     assert len(in_leaves) == len(answered)  # every answered department has people
-    assert len(sim.workgroups) == 104 and all(len(g.members) >= 3 for g in sim.workgroups[:100])
+    assert len(sim.workgroups) == 104
+    assert all(len(g.members) >= 3 for g in sim.workgroups[:100])
     assert sum(len(g.members) for g in sim.workgroups) < 5000 * 2  # groups hold a part of the company

@@ -18,7 +18,7 @@ from exporter.org import Department, ancestors, memberships, subtree
 from exporter.snapshot import ApiTelemetry, CounterQuery
 from exporter.sources.bitrix24 import Bitrix24Source
 from exporter.sources.bitrix24_structure import Structure, parse_ids, plan_queries
-from tests.conftest import FAST_RETRY
+from tests.conftest import FAST_RETRY, Clock
 
 WEBHOOK = "https://acme.bitrix24.ru/rest/1/s3cr3t/"
 COUNTERS = {"expired": {"counter": 1, "code": 6291456}, "new_comments": {"counter": "2", "code": 12582912}}
@@ -89,7 +89,7 @@ def users(records: list[dict[str, Any]]) -> Callable[[dict[str, Any]], Answer]:
     return answer
 
 
-def counters(params: dict[str, Any]) -> Answer:
+def counters(_params: dict[str, Any]) -> Answer:
     return ok(COUNTERS, total=1)
 
 
@@ -162,8 +162,10 @@ async def test_department_scope_error_in_either_case_or_status_turns_departments
                              "tasks.task.counters.get": counters,
                              "user.get": users([{"ID": "7", "ACTIVE": True, "UF_DEPARTMENT": [1]}])})
     data = await collect(portal)
-    assert data.org.departments == () and data.org.user_departments == ()
-    assert data.structure is not None and data.structure.up
+    assert data.org.departments == ()
+    assert data.org.user_departments == ()
+    assert data.structure is not None
+    assert data.structure.up
     assert [u.user_id for u in data.users] == [7]
 
 
@@ -190,7 +192,8 @@ async def test_a_portal_without_users_answers_an_empty_list_without_total():
     portal = RecordedPortal({"department.get": department_pages([{"ID": "1", "NAME": "C", "SORT": 500}]),
                              "tasks.task.counters.get": counters, "user.get": users([])})
     data = await collect(portal)
-    assert data.users == () and data.counters == {}
+    assert data.users == ()
+    assert data.counters == {}
     assert [d.name for d in data.org.departments] == ["C"]
 
 
@@ -250,7 +253,8 @@ async def test_groups_auto_keeps_open_readable_groups_and_members_with_their_rol
         (1, 0), (1, 5), (2, 0), (2, 5), (3, 0), (3, 5), (4, 0), (5, 0)]
     assert data.failed_commands == 0
     [(_, body)] = [(m, b) for m, b in portal.requests if m == "sonet_group.get"]
-    assert body["FILTER"] == {"ACTIVE": "Y", "CLOSED": "N"} and "ORDER" in body  # upper-case keys only
+    assert body["FILTER"] == {"ACTIVE": "Y", "CLOSED": "N"}
+    assert "ORDER" in body  # upper-case keys only
 
 
 async def test_listed_groups_gain_names_and_skip_the_ones_the_webhook_cannot_read():
@@ -265,18 +269,20 @@ async def test_listed_groups_gain_names_and_skip_the_ones_the_webhook_cannot_rea
 
 async def test_a_transient_error_in_a_member_list_keeps_the_last_good_structure():
     portal = org_portal()
-    clock = [0.0]
+    clock = Clock()
     src = Bitrix24Source(Bitrix24Config(name="acme", webhook_url=Secret(WEBHOOK), groups=None, roles=("all",)),
-                         ApiTelemetry(), retry=FAST_RETRY, transport=portal.transport(), clock=lambda: clock[0])
+                         ApiTelemetry(), retry=FAST_RETRY, transport=portal.transport(), clock=clock)
     try:
         first = (await src.collect()).data
         portal.handlers["sonet_group.user.get"] = lambda _: error(503, "QUERY_LIMIT_EXCEEDED", "Too many requests")
-        clock[0] += 7200
+        clock.now += 7200
         second = (await src.collect()).data
     finally:
         await src.aclose()
-    assert second.org.groups == first.org.groups and second.org.members == first.org.members
-    assert second.structure is not None and not second.structure.up
+    assert second.org.groups == first.org.groups
+    assert second.org.members == first.org.members
+    assert second.structure is not None
+    assert not second.structure.up
     assert second.structure.failures == {"rate_limited": 1}
 
 

@@ -13,11 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
 from exporter.cli import parse_listen
-from tests.conftest import eventually, free_port
+from tests.conftest import ROOT, both_sources_served, exporter_process, free_port, scrape_until
 
 EXE = [sys.executable, "-m", "exporter"]
 
@@ -28,7 +27,7 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 
 def test_check_config_accepts_the_example():
-    example = Path(__file__).parent.parent / "config.example.yaml"
+    example = ROOT / "config.example.yaml"
     result = run("--check-config", "--config", str(example),
                  env={"BITRIX24_WEBHOOK_URL": "https://a.bitrix24.ru/rest/1/xyzsecret/", "PACHCA_TOKEN": "tok"})
     assert result.returncode == 0, result.stderr
@@ -58,7 +57,8 @@ def test_check_config_reports_each_problem_on_its_own_line(tmp_path: Path):
 def test_config_mistakes_exit_2_with_one_line(args):
     result = run(*args)
     assert result.returncode == 2
-    assert "Traceback" not in result.stderr and result.stderr.startswith("config error: ")
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("config error: ")
     assert len(result.stderr.strip().splitlines()) == 1
 
 
@@ -75,7 +75,8 @@ def test_usage_mistakes_exit_2_with_the_usage(args, error):
     assert result.returncode == 2
     assert result.stderr.startswith("usage: tasks-exporter ")
     assert result.stderr.strip().splitlines()[-1] == f"tasks-exporter: error: {error}"
-    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
 
 
 @pytest.mark.parametrize(("value", "expected"), [
@@ -112,7 +113,8 @@ def test_port_in_use_is_one_error_line(tmp_path: Path, fmt: str):
         assert (event["level"], event["event"], event["address"]) == ("error", "cannot_listen", f"127.0.0.1:{port}")
         assert event["detail"] == os.strerror(errno.EADDRINUSE)
     else:
-        assert "[error" in line and f"address=127.0.0.1:{port}" in line
+        assert "[error" in line
+        assert f"address=127.0.0.1:{port}" in line
 
 
 # Exporter.start raising stands for a bug anywhere between flags and serving
@@ -137,33 +139,20 @@ def test_a_bug_that_stops_the_exporter_is_logged_with_its_cause_and_exits_1(tmp_
     assert result.returncode == 1
     events = [json.loads(line) for line in result.stderr.splitlines()]
     (failed,) = [e for e in events if e["level"] == "error"]
-    assert failed["event"] == "exporter_failed" and failed["error"] == "RuntimeError: wiring bug"
-    assert failed["exception"].startswith("Traceback") and "in start" in failed["exception"]
+    assert failed["event"] == "exporter_failed"
+    assert failed["error"] == "RuntimeError: wiring bug"
+    assert failed["exception"].startswith("Traceback")
+    assert "in start" in failed["exception"]
     assert "cannot_listen" not in result.stderr
 
 
 async def test_demo_serves_task_counters_within_seconds_and_stops_on_sigterm():
-    port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        *EXE, "--demo", "--web.listen-address", f"127.0.0.1:{port}", "--log.format", "json",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        async with httpx.AsyncClient() as client:
-            async def served() -> str | None:
-                try:
-                    text = (await client.get(f"http://127.0.0.1:{port}/metrics", timeout=2)).text
-                except httpx.TransportError:
-                    return None
-                return text if "bitrix24_tasks{" in text and "pachca_reminders{" in text else None
-
-            await eventually(served, timeout=20, interval=0.1)
+    async with exporter_process("--demo", "--log.format", "json",
+                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE) as (proc, url):
+        await scrape_until(url, both_sources_served, timeout=20, interval=0.1, starting=True)
         proc.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(proc.communicate(), 15)
-        assert proc.returncode == 0
-        events = [json.loads(line) for line in err.decode().splitlines()]
-        assert "Traceback" not in err.decode()
-        assert {"cycle_done", "stopped"} <= {e["event"] for e in events}
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.communicate()
+    assert proc.returncode == 0
+    events = [json.loads(line) for line in err.decode().splitlines()]
+    assert "Traceback" not in err.decode()
+    assert {"cycle_done", "stopped"} <= {e["event"] for e in events}

@@ -22,7 +22,8 @@ from exporter.snapshot import (
 from tests.conftest import register
 
 
-def samples(text: str) -> list[tuple[str, tuple[tuple[str, str], ...], float]]:
+def every_sample(text: str) -> list[tuple[str, tuple[tuple[str, str], ...], float]]:
+    """(name, labels, value) of each sample of an exposition, in a stable order."""
     found = []
     for family in text_string_to_metric_families(text):
         for s in family.samples:
@@ -58,7 +59,7 @@ def test_own_renderer_matches_prometheus_client():
     registry.register(collector)
     ours = render(collector.families()).decode()
     reference = generate_latest(registry).decode()
-    assert samples(ours) == samples(reference)
+    assert every_sample(ours) == every_sample(reference)
     assert [line for line in ours.splitlines() if line.startswith("#")] == [
         line for line in reference.splitlines() if line.startswith("#")]
 
@@ -73,13 +74,15 @@ def test_label_values_are_escaped():
 def test_special_values():
     family = Family("x", "h", labels=[], rows=[((), math.inf), ((), -math.inf)])
     text = render([family, Family("y", "h", labels=[], rows=[((), math.nan)])]).decode()
-    assert "x +Inf\nx -Inf\n" in text and "y NaN\n" in text
+    assert "x +Inf\nx -Inf\n" in text
+    assert "y NaN\n" in text
 
 
 def test_every_source_reason_starts_at_zero():
     text = render(SnapshotCollector(store_with_data()).families()).decode()
-    failures = [s for s in samples(text) if s[0] == "tasks_exporter_source_failures_total"]
-    assert len(failures) == 2 * 9 and all(value == 0 for *_, value in failures)
+    failures = [s for s in every_sample(text) if s[0] == "tasks_exporter_source_failures_total"]
+    assert len(failures) == 2 * 9
+    assert all(value == 0 for *_, value in failures)
 
 
 def test_describe_names_every_family_a_populated_store_exposes():

@@ -14,19 +14,14 @@ from exporter.errors import ConfigError
 from exporter.kinds import DURATION, integer
 from exporter.schema import key, parse_document, reference
 from exporter.sources.bitrix24 import ROLES
+from tests.conftest import CONFIG_ENV, ROOT, config_problems
 
-HOOK = "https://acme.bitrix24.ru/rest/1/s3cr3tvalue/"
-ENV = {"HOOK": HOOK, "TOKEN": "tok-123456"}
-
-
-def problems(doc: str, env: dict[str, str] | None = None) -> list[str]:
-    with pytest.raises(ConfigError) as err:
-        parse_config(yaml.safe_load(doc), ENV if env is None else env)
-    return err.value.problems
+ENV = CONFIG_ENV
+HOOK = ENV["HOOK"]
 
 
-def test_example_config_is_valid(tmp_path: Path):
-    config = load_config(Path(__file__).parent.parent / "config.example.yaml",
+def test_example_config_is_valid():
+    config = load_config(ROOT / "config.example.yaml",
                          {"BITRIX24_WEBHOOK_URL": HOOK, "PACHCA_TOKEN": "t0ken"})
     assert config.bitrix24[0].name == "mycompany"
     assert config.bitrix24[0].interval == 60.0
@@ -38,9 +33,11 @@ def test_defaults_and_env_expansion():
     b24 = config.bitrix24[0]
     assert b24.webhook_url.reveal() == HOOK
     assert b24.name == "acme.bitrix24.ru"  # the portal's host name by default
-    assert b24.users is None and b24.groups == (0,)
+    assert b24.users is None
+    assert b24.groups == (0,)
     assert b24.roles == ("all", "responsible", "accomplice", "auditor", "originator")
-    assert b24.rate_limit.requests_per_second == 2.0 and b24.rate_limit.burst == 50
+    assert b24.rate_limit.requests_per_second == 2.0
+    assert b24.rate_limit.burst == 50
     assert config.pachca == ()
 
 
@@ -109,24 +106,25 @@ def test_empty_file_has_no_sources():
     ("bitrix: {}", "bitrix: unknown key"),
 ])
 def test_each_mistake_is_one_line_naming_its_key(doc: str, expected: str):
-    found = problems(doc)
+    found = config_problems(doc)
     assert any(p.startswith(expected) for p in found), found
     assert all("\n" not in p for p in found)
 
 
 def test_all_problems_are_reported_at_once():
-    found = problems("bitrix24: {webhook_url: '${HOOK}', interval: x, timeout: y, roles: [z]}")
+    found = config_problems("bitrix24: {webhook_url: '${HOOK}', interval: x, timeout: y, roles: [z]}")
     assert len(found) == 3
 
 
 def test_secret_is_not_echoed_in_errors():
-    found = problems("bitrix24: {webhook_url: 'https://acme.bitrix24.ru/s3cr3tvalue'}")
+    found = config_problems("bitrix24: {webhook_url: 'https://acme.bitrix24.ru/s3cr3tvalue'}")
     assert all("s3cr3tvalue" not in p for p in found)
 
 
 def test_plain_http_to_a_remote_host_warns_but_works():
     config = parse_config({"bitrix24": {"webhook_url": "http://portal.lan/rest/1/abc/"}}, {})
-    assert config.warnings and "plain http to portal.lan" in config.warnings[0]
+    assert config.warnings
+    assert "plain http to portal.lan" in config.warnings[0]
     loopback = parse_config({"bitrix24": {"webhook_url": "http://127.0.0.1:8080/rest/1/abc/"}}, {})
     assert loopback.warnings == ()
 
@@ -154,7 +152,7 @@ def test_bad_durations(text):
 
 # --- one declaration per key ---------------------------------------------------------------------
 
-REFERENCE = Path(__file__).parent.parent / "docs" / "configuration.md"
+REFERENCE = ROOT / "docs" / "configuration.md"
 
 
 @dataclass(frozen=True, slots=True)

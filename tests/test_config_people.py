@@ -6,24 +6,19 @@ import pytest
 import yaml
 
 from exporter.config import PeoplePair, parse_config
-from exporter.errors import ConfigError
+from tests.conftest import CONFIG_ENV, config_problems
 
-ENV = {"HOOK": "https://acme.bitrix24.ru/rest/1/s3cr3tvalue/", "HOOK2": "https://beta.bitrix24.ru/rest/1/other/",
-       "TOKEN": "tok-123456"}
+ENV = CONFIG_ENV
 ONE_EACH = "bitrix24: {webhook_url: '${HOOK}'}\npachca: {name: team, token: '${TOKEN}'}\n"
 TWO_EACH = ("bitrix24: [{webhook_url: '${HOOK}'}, {webhook_url: '${HOOK2}'}]\n"
             "pachca: [{name: team, token: '${TOKEN}'}, {name: ops, token: '${TOKEN}'}]\n")
 
 
-def problems(doc: str) -> list[str]:
-    with pytest.raises(ConfigError) as err:
-        parse_config(yaml.safe_load(doc), ENV)
-    return err.value.problems
-
-
 def test_pachca_org_defaults() -> None:
     ws = parse_config(yaml.safe_load(ONE_EACH), ENV).pachca[0]
-    assert ws.names is True and ws.structure_interval == 3600.0 and ws.performer_names is None
+    assert ws.names is True
+    assert ws.structure_interval == 3600.0
+    assert ws.performer_names is None
 
 
 def test_people_is_off_unless_present() -> None:
@@ -32,7 +27,8 @@ def test_people_is_off_unless_present() -> None:
 
 def test_people_pairs_default_to_every_portal_with_every_workspace() -> None:
     people = parse_config(yaml.safe_load(TWO_EACH + "people: {match: email}"), ENV).people
-    assert people is not None and (people.match, people.label) == ("email", "email")
+    assert people is not None
+    assert (people.match, people.label) == ("email", "email")
     assert people.pairs == (PeoplePair("acme.bitrix24.ru", "team"), PeoplePair("acme.bitrix24.ru", "ops"),
                             PeoplePair("beta.bitrix24.ru", "team"), PeoplePair("beta.bitrix24.ru", "ops"))
 
@@ -40,7 +36,8 @@ def test_people_pairs_default_to_every_portal_with_every_workspace() -> None:
 def test_people_pairs_as_listed() -> None:
     doc = TWO_EACH + "people: {match: email, label: name, pairs: [{portal: beta.bitrix24.ru, workspace: ops}]}"
     people = parse_config(yaml.safe_load(doc), ENV).people
-    assert people is not None and people.label == "name"
+    assert people is not None
+    assert people.label == "name"
     assert people.pairs == (PeoplePair("beta.bitrix24.ru", "ops"),)
 
 
@@ -72,6 +69,6 @@ def test_people_pairs_as_listed() -> None:
      "pachca.structure_interval: invalid duration 'often'"),
 ])
 def test_each_people_mistake_is_one_line_naming_its_key(doc: str, expected: str) -> None:
-    found = problems(doc)
+    found = config_problems(doc)
     assert any(p.startswith(expected) for p in found), found
     assert all("\n" not in p for p in found)

@@ -27,9 +27,8 @@ from exporter.app import DEFAULT_PORT
 from exporter.collector import SnapshotCollector
 from exporter.healthcheck import healthz_url
 from exporter.snapshot import Store
-from tests.conftest import require_tool
+from tests.conftest import ROOT, require_tool
 
-ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 COMPOSE_DIR = ROOT / "deploy" / "compose"
@@ -126,7 +125,8 @@ def dockerignore_excludes(path: str) -> bool:
 
 def compose() -> dict[str, Any]:
     data = load_yaml(COMPOSE_FILE)
-    assert isinstance(data, dict) and isinstance(data.get("services"), dict), f"{COMPOSE_FILE}: no services"
+    assert isinstance(data, dict), f"{COMPOSE_FILE}: not a mapping"
+    assert isinstance(data.get("services"), dict), f"{COMPOSE_FILE}: no services"
     return data
 
 
@@ -244,8 +244,9 @@ def test_image_is_multi_stage_and_runtime_stage_copies_only_the_build_output() -
     runtime_copies = [i for i in final_stage() if i.keyword in {"COPY", "ADD"}]
     assert runtime_copies, "the runtime stage copies nothing from the build stage"
     for copy in runtime_copies:
-        assert copy.keyword == "COPY" and copy.args.startswith("--from="), (
-            f"runtime stage: {copy!r} takes files from the build context; copy them from the build stage")
+        why = f"runtime stage: {copy!r} takes files from the build context; copy them from the build stage"
+        assert copy.keyword == "COPY", why
+        assert copy.args.startswith("--from="), why
 
 
 def test_image_runs_as_a_non_root_user() -> None:
@@ -361,7 +362,8 @@ def grafana_provisioning(kind: str) -> list[dict[str, Any]]:
     """The parsed provisioning files of `kind` (datasources, dashboards) that compose mounts into Grafana."""
     grafana = compose()["services"]["grafana"]
     directory = host_path(grafana, f"/etc/grafana/provisioning/{kind}")
-    assert directory is not None and directory.is_dir(), f"no provisioning/{kind} directory is mounted into Grafana"
+    assert directory is not None, f"no provisioning/{kind} directory is mounted into Grafana"
+    assert directory.is_dir(), f"{directory}: mounted into Grafana as provisioning/{kind}, but not a directory"
     files = sorted(directory.glob("*.y*ml"))
     assert files, f"{directory}: no provisioning files"
     return [load_yaml(path) for path in files]
@@ -371,7 +373,8 @@ def test_grafana_datasource_points_at_the_compose_prometheus() -> None:
     services = compose()["services"]
     datasources = [ds for doc in grafana_provisioning("datasources") for ds in doc["datasources"]]
     (prometheus,) = [ds for ds in datasources if ds["type"] == "prometheus"]
-    assert prometheus["url"] == "http://prometheus:9090" and "prometheus" in services
+    assert prometheus["url"] == "http://prometheus:9090"
+    assert "prometheus" in services
     assert "9090:9090" in services["prometheus"]["ports"]
 
 
@@ -430,7 +433,8 @@ def test_kubernetes_manifests_parse_and_have_kind_and_name() -> None:
     documents = k8s_documents()
     assert documents
     for path, document in documents:
-        assert document.get("apiVersion") and document.get("kind"), f"{path.name}: no apiVersion or kind"
+        assert document.get("apiVersion"), f"{path.name}: no apiVersion"
+        assert document.get("kind"), f"{path.name}: no kind"
         if document["kind"] != "Kustomization":
             assert document.get("metadata", {}).get("name"), f"{path.name}: no metadata.name"
 
@@ -556,7 +560,8 @@ def test_pod_runs_non_root_read_only_with_resources() -> None:
     assert security["readOnlyRootFilesystem"] is True
     assert security["allowPrivilegeEscalation"] is False
     assert security["capabilities"]["drop"] == ["ALL"]
-    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+    assert container["resources"]["requests"]
+    assert container["resources"]["limits"]["memory"]
 
 
 def test_one_replica_replaced_not_rolled() -> None:
@@ -580,7 +585,8 @@ def test_prometheusrule_groups_equal_alerts_yml() -> None:
 
 def test_prometheusrule_is_exactly_what_the_script_writes() -> None:
     spec = importlib.util.spec_from_file_location("make_prometheusrule", K8S_DIR / "make_prometheusrule.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.main(["--check"]) == 0, "run python deploy/kubernetes/make_prometheusrule.py"

@@ -2,36 +2,23 @@
 
 from __future__ import annotations
 
-import subprocess
+import zlib
+from collections.abc import AsyncIterator
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
-from structlog.testing import capture_logs
+import pytest
 
-from exporter import log
-from exporter.app import running
+from exporter.app import Exporter, running
 from exporter.config import Config
 from exporter.scheduler import SourceLoop
 from exporter.snapshot import PortalSnapshot, Store
-from tests.conftest import eventually, promtool
+from tests.conftest import Events, check_metrics, down_with, eventually, labels, named, samples, scrape_until, value
 
-UP = 'tasks_exporter_source_up{source="bitrix24",target="acme"}'
-
-
-def samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name:
-                out[tuple(sorted(s.labels.items()))] = s.value
-    return out
+ACME = {"source": "bitrix24", "target": "acme"}
 
 
-async def scrape(url: str, **kwargs) -> str:
-    async with httpx.AsyncClient() as client:
-        response = await client.get(f"{url}/metrics", **kwargs)
-        response.raise_for_status()
-        return response.text
+def has_tasks(text: str) -> bool:
+    return "bitrix24_tasks{" in text
 
 
 async def test_metrics_serve_counters_user_info_and_health(portal_factory):
@@ -39,26 +26,18 @@ async def test_metrics_serve_counters_user_info_and_health(portal_factory):
     config = Config(bitrix24=(server.config(name="acme"),))
     async with running(config) as exp:
         await eventually(lambda: exp.store.ready())
-        text = await eventually(lambda: _when(scrape(exp.url), "bitrix24_tasks{"))
+        text = await scrape_until(exp.url, has_tasks)
     tasks = samples(text, "bitrix24_tasks")
     expected = server.sim.counters(1, 0, "view_all")["expired"]
-    key = (("counter", "expired"), ("group_id", "0"), ("portal", "acme"), ("role", "all"), ("user_id", "1"))
-    assert tasks[key] == expected
+    assert tasks[labels(counter="expired", group_id="0", portal="acme", role="all", user_id="1")] == expected
     assert len(tasks) == 3 * 5 * 2
-    info = samples(text, "bitrix24_user_info")
     user = server.sim.users[0]
-    assert info[(("name", f"{user.name} {user.last_name}"), ("portal", "acme"), ("user_id", "1"))] == 1
-    up = samples(text, "tasks_exporter_source_up")
-    assert up == {(("source", "bitrix24"), ("target", "acme")): 1.0}
+    assert samples(text, "bitrix24_user_info", user_id="1") == {
+        labels(name=f"{user.name} {user.last_name}", portal="acme", user_id="1"): 1}
+    assert samples(text, "tasks_exporter_source_up") == {labels(**ACME): 1.0}
     assert samples(text, "tasks_exporter_source_last_success_timestamp_seconds")
-    assert samples(text, "tasks_exporter_api_requests_total")[
-        (("method", "batch"), ("outcome", "success"), ("source", "bitrix24"), ("target", "acme"))] >= 1
-    assert any(k for k in samples(text, "tasks_exporter_build_info"))
-
-
-async def _when(coro, needle: str):
-    text = await coro
-    return text if needle in text else None
+    assert (value(text, "tasks_exporter_api_requests_total", method="batch", outcome="success", **ACME) or 0) >= 1
+    assert samples(text, "tasks_exporter_build_info")
 
 
 async def test_failed_cycle_keeps_last_good_data_and_reports_down(portal_factory):
@@ -66,39 +45,41 @@ async def test_failed_cycle_keeps_last_good_data_and_reports_down(portal_factory
     config = Config(bitrix24=(server.config(name="acme", interval=0.2),))
     source = server.source(name="acme", interval=0.2)  # fast retries: the test waits for a failed cycle
     async with running(config, max_backoff=0.4, sources=[source]) as exp:
-        good = await eventually(lambda: _when(scrape(exp.url), "bitrix24_tasks{"))
+        good = await scrape_until(exp.url, has_tasks)
         server.sim.fault = "http_500"
-        failing = await eventually(lambda: _when(scrape(exp.url), f"{UP} 0.0"))
+        failing = await scrape_until(exp.url, lambda t: down_with(t, "server_error", **ACME))
         assert samples(failing, "bitrix24_tasks") == samples(good, "bitrix24_tasks")
-        failures = samples(failing, "tasks_exporter_source_failures_total")
-        assert failures[(("reason", "server_error"), ("source", "bitrix24"), ("target", "acme"))] >= 1
         server.sim.fault = None
-        await eventually(lambda: _when(scrape(exp.url), f"{UP} 1.0"))
+        await scrape_until(exp.url, lambda t: value(t, "tasks_exporter_source_up", **ACME) == 1)
 
 
 async def test_removed_users_series_disappear_from_metrics(portal_factory):
     server = await portal_factory(users=3)
     config = Config(bitrix24=(server.config(name="acme", interval=0.2),))
     async with running(config) as exp:
-        await eventually(lambda: _when(scrape(exp.url), ',user_id="3"'))
+        await scrape_until(exp.url, lambda t: ',user_id="3"' in t)
         server.sim.users[2].active = False  # the department they head still names them: head_user_id="3"
-        text = await eventually(lambda: _when_not(scrape(exp.url), ',user_id="3"'))
+        text = await scrape_until(exp.url, lambda t: ',user_id="3"' not in t)
     assert samples(text, "bitrix24_tasks")
     assert ',user_id="3"' not in text
 
 
-async def _when_not(coro, needle: str):
-    text = await coro
-    return text if needle not in text else None
-
-
-async def test_gzip_is_served_when_asked(portal_factory):
+@pytest.fixture
+async def serving(portal_factory) -> AsyncIterator[Exporter]:
+    """An exporter over a two-user portal, its first cycle done."""
     server = await portal_factory(users=2)
     async with running(Config(bitrix24=(server.config(),))) as exp:
         await eventually(lambda: exp.store.ready())
-        async with httpx.AsyncClient() as client:
-            raw = await client.get(f"{exp.url}/metrics", headers={"Accept-Encoding": "gzip"})
-            plain = await client.get(f"{exp.url}/metrics", headers={"Accept-Encoding": "identity"})
+        yield exp
+
+
+async def metrics_in(exp: Exporter, coding: str) -> httpx.Response:
+    async with httpx.AsyncClient() as client:
+        return await client.get(f"{exp.url}/metrics", headers={"Accept-Encoding": coding})
+
+
+async def test_gzip_is_served_when_asked(serving: Exporter):
+    raw, plain = await metrics_in(serving, "gzip"), await metrics_in(serving, "identity")
     assert raw.headers["content-encoding"] == "gzip"
     assert "content-encoding" not in plain.headers
     assert "bitrix24_tasks" in raw.text  # httpx decoded the (multi-member) gzip stream
@@ -115,20 +96,18 @@ async def test_endpoints_landing_health_ready_and_unknown(portal_factory):
         assert (await client.get(f"{exp.url}/ready")).status_code == 200
         landing = await client.get(f"{exp.url}/")
         assert 'href="metrics"' in landing.text
-        assert server.sim.secret not in landing.text and "/rest/1/***" in landing.text
+        assert server.sim.secret not in landing.text
+        assert "/rest/1/***" in landing.text
         assert (await client.get(f"{exp.url}/nope")).status_code == 404
         assert (await client.post(f"{exp.url}/metrics", content=b"x")).status_code == 405
         assert (await client.head(f"{exp.url}/metrics")).status_code == 200
 
 
 async def test_metrics_pass_promtool_check_metrics(portal_factory):
-    tool = promtool()
     server = await portal_factory(users=5, hidden=1, legacy=True)
     async with running(Config(bitrix24=(server.config(name="acme"),))) as exp:
-        text = await eventually(lambda: _when(scrape(exp.url), "bitrix24_tasks{"))
-    result = subprocess.run([tool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stdout + result.stderr
+        text = await scrape_until(exp.url, has_tasks)
+    await check_metrics(text)
 
 
 async def test_malformed_and_oversized_requests_get_4xx_and_serving_goes_on():
@@ -147,35 +126,29 @@ async def test_malformed_and_oversized_requests_get_4xx_and_serving_goes_on():
             writer.close()
         assert all(a.startswith((b"HTTP/1.1 4", b"HTTP/1.0 4")) for a in answers), answers
         response = await client.get(f"{exp.url}/metrics")
-        assert response.status_code == 200 and "tasks_exporter_build_info" in response.text
+        assert response.status_code == 200
+        assert "tasks_exporter_build_info" in response.text
         assert (await client.request("DELETE", f"{exp.url}/")).status_code == 405
         assert (await client.get(f"{exp.url}/metrics/../../etc/passwd")).status_code == 404
 
 
-async def test_gzip_answer_is_one_stream_with_the_live_part(portal_factory):
-    import zlib
-
-    server = await portal_factory(users=2)
-    async with running(Config(bitrix24=(server.config(),))) as exp:
-        await eventually(lambda: exp.store.ready())
-        async with httpx.AsyncClient() as client:
-            raw = await client.get(f"{exp.url}/metrics", headers={"Accept-Encoding": "gzip"})
-        body = b"".join(exp.exposition.parts(compressed=True))
-        plain = zlib.decompress(body, 31).decode()  # one gzip stream: a strict single-member reader sees all
-        assert "bitrix24_tasks{" in plain and "process_resident_memory_bytes" in plain
-        assert "tasks_exporter_api_requests_total{" in plain
-        assert raw.text.count("# TYPE") == plain.count("# TYPE")
+async def test_gzip_answer_is_one_stream_with_the_live_part(serving: Exporter):
+    raw = await metrics_in(serving, "gzip")
+    body = b"".join(serving.exposition.parts(compressed=True))
+    plain = zlib.decompress(body, 31).decode()  # one gzip stream: a strict single-member reader sees all
+    assert "bitrix24_tasks{" in plain
+    assert "process_resident_memory_bytes" in plain
+    assert "tasks_exporter_api_requests_total{" in plain
+    assert raw.text.count("# TYPE") == plain.count("# TYPE")
 
 
-async def test_cycle_done_logs_the_sources_own_summary_and_its_requests(portal_factory):
+async def test_cycle_done_logs_the_sources_own_summary_and_its_requests(portal_factory, logs: Events):
     server = await portal_factory(users=3, hidden=1)
     source = server.source(name="acme")
     store = Store()
     store.register(source)
-    log.configure("info")
-    with capture_logs() as logs:
-        assert await SourceLoop(source, store).run_once()
-    (done,) = [e for e in logs if e["event"] == "cycle_done"]
+    assert await SourceLoop(source, store).run_once()
+    (done,) = named(logs, "cycle_done")
     data = store.states()[0].data
     assert isinstance(data, PortalSnapshot)
     assert (done["users"], done["hidden_users"], done["failed_commands"]) == (3, 1, 0)

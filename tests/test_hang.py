@@ -7,12 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.app import running
 from exporter.config import Bitrix24Config, Config, PachcaConfig, RateLimit, Secret
@@ -23,7 +21,7 @@ from exporter.simulator import serve
 from exporter.snapshot import ApiTelemetry
 from exporter.sources.bitrix24_client import Bitrix24Client
 from exporter.sources.retries import RetryPolicy
-from tests.conftest import eventually
+from tests.conftest import down_with, eventually, samples, scrape_until, value
 
 DETECTION_LIMIT = 60.0  # what issue 10 asks for, at default settings
 DEFAULT_TIMEOUT = Bitrix24Config(name="x", webhook_url=Secret("x")).timeout
@@ -86,34 +84,15 @@ async def silent_server(trickle: float | None = None) -> AsyncIterator[SilentSer
         await server.wait_closed()
 
 
-def samples(text: str, name: str, **labels: str) -> list[float]:
-    want = set(labels.items())
-    return [s.value for f in text_string_to_metric_families(text) for s in f.samples
-            if s.name == name and want <= set(s.labels.items())]
+async def down_with_timeout(exporter_url: str, source: str) -> str:
+    """/metrics once `source` is down with a timeout counted, within the limit issue 10 sets."""
+    return await scrape_until(exporter_url, lambda t: down_with(t, "timeout", source=source),
+                              timeout=DETECTION_LIMIT)
 
 
-def value(text: str, name: str, **labels: str) -> float | None:
-    found = samples(text, name, **labels)
-    assert len(found) <= 1, f"{name} {labels} matches {len(found)} series"
-    return found[0] if found else None
-
-
-def down_with_timeout(exporter_url: str, source: str) -> Callable[[], Awaitable[str | None]]:
-    async def check() -> str | None:
-        async with httpx.AsyncClient() as client:
-            text = (await client.get(f"{exporter_url}/metrics")).text
-        up = value(text, "tasks_exporter_source_up", source=source)
-        failed = value(text, "tasks_exporter_source_failures_total", source=source, reason="timeout")
-        return text if up == 0 and failed is not None and failed >= 1 else None
-    return check
-
-
-def up_after_one_cycle(exporter_url: str, source: str) -> Callable[[], Awaitable[str | None]]:
-    async def check() -> str | None:
-        async with httpx.AsyncClient() as client:
-            text = (await client.get(f"{exporter_url}/metrics")).text
-        return text if value(text, "tasks_exporter_source_up", source=source) == 1 else None
-    return check
+async def up_after_one_cycle(exporter_url: str, source: str) -> str:
+    return await scrape_until(exporter_url, lambda t: value(t, "tasks_exporter_source_up", source=source) == 1,
+                              timeout=30)
 
 
 # --- a hang at default settings ----------------------------------------------------------------------
@@ -126,7 +105,7 @@ async def test_hanging_bitrix24_api_is_down_with_reason_timeout_within_a_minute(
             name="acme", webhook_url=Secret(f"http://127.0.0.1:{api.port}/rest/1/s3cret/")),))
         started = time.monotonic()
         async with running(config) as exp:
-            text = await eventually(down_with_timeout(exp.url, "bitrix24"), timeout=DETECTION_LIMIT)
+            text = await down_with_timeout(exp.url, "bitrix24")
             elapsed = time.monotonic() - started
     assert elapsed < DETECTION_LIMIT
     # the first request was tried twice, each cut at the timeout: a third try would not fit the budget
@@ -143,7 +122,7 @@ async def test_hanging_pachca_api_is_down_with_reason_timeout_within_a_minute() 
             name="ws", token=Secret("t0ken"), base_url=f"http://127.0.0.1:{api.port}/api/shared/v1"),))
         started = time.monotonic()
         async with running(config) as exp:
-            text = await eventually(down_with_timeout(exp.url, "pachca"), timeout=DETECTION_LIMIT)
+            text = await down_with_timeout(exp.url, "pachca")
             elapsed = time.monotonic() - started
     assert 2 * DEFAULT_TIMEOUT <= elapsed < DETECTION_LIMIT
     assert value(text, "tasks_exporter_api_requests_total", source="pachca", method="GET /tasks",
@@ -161,7 +140,7 @@ async def test_hang_in_the_middle_of_a_long_bitrix24_cycle_is_reported_within_a_
         await eventually(lambda: server.sim.calls["batch"] >= 60, timeout=60)
         server.sim.fault = "timeout"
         hang_began, answered = time.monotonic(), server.sim.calls["batch"]
-        text = await eventually(down_with_timeout(exp.url, "bitrix24"), timeout=DETECTION_LIMIT)
+        text = await down_with_timeout(exp.url, "bitrix24")
         elapsed = time.monotonic() - hang_began
     assert elapsed < DETECTION_LIMIT
     assert answered < 101  # 101 batches make the cycle: the hang met it midway
@@ -179,9 +158,10 @@ async def test_bitrix24_cycle_many_times_the_request_timeout_succeeds(portal_fac
     config = Config(bitrix24=(server.config(name="acme", timeout=timeout, max_concurrency=4,
                                             rate_limit=RateLimit(2.0, 2)),))
     async with running(config) as exp:
-        text = await eventually(up_after_one_cycle(exp.url, "bitrix24"), timeout=30)
+        text = await up_after_one_cycle(exp.url, "bitrix24")
     duration = value(text, "tasks_exporter_source_collection_duration_seconds", source="bitrix24")
-    assert duration is not None and duration >= 8 * timeout
+    assert duration is not None
+    assert duration >= 8 * timeout
     assert (value(text, "tasks_exporter_rate_limit_wait_seconds_total", source="bitrix24") or 0) >= 4 * timeout
     outcomes = {k: v for k, v in _outcomes(text, "bitrix24").items() if v}
     assert set(outcomes) == {"success"}, outcomes
@@ -197,20 +177,20 @@ async def test_pachca_cycle_many_times_the_request_timeout_succeeds() -> None:
         config = Config(pachca=(PachcaConfig(name="ws", token=Secret(workspace.token),
                                              base_url=url + pachcasim.PREFIX, timeout=timeout),))
         async with running(config) as exp:
-            text = await eventually(up_after_one_cycle(exp.url, "pachca"), timeout=30)
+            text = await up_after_one_cycle(exp.url, "pachca")
     duration = value(text, "tasks_exporter_source_collection_duration_seconds", source="pachca")
-    assert duration is not None and duration >= 6 * timeout
-    assert sum(samples(text, "pachca_reminders")) == 1500
+    assert duration is not None
+    assert duration >= 6 * timeout
+    assert sum(samples(text, "pachca_reminders").values()) == 1500
     outcomes = {k: v for k, v in _outcomes(text, "pachca").items() if v}
     assert set(outcomes) == {"success"}, outcomes
 
 
 def _outcomes(text: str, source: str) -> dict[str, float]:
     totals: dict[str, float] = {}
-    for f in text_string_to_metric_families(text):
-        for s in f.samples:
-            if s.name == "tasks_exporter_api_requests_total" and s.labels["source"] == source:
-                totals[s.labels["outcome"]] = totals.get(s.labels["outcome"], 0) + s.value
+    for found, n in samples(text, "tasks_exporter_api_requests_total", source=source).items():
+        outcome = dict(found)["outcome"]
+        totals[outcome] = totals.get(outcome, 0) + n
     return totals
 
 
@@ -222,16 +202,23 @@ def _client(url: str, *, timeout: float, retry: RetryPolicy) -> Bitrix24Client:
                           retry=retry)
 
 
+async def failed_call(api: SilentServer, *, request_timeout: float, retry: RetryPolicy) -> tuple[ApiError, float]:
+    """user.get sent to `api` by a client of its own, which must fail: the error, and the seconds it took."""
+    client = _client(f"http://127.0.0.1:{api.port}/rest/1/s/", timeout=request_timeout, retry=retry)
+    started = time.monotonic()
+    try:
+        with pytest.raises(ApiError) as failed:
+            await client.call("user.get", {})
+        return failed.value, time.monotonic() - started
+    finally:
+        await client.aclose()
+
+
 async def test_timeout_covers_the_whole_request_even_when_bytes_trickle() -> None:
     """httpx's read timeout restarts with every byte; the request's own timeout does not."""
     async with silent_server(trickle=0.05) as api:
-        client = _client(f"http://127.0.0.1:{api.port}/rest/1/s/", timeout=0.3, retry=RetryPolicy(attempts=1))
-        started = time.monotonic()
-        with pytest.raises(ApiError) as failed:
-            await client.call("user.get", {})
-        elapsed = time.monotonic() - started
-        await client.aclose()
-    assert failed.value.code == "timeout"
+        error, elapsed = await failed_call(api, request_timeout=0.3, retry=RetryPolicy(attempts=1))
+    assert error.code == "timeout"
     assert elapsed < 1.5  # the body alone would take 50 s
 
 
@@ -240,13 +227,8 @@ async def test_retry_budget_stops_retries_that_could_not_finish_in_time() -> Non
     could end past the budget, so it is never started."""
     retry = RetryPolicy(attempts=10, base_delay=0.01, max_delay=0.01, retry_budget=1.2)
     async with silent_server() as api:
-        client = _client(f"http://127.0.0.1:{api.port}/rest/1/s/", timeout=0.3, retry=retry)
-        started = time.monotonic()
-        with pytest.raises(ApiError) as failed:
-            await client.call("user.get", {})
-        elapsed = time.monotonic() - started
-        await client.aclose()
-    assert failed.value.code == "timeout"
+        error, elapsed = await failed_call(api, request_timeout=0.3, retry=retry)
+    assert error.code == "timeout"
     assert api.connections == 3
     assert 0.9 <= elapsed < 1.2 + 0.5
 

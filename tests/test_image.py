@@ -36,9 +36,8 @@ import pytest
 from exporter.app import DEFAULT_PORT
 from exporter.errors import ConfigError
 from exporter.healthcheck import check, healthz_url
-from tests.conftest import free_port
+from tests.conftest import ROOT, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
 IMAGE = "tasks-exporter:test"
 BASE_IMAGE = "tasks-exporter-base:bookworm"
@@ -366,7 +365,8 @@ def test_docker_stop_ends_it_with_exit_0_within_the_grace_period(engine: Engine,
         engine.docker("stop", "--time", str(grace), container, timeout=grace + 30)
         elapsed = time.monotonic() - started
         state = engine.inspect("container", container)["State"]
-    assert state["ExitCode"] == 0 and not state["OOMKilled"], state
+    assert state["ExitCode"] == 0, state
+    assert not state["OOMKilled"], state
     assert elapsed < grace, f"docker stop took {elapsed:.1f}s: SIGTERM was not enough, docker sent SIGKILL"
 
 
@@ -465,4 +465,5 @@ def test_healthcheck_passes_on_a_serving_exporter_and_names_the_url_when_nothing
         exporter.terminate()
         exporter.wait(timeout=30)
     problem = check(url, timeout=2)
-    assert problem is not None and problem.startswith(f"GET {url}: ")
+    assert problem is not None
+    assert problem.startswith(f"GET {url}: ")

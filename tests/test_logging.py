@@ -8,11 +8,7 @@ import io
 import json
 import logging
 import signal
-import sys
-from collections.abc import Callable
-from typing import Any
 
-import httpx
 import pytest
 
 from exporter import log
@@ -22,53 +18,28 @@ from exporter.scheduler import SourceLoop
 from exporter.simulator import bitrix24 as b24sim
 from exporter.simulator import serve
 from exporter.snapshot import Store
-from tests.conftest import eventually, free_port
-
-Events = Callable[[], list[dict[str, Any]]]
-
-
-@pytest.fixture
-def events() -> Events:
-    """The run's log as JSON events (every line must parse)."""
-    buffer = io.StringIO()
-    log.configure("debug", "json", stream=buffer)
-    return lambda: [json.loads(line) for line in buffer.getvalue().splitlines()]
+from tests.conftest import LogLines, both_sources_served, eventually, exporter_process, rendered_log, scrape_until
 
 
 async def test_json_run_prints_only_json_lines_including_aiohttp_asyncio_and_httpx():
-    port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "exporter", "--demo", "--web.listen-address", f"127.0.0.1:{port}",
-        "--log.format", "json", "--log.level", "debug",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        async with httpx.AsyncClient() as client:
-            async def both_sources_collected() -> bool:
-                try:
-                    text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
-                except httpx.TransportError:
-                    return False
-                return "bitrix24_tasks{" in text and "pachca_reminders{" in text
-
-            await eventually(both_sources_collected, timeout=20, interval=0.1)
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    async with exporter_process("--demo", "--log.format", "json", "--log.level", "debug",
+                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE) as (proc, url):
+        await scrape_until(url, both_sources_served, timeout=20, interval=0.1, starting=True)
+        reader, writer = await asyncio.open_connection(*url.removeprefix("http://").split(":"))
         writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 100_000 + b"\r\n\r\n")
         await writer.drain()
         assert (await asyncio.wait_for(reader.read(100), 5)).split(b" ")[1].startswith(b"4")
         writer.close()
         proc.send_signal(signal.SIGTERM)
         out, err = await asyncio.wait_for(proc.communicate(), 15)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.communicate()
     assert proc.returncode == 0
     lines = out.decode().splitlines() + err.decode().splitlines()
     events = [json.loads(line) for line in lines]  # every line parses, or this raises
     loggers = {e.get("logger") for e in events}
     assert {"asyncio", "httpx"} <= loggers, loggers
     (bad,) = [e for e in events if e["event"] == "http_bad_request"]
-    assert (bad["level"], bad["logger"]) == ("warning", "aiohttp.server") and "exception" not in bad
+    assert (bad["level"], bad["logger"]) == ("warning", "aiohttp.server")
+    assert "exception" not in bad
     assert "Got more than" in bad["detail"]
     requests = [e for e in events if e.get("logger") == "httpx"]
     assert all((e["source"], e["target"]) in {("bitrix24", "demo-portal"), ("pachca", "demo-workspace")}
@@ -76,7 +47,7 @@ async def test_json_run_prints_only_json_lines_including_aiohttp_asyncio_and_htt
     assert {e["level"] for e in events} <= {"debug", "info", "warning"}
 
 
-def test_unretrieved_task_exception_is_an_error_event_with_traceback(events: Events):
+def test_unretrieved_task_exception_is_an_error_event_with_traceback(json_log: LogLines):
     async def lost() -> None:
         raise RuntimeError("nobody awaited me")
 
@@ -92,14 +63,15 @@ def test_unretrieved_task_exception_is_an_error_event_with_traceback(events: Eve
         loop.run_until_complete(main())
     finally:
         loop.close()
-    (event,) = [e for e in events() if e["event"] == "asyncio_error"]
+    (event,) = [e for e in json_log() if e["event"] == "asyncio_error"]
     assert event["level"] == "error"
     assert event["detail"] == "Task exception was never retrieved"
-    assert event["exception"].startswith("Traceback") and "RuntimeError: nobody awaited me" in event["exception"]
+    assert event["exception"].startswith("Traceback")
+    assert "RuntimeError: nobody awaited me" in event["exception"]
     assert "lost()" in event["future"]  # the task, as asyncio names it
 
 
-def test_stdlib_records_keep_level_traceback_and_masking(events: Events):
+def test_stdlib_records_keep_level_traceback_and_masking(json_log: LogLines):
     log.register_secrets(["s3cr3t-token-value"])
     library = logging.getLogger("some.library")
     try:
@@ -107,21 +79,22 @@ def test_stdlib_records_keep_level_traceback_and_masking(events: Events):
     except ConnectionError:
         library.error("call to %s failed", "https://x.bitrix24.ru/rest/1/webhookpart/", exc_info=True)
     library.debug("detail %d", 42)
-    error, debug = events()
+    error, debug = json_log()
     assert (error["level"], error["logger"]) == ("error", "some.library")
     assert error["event"] == "call to https://x.bitrix24.ru/rest/1/***/ failed"
-    assert error["exception"].startswith("Traceback") and "ConnectionError: refused by" in error["exception"]
-    assert "webhookpart" not in json.dumps(error) and "s3cr3t-token-value" not in json.dumps(error)
+    assert error["exception"].startswith("Traceback")
+    assert "ConnectionError: refused by" in error["exception"]
+    assert "webhookpart" not in json.dumps(error)
+    assert "s3cr3t-token-value" not in json.dumps(error)
     assert (debug["level"], debug["event"]) == ("debug", "detail 42")
 
 
 def test_level_applies_to_stdlib_records_and_httpx_requests_only_when_debugging():
-    buffer = io.StringIO()
-    log.configure("info", "json", stream=buffer)
+    events = rendered_log("info")
     logging.getLogger("some.library").debug("hidden")
     logging.getLogger("httpx").info("HTTP Request: GET http://127.0.0.1/ 200")
     logging.getLogger("some.library").info("shown")
-    assert [json.loads(line)["event"] for line in buffer.getvalue().splitlines()] == ["shown"]
+    assert [e["event"] for e in events()] == ["shown"]
 
 
 def test_console_format_renders_stdlib_records_with_their_logger():
@@ -129,10 +102,11 @@ def test_console_format_renders_stdlib_records_with_their_logger():
     log.configure("info", "console", stream=buffer)
     logging.getLogger("some.library").warning("careful")
     (line,) = buffer.getvalue().splitlines()
-    assert "[warning  ] careful" in line and line.endswith("[some.library]")
+    assert "[warning  ] careful" in line
+    assert line.endswith("[some.library]")
 
 
-async def test_every_event_of_a_cycle_names_its_source_and_target(portal_factory, events: Events):
+async def test_every_event_of_a_cycle_names_its_source_and_target(portal_factory, json_log: LogLines):
     server = await portal_factory(users=3)
     server.sim.fault = "http_500"
     source = server.source(name="acme")
@@ -140,14 +114,14 @@ async def test_every_event_of_a_cycle_names_its_source_and_target(portal_factory
     store.register(source)
     loop = SourceLoop(source, store)
     assert await loop.run_once() is False
-    logged = events()
+    logged = json_log()
     assert any(e.get("logger") == "httpx" for e in logged)  # the client's requests, logged by httpx
     assert all((e.get("source"), e.get("target")) == ("bitrix24", "acme") for e in logged), logged
     (failed,) = [e for e in logged if e["event"] == "cycle_failed"]
     assert failed["reason"] == "server_error"
 
 
-async def test_malformed_requests_are_one_line_without_traceback(events: Events):
+async def test_malformed_requests_are_one_line_without_traceback(json_log: LogLines):
     async with running(Config()) as exp:
         host, port = exp.url.removeprefix("http://").split(":")
         for raw in (b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 100_000 + b"\r\n\r\n"):
@@ -156,7 +130,7 @@ async def test_malformed_requests_are_one_line_without_traceback(events: Events)
             await writer.drain()
             assert (await asyncio.wait_for(reader.read(100), 5)).split(b" ")[1].startswith(b"4")
             writer.close()
-    bad = [e for e in events() if e.get("logger") == "aiohttp.server"]
+    bad = [e for e in json_log() if e.get("logger") == "aiohttp.server"]
     assert [(e["event"], e["level"]) for e in bad] == [
         ("http_bad_request", "debug"),  # not HTTP at all: aiohttp keeps port noise at debug
         ("http_bad_request", "warning"),
@@ -167,8 +141,7 @@ async def test_malformed_requests_are_one_line_without_traceback(events: Events)
 
 @pytest.mark.parametrize("level", ["debug", "info"])
 async def test_a_client_that_hangs_up_mid_request_is_one_debug_line(level):
-    buffer = io.StringIO()
-    log.configure(level, "json", stream=buffer)
+    events = rendered_log(level)
     portal = b24sim.generate_portal(2)
     async with serve(b24sim.create_app(portal)) as url:
         _, writer = await asyncio.open_connection(*url.removeprefix("http://").split(":"))
@@ -178,11 +151,11 @@ async def test_a_client_that_hangs_up_mid_request_is_one_debug_line(level):
         writer.close()
         await writer.wait_closed()
         await eventually(lambda: portal.in_flight == 0 and portal.received == 1)
-    events = [json.loads(line) for line in buffer.getvalue().splitlines()]
-    server = [e for e in events if e.get("logger") == "aiohttp.server"]
+    server = [e for e in events() if e.get("logger") == "aiohttp.server"]
     if level == "debug":
         (gone,) = server
-        assert (gone["event"], gone["level"]) == ("http_client_gone", "debug") and "exception" not in gone
+        assert (gone["event"], gone["level"]) == ("http_client_gone", "debug")
+        assert "exception" not in gone
         assert gone["detail"] == "Connection lost"
     else:
         assert server == []

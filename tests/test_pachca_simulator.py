@@ -25,8 +25,8 @@ from exporter.simulator.pachca import (
     generate,
     generate_workspace,
 )
+from tests.conftest import NOW, is_json
 
-NOW = 1_780_000_000.0  # 2026-05-28T20:26:40Z
 AUTH = {"Authorization": f"Bearer {DEMO_TOKEN}"}
 
 
@@ -75,15 +75,18 @@ async def test_pages_cover_every_reminder_once_in_order(sim: PachcaSimulator, ap
 async def test_last_page_has_next_false_with_a_non_null_cursor(api: httpx.AsyncClient) -> None:
     last = (await walk(api))[-1]["meta"]["paginate"]
     assert last["has_next"] is False
-    assert isinstance(last["next_page"], str) and last["next_page"]
-    assert isinstance(last["prev_page"], str) and last["has_prev"] is True
+    assert isinstance(last["next_page"], str)
+    assert last["next_page"]
+    assert isinstance(last["prev_page"], str)
+    assert last["has_prev"] is True
 
 
 async def test_cursor_past_the_end_gives_an_empty_page_with_a_cursor(api: httpx.AsyncClient) -> None:
     response = await api.get("/tasks", params={"limit": 50, "cursor": encode_cursor(10_000)})
     body = response.json()
     assert body["data"] == []
-    assert body["meta"]["paginate"]["next_page"] and body["meta"]["paginate"]["has_next"] is False
+    assert body["meta"]["paginate"]["next_page"]
+    assert body["meta"]["paginate"]["has_next"] is False
 
 
 async def test_limit_defaults_to_fifty(api: httpx.AsyncClient) -> None:
@@ -108,7 +111,8 @@ async def test_garbage_cursor_is_a_400(api: httpx.AsyncClient) -> None:
 def test_cursor_round_trips_and_looks_opaque() -> None:
     cursor = encode_cursor(150)
     assert decode_cursor(cursor) == 150
-    assert "150" not in cursor and "=" not in cursor
+    assert "150" not in cursor
+    assert "=" not in cursor
     assert decode_cursor("bm9wZQ") is None  # base64 of "nope"
 
 
@@ -142,9 +146,11 @@ async def test_repeat_cursor_hands_back_the_cursor_of_the_last_page(sim: PachcaS
 async def test_endless_wraps_around_with_fresh_cursors(sim: PachcaSimulator, api: httpx.AsyncClient) -> None:
     sim.endless = True
     bodies = await walk(api, max_pages=6)
-    assert len(bodies) == 6 and all(len(b["data"]) == 50 for b in bodies)
+    assert len(bodies) == 6
+    assert all(len(b["data"]) == 50 for b in bodies)
     cursors = [b["meta"]["paginate"]["next_page"] for b in bodies]
-    assert len(set(cursors)) == 6 and all(b["meta"]["paginate"]["has_next"] for b in bodies)
+    assert len(set(cursors)) == 6
+    assert all(b["meta"]["paginate"]["has_next"] for b in bodies)
 
 
 async def test_users_are_paged_like_tasks(sim: PachcaSimulator, api: httpx.AsyncClient) -> None:
@@ -187,7 +193,8 @@ async def test_rate_limit_answers_429_with_retry_after(sim: PachcaSimulator, api
     statuses = [(await api.get("/tasks", params={"limit": 1})).status_code for _ in range(4)]
     assert statuses == [200, 200, 200, 429]
     response = await api.get("/tasks", params={"limit": 1})
-    assert response.status_code == 429 and response.headers["Retry-After"] == "1"
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == "1"
     assert response.json()["errors"][0]["code"] == "rate_limit"
 
 
@@ -212,7 +219,8 @@ async def test_request_log_records_path_query_token_and_status(sim: PachcaSimula
     await api.get("/users", headers={"Authorization": "Bearer nope"})
     assert [(r.path, r.query, r.token, r.status) for r in sim.requests] == [
         ("/tasks", {"limit": "2"}, DEMO_TOKEN, 200), ("/users", {}, "nope", 401)]
-    assert sim.count() == 2 and sim.count("/users") == 1
+    assert sim.count() == 2
+    assert sim.count("/users") == 1
 
 
 # --- faults -----------------------------------------------------------------------------------------
@@ -224,7 +232,7 @@ async def test_request_log_records_path_query_token_and_status(sim: PachcaSimula
     ("http_503", 503, lambda r: r.headers["content-type"].startswith("text/html")),
     ("html", 200, lambda r: r.text.startswith("<html>")),
     ("truncated_json", 200, lambda r: r.headers["content-type"].startswith("application/json")
-     and not _is_json(r.text)),
+     and not is_json(r.text)),
     ("wrong_types", 200, lambda r: "not a reminder" in r.json()["data"]),
     ("unauthorized", 401, lambda r: r.json()["error"] == "invalid_token"),
     ("insufficient_scope", 403, lambda r: r.json()["error"] == "insufficient_scope"),
@@ -273,14 +281,6 @@ def test_unknown_fault_is_rejected() -> None:
     assert {"timeout", "reset", "rate_limit_storm"} <= FAULTS
 
 
-def _is_json(text: str) -> bool:
-    try:
-        httpx.Response(200, text=text).json()
-    except ValueError:
-        return False
-    return True
-
-
 # --- generated workspace ----------------------------------------------------------------------------
 
 
@@ -291,7 +291,9 @@ def _due(record: dict[str, Any]) -> datetime | None:
 
 def test_generate_workspace_serves_the_demo_token() -> None:
     sim = generate_workspace(5, seed=1, now=NOW)
-    assert sim.token == DEMO_TOKEN and len(sim.reminders) == 5 and sim.users
+    assert sim.token == DEMO_TOKEN
+    assert len(sim.reminders) == 5
+    assert sim.users
     assert generate_workspace(1, tokens={"t": frozenset()}).token == "t"
 
 
@@ -309,14 +311,17 @@ def test_generated_reminders_look_like_the_api() -> None:
     assert any(r["due_at"] is None for r in reminders)
     assert any(len(r["performer_ids"]) >= 3 for r in reminders)
     dues = [d for d in map(_due, reminders) if d is not None]
-    assert any(d < now for d in dues) and any(d > now for d in dues)
+    assert any(d < now for d in dues)
+    assert any(d > now for d in dues)
     all_day = [_due(r) for r in reminders if r["all_day"]]
-    assert all_day and all(d is not None and (d.hour, d.minute, d.second) == (0, 0, 0) for d in all_day)
+    assert all_day
+    assert all(d is not None and (d.hour, d.minute, d.second) == (0, 0, 0) for d in all_day)
     assert len({r["id"] for r in reminders}) == len(reminders)
     for r in reminders:
         assert set(r) >= {"id", "kind", "content", "due_at", "priority", "user_id", "chat_id", "status",
                           "created_at", "performer_ids", "all_day", "custom_properties"}
-        assert r["created_at"].endswith("Z") and len(r["created_at"]) == 24
+        assert r["created_at"].endswith("Z")
+        assert len(r["created_at"]) == 24
 
 
 def test_generated_users_include_invitees_and_a_bot() -> None:
@@ -334,17 +339,22 @@ def test_generated_users_include_invitees_and_a_bot() -> None:
 async def test_users_carry_department_and_tag_names(sim: PachcaSimulator, api: httpx.AsyncClient) -> None:
     users = [u for b in await walk(api, "/users") for u in b["data"]]
     departments = [u["department"] for u in users]
-    assert None in departments and "" in departments and any(departments)
+    assert None in departments
+    assert "" in departments
+    assert any(departments)
     assert all(isinstance(u["list_tags"], list) and all(isinstance(t, str) for t in u["list_tags"]) for u in users)
-    assert any(u["list_tags"] == [] for u in users) and any(len(u["list_tags"]) >= 2 for u in users)
+    assert any(u["list_tags"] == [] for u in users)
+    assert any(len(u["list_tags"]) >= 2 for u in users)
     tag_names = {t["name"] for t in sim.tags}
     assert {t for u in users for t in u["list_tags"]} <= tag_names
 
 
 async def test_users_query_answers_the_search_meta(api: httpx.AsyncClient) -> None:
     body = (await api.get("/users", params={"query": "PETROV", "limit": 1})).json()
-    assert set(body["meta"]) == {"total", "paginate"} and set(body["meta"]["paginate"]) == {"next_page"}
-    assert body["meta"]["total"] >= 2 and len(body["data"]) == 1
+    assert set(body["meta"]) == {"total", "paginate"}
+    assert set(body["meta"]["paginate"]) == {"next_page"}
+    assert body["meta"]["total"] >= 2
+    assert len(body["data"]) == 1
     second = (await api.get("/users", params={"query": "PETROV", "limit": 1,
                                               "cursor": body["meta"]["paginate"]["next_page"]})).json()
     assert second["data"][0]["id"] != body["data"][0]["id"]
@@ -352,15 +362,18 @@ async def test_users_query_answers_the_search_meta(api: httpx.AsyncClient) -> No
     assert (await api.get("/users", params={"query": "zzz-nobody"})).json()["meta"]["total"] == 0
 
 
-async def test_group_tags_list_with_user_counts(sim: PachcaSimulator, api: httpx.AsyncClient) -> None:
+async def test_group_tags_list_with_user_counts(api: httpx.AsyncClient) -> None:
     bodies = await walk(api, "/group_tags", limit=3)
     tags = [t for b in bodies for t in b["data"]]
-    assert [len(b["data"]) for b in bodies] == [3, 3, 1] and bodies[-1]["meta"]["paginate"]["has_next"] is False
+    assert [len(b["data"]) for b in bodies] == [3, 3, 1]
+    assert bodies[-1]["meta"]["paginate"]["has_next"] is False
     users = [u for b in await walk(api, "/users") for u in b["data"]]
     for tag in tags:
-        assert set(tag) == {"id", "name", "users_count"} and isinstance(tag["id"], int)
+        assert set(tag) == {"id", "name", "users_count"}
+        assert isinstance(tag["id"], int)
         assert tag["users_count"] == sum(tag["name"] in u["list_tags"] for u in users)
-    assert any(t["users_count"] == 0 for t in tags) and len({t["name"] for t in tags}) == len(tags)
+    assert any(t["users_count"] == 0 for t in tags)
+    assert len({t["name"] for t in tags}) == len(tags)
 
 
 async def test_group_tags_filter_by_names(api: httpx.AsyncClient) -> None:
@@ -372,7 +385,8 @@ async def test_group_tags_filter_by_names(api: httpx.AsyncClient) -> None:
 async def test_one_tag_and_its_users(sim: PachcaSimulator, api: httpx.AsyncClient) -> None:
     tag = next(t for t in sim.tags if t["name"] == "Product")
     one = (await api.get(f"/group_tags/{tag['id']}")).json()
-    assert set(one) == {"data"} and one["data"]["name"] == "Product"
+    assert set(one) == {"data"}
+    assert one["data"]["name"] == "Product"
     bodies = await walk(api, f"/group_tags/{tag['id']}/users", limit=1)
     members = [u for b in bodies for u in b["data"]]
     assert len(members) == one["data"]["users_count"] >= 2
@@ -419,9 +433,11 @@ async def test_default_workspace_shares_e_mails_with_the_demo_portal(api: httpx.
     emails = [u["email"] for u in users]
     normal = [_normal(e) for e in emails]
     assert None in emails  # the bot
-    assert any(e and e != e.strip() for e in emails) and any(e and e.strip() != e.strip().lower() for e in emails)
+    assert any(e and e != e.strip() for e in emails)
+    assert any(e and e.strip() != e.strip().lower() for e in emails)
     shared = [e for e in normal if e is not None and normal.count(e) == 2]
-    assert len(set(shared)) == 1 and shared[0] in portal  # one e-mail two Pachca users share
+    assert len(set(shared)) == 1
+    assert shared[0] in portal  # one e-mail two Pachca users share
     unknown = [e for e in normal if e is not None and e not in portal]
     assert len(unknown) == 1
     matched = {e for e in normal if e in portal and normal.count(e) == 1}

@@ -3,70 +3,24 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Callable, MutableMapping
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import httpx
 import pytest
-from structlog.testing import capture_logs
 
-from exporter.config import PachcaConfig, Secret
 from exporter.errors import SourceFailure
-from exporter.simulator import serve
-from exporter.simulator.pachca import DEMO_TOKEN, PREFIX, PachcaSimulator, create_app, generate_workspace
+from exporter.simulator.pachca import DEMO_TOKEN, PREFIX, PachcaSimulator, generate_workspace
 from exporter.snapshot import ApiTelemetry, PachcaUser, ReminderTally
-from exporter.sources.pachca import PachcaSource
-from exporter.sources.retries import RetryPolicy
+from tests.conftest import FAST_RETRY, NOW, Clock, Events, MakePachcaSource, named
 
-NOW = 1_780_000_000.0  # 2026-05-28T20:26:40Z
 DAY = 86400.0
-FAST = RetryPolicy(attempts=3, rate_limit_attempts=3, base_delay=0.001, max_delay=0.005)
-MAX_RETRY_AFTER = 1.0  # a Retry-After above this fails the cycle (the default cap is 60 s)
-
-
-class Clock:
-    """A settable clock for `now` and for the Retry-After pause."""
-
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
 def sim() -> PachcaSimulator:
     return generate_workspace(180, seed=7, now=NOW)
-
-
-@pytest.fixture
-async def base_url(sim: PachcaSimulator) -> AsyncIterator[str]:
-    async with serve(create_app(sim)) as url:
-        yield url + PREFIX
-        sim.fault = None  # release requests the "timeout" fault still holds
-
-
-MakeSource = Callable[..., PachcaSource]
-
-
-@pytest.fixture
-async def make_source(base_url: str) -> AsyncIterator[MakeSource]:
-    """Builds PachcaSources against the fake (or a MockTransport); closes them after the test."""
-    made: list[PachcaSource] = []
-
-    def make(*, token: str = DEMO_TOKEN, telemetry: ApiTelemetry | None = None,
-             transport: httpx.AsyncBaseTransport | None = None, retry: RetryPolicy = FAST,
-             clock: Callable[[], float] | None = None, **config: Any) -> PachcaSource:
-        settings = {"name": "acme", "token": Secret(token), "base_url": base_url, "timeout": 2.0, **config}
-        source = PachcaSource(PachcaConfig(**settings), telemetry, retry=retry, max_retry_after=MAX_RETRY_AFTER,
-                              transport=transport, clock=clock or Clock())
-        made.append(source)
-        return source
-
-    yield make
-    for source in made:
-        await source.aclose()
 
 
 def mock(answer: Callable[[httpx.Request], httpx.Response]) -> httpx.MockTransport:
@@ -87,10 +41,6 @@ def reminder(rid: int = 1, *, status: str = "undone", kind: str = "call", priori
             "chat_id": None, "status": status, "created_at": "2026-05-01T10:00:00.000Z",
             "performer_ids": [11] if performers is None else performers, "all_day": all_day,
             "custom_properties": []}
-
-
-def events(logs: list[MutableMapping[str, Any]], name: str) -> list[MutableMapping[str, Any]]:
-    return [e for e in logs if e["event"] == name]
 
 
 # --- the expected tally, counted the plain way ------------------------------------------------------
@@ -145,8 +95,8 @@ def names(tally: ReminderTally) -> dict[int, str]:
 
 
 async def test_generated_workspace_tally_matches_a_plain_count(sim: PachcaSimulator,
-                                                               make_source: MakeSource) -> None:
-    source = make_source()
+                                                               pachca_source: MakePachcaSource) -> None:
+    source = pachca_source()
     tally = (await source.collect()).data
     expected = expected_tally(sim.reminders, sim.users, NOW, DAY, pages=math.ceil(180 / 50))
     assert tally == expected
@@ -156,80 +106,82 @@ async def test_generated_workspace_tally_matches_a_plain_count(sim: PachcaSimula
     assert tally.oldest_overdue_seconds > 0
 
 
-async def test_tally_follows_the_due_soon_setting(sim: PachcaSimulator, make_source: MakeSource) -> None:
-    tally = (await make_source(due_soon=3 * DAY).collect()).data
+async def test_tally_follows_the_due_soon_setting(sim: PachcaSimulator, pachca_source: MakePachcaSource) -> None:
+    tally = (await pachca_source(due_soon=3 * DAY).collect()).data
     assert tally.due_soon == expected_tally(sim.reminders, sim.users, NOW, 3 * DAY, pages=4).due_soon
 
 
-async def test_null_due_at_is_never_overdue(sim: PachcaSimulator, make_source: MakeSource) -> None:
+async def test_null_due_at_is_never_overdue(sim: PachcaSimulator, pachca_source: MakePachcaSource) -> None:
     sim.reminders = [reminder(1, due_at=None), reminder(2, due_at=None, status="done")]
-    tally = (await make_source().collect()).data
-    assert tally.overdue == {} and tally.due_soon == {} and tally.performer_overdue == {}
+    tally = (await pachca_source().collect()).data
+    assert tally.overdue == {}
+    assert tally.due_soon == {}
+    assert tally.performer_overdue == {}
     assert tally.oldest_overdue_seconds == 0.0
     assert tally.without_due_date == {"undone": 1, "done": 1}
 
 
-async def test_due_soon_window_bounds(sim: PachcaSimulator, make_source: MakeSource) -> None:
+async def test_due_soon_window_bounds(sim: PachcaSimulator, pachca_source: MakePachcaSource) -> None:
     def at(offset: float) -> str:
         return datetime.fromtimestamp(NOW + offset).astimezone().isoformat()
 
     sim.reminders = [reminder(1, due_at=at(-1)), reminder(2, due_at=at(0), kind="email"),
                      reminder(3, due_at=at(DAY), kind="email"), reminder(4, due_at=at(DAY + 1), kind="event"),
                      reminder(5, due_at=at(-5), status="done")]
-    tally = (await make_source().collect()).data
+    tally = (await pachca_source().collect()).data
     assert tally.overdue == {("call", "1"): 1}
     assert tally.due_soon == {"email": 2}
     assert tally.oldest_overdue_seconds == 1.0
 
 
 async def test_all_day_reminder_is_due_at_the_given_midnight(sim: PachcaSimulator,
-                                                            make_source: MakeSource) -> None:
+                                                            pachca_source: MakePachcaSource) -> None:
     sim.reminders = [reminder(1, due_at="2026-05-28T00:00:00.000Z", all_day=True),
                      reminder(2, due_at="2026-05-29T00:00:00.000Z", all_day=True, kind="meeting")]
-    tally = (await make_source().collect()).data
+    tally = (await pachca_source().collect()).data
     assert tally.overdue == {("call", "1"): 1}
     assert tally.oldest_overdue_seconds == NOW - datetime.fromisoformat("2026-05-28T00:00:00Z").timestamp()
     assert tally.due_soon == {"meeting": 1}
 
 
 async def test_reminder_with_three_performers_counts_once_for_each(sim: PachcaSimulator,
-                                                                  make_source: MakeSource) -> None:
+                                                                  pachca_source: MakePachcaSource) -> None:
     sim.reminders = [reminder(1, performers=[11, 12, 13, 12]), reminder(2, status="done", performers=[12])]
-    tally = (await make_source().collect()).data
+    tally = (await pachca_source().collect()).data
     assert tally.performer == {(11, "undone"): 1, (12, "undone"): 1, (13, "undone"): 1, (12, "done"): 1}
     assert tally.performer_overdue == {11: 1, 12: 1, 13: 1}
     assert tally.total == 2
 
 
-async def test_unknown_priority_kind_and_status_are_kept(sim: PachcaSimulator, make_source: MakeSource) -> None:
+async def test_unknown_priority_kind_and_status_are_kept(sim: PachcaSimulator, pachca_source: MakePachcaSource) -> None:
     sim.reminders = [reminder(1, priority=7, kind="todo"), reminder(2, priority="2", status="archived"),
                      reminder(3, priority=0, kind="meeting")]
-    tally = (await make_source().collect()).data
+    tally = (await pachca_source().collect()).data
     assert tally.by_status == {("undone", "todo", "7"): 1, ("archived", "call", "2"): 1,
                                ("undone", "meeting", "0"): 1}
     assert tally.overdue == {("todo", "7"): 1, ("meeting", "0"): 1}
 
 
-async def test_wrong_types_cost_only_their_field(sim: PachcaSimulator, make_source: MakeSource) -> None:
+async def test_wrong_types_cost_only_their_field(sim: PachcaSimulator, pachca_source: MakePachcaSource,
+                                                 logs: Events) -> None:
     sim.reminders = [
         reminder(1, priority="high"), reminder(2, due_at="next tuesday"), {**reminder(3), "status": 7},
         {**reminder(4), "due_at": 1717171717}, reminder(5, performers=["a", None, True, 12]),
         {**reminder(6), "performer_ids": "12"}, {**reminder(7), "kind": ["call"]}, "not a reminder", 42,
     ]
-    with capture_logs() as logs:
-        tally = (await make_source().collect()).data
+    tally = (await pachca_source().collect()).data
     assert tally.total == 7
     assert tally.by_status == {("undone", "call", "unknown"): 1, ("undone", "call", "1"): 4,
                                ("unknown", "call", "1"): 1, ("undone", "unknown", "1"): 1}
     assert tally.without_due_date == {}  # a due_at that cannot be read is not "no due date"
     assert tally.overdue == {("call", "unknown"): 1, ("call", "1"): 2, ("unknown", "1"): 1}
     assert tally.performer == {(11, "undone"): 4, (11, "unknown"): 1, (12, "undone"): 1}
-    assert events(logs, "pachca_odd_records")[0]["malformed"] == 9
+    assert named(logs, "pachca_odd_records")[0]["malformed"] == 9
 
 
-async def test_wrong_types_fault_does_not_fail_the_cycle(sim: PachcaSimulator, make_source: MakeSource) -> None:
+async def test_wrong_types_fault_does_not_fail_the_cycle(sim: PachcaSimulator, pachca_source: MakePachcaSource) -> None:
     sim.fault = "wrong_types"
-    tally = (await make_source().collect()).data
+    tally = (await pachca_source().collect()).data
     assert tally.pages == 4
     assert 0 < tally.total < 180
 
@@ -238,64 +190,68 @@ async def test_wrong_types_fault_does_not_fail_the_cycle(sim: PachcaSimulator, m
 
 
 async def test_walk_sends_limit_and_stops_on_has_next_false(sim: PachcaSimulator,
-                                                            make_source: MakeSource) -> None:
-    cycle = await make_source(performer_names=False).collect()
+                                                            pachca_source: MakePachcaSource) -> None:
+    cycle = await pachca_source(performer_names=False).collect()
     tasks = [r for r in sim.requests if r.path == "/tasks"]
     assert len(tasks) == cycle.data.pages == 4  # the last page's non-null cursor is not followed
     assert all(r.query["limit"] == "50" for r in tasks)
-    assert "cursor" not in tasks[0].query and all("cursor" in r.query for r in tasks[1:])
-    assert cycle.calls == 4 and sim.count("/users") == 0
+    assert "cursor" not in tasks[0].query
+    assert all("cursor" in r.query for r in tasks[1:])
+    assert cycle.calls == 4
+    assert sim.count("/users") == 0
 
 
-async def test_page_size_is_honoured(sim: PachcaSimulator, make_source: MakeSource) -> None:
-    tally = (await make_source(page_size=20, performer_names=False).collect()).data
-    assert tally.pages == 9 and tally.total == 180
+async def test_page_size_is_honoured(sim: PachcaSimulator, pachca_source: MakePachcaSource) -> None:
+    tally = (await pachca_source(page_size=20, performer_names=False).collect()).data
+    assert tally.pages == 9
+    assert tally.total == 180
     assert {r.query["limit"] for r in sim.requests} == {"20"}
 
 
-async def test_missing_has_next_walks_to_the_empty_page(sim: PachcaSimulator, make_source: MakeSource) -> None:
+async def test_missing_has_next_walks_to_the_empty_page(sim: PachcaSimulator, pachca_source: MakePachcaSource) -> None:
     sim.omit_has_next = True
-    tally = (await make_source(performer_names=False).collect()).data
-    assert tally.total == 180 and tally.pages == 5  # four with data, then the empty one
+    tally = (await pachca_source(performer_names=False).collect()).data
+    assert tally.total == 180
+    assert tally.pages == 5  # four with data, then the empty one
 
 
 async def test_short_page_mid_stream_does_not_end_the_walk(sim: PachcaSimulator,
-                                                           make_source: MakeSource) -> None:
+                                                           pachca_source: MakePachcaSource) -> None:
     sim.short_pages = True
-    tally = (await make_source(performer_names=False).collect()).data
+    tally = (await pachca_source(performer_names=False).collect()).data
     assert tally == expected_tally(sim.reminders, [], NOW, DAY, pages=tally.pages, read_users=False)
     assert tally.pages > 4
 
 
 async def test_repeated_cursor_stops_without_counting_twice(sim: PachcaSimulator,
-                                                            make_source: MakeSource) -> None:
+                                                            pachca_source: MakePachcaSource, logs: Events) -> None:
     sim.repeat_cursor = True
-    with capture_logs() as logs:
-        tally = (await make_source(performer_names=False).collect()).data
+    tally = (await pachca_source(performer_names=False).collect()).data
     assert tally == expected_tally(sim.reminders, [], NOW, DAY, pages=4, read_users=False)
     assert sim.count("/tasks") == 4
-    assert events(logs, "pachca_cursor_repeated")
+    assert named(logs, "pachca_cursor_repeated")
 
 
-async def test_cursor_that_never_ends_stops_at_max_pages(sim: PachcaSimulator, make_source: MakeSource) -> None:
+async def test_cursor_that_never_ends_stops_at_max_pages(sim: PachcaSimulator, pachca_source: MakePachcaSource,
+                                                         logs: Events) -> None:
     sim.endless = True
-    with capture_logs() as logs:
-        tally = (await make_source(max_pages=7, performer_names=False).collect()).data
-    assert tally.pages == 7 and sim.count("/tasks") == 7
+    tally = (await pachca_source(max_pages=7, performer_names=False).collect()).data
+    assert tally.pages == 7
+    assert sim.count("/tasks") == 7
     assert tally.total == 180  # wrapped-around records are not counted again
-    assert events(logs, "pachca_page_cap_reached")[0]["max_pages"] == 7
+    assert named(logs, "pachca_page_cap_reached")[0]["max_pages"] == 7
 
 
-async def test_empty_page_ends_the_walk_even_if_has_next_says_more(make_source: MakeSource) -> None:
+async def test_empty_page_ends_the_walk_even_if_has_next_says_more(pachca_source: MakePachcaSource) -> None:
     answers = iter([page([reminder(1)], next_page="a", has_next=True),
                     page([], next_page="b", has_next=True), page([reminder(2)], next_page="c")])
-    source = make_source(transport=mock(lambda request: next(answers)), performer_names=False)
+    source = pachca_source(transport=mock(lambda _: next(answers)), performer_names=False)
     cycle = await source.collect()
     assert (cycle.data.total, cycle.data.pages, cycle.calls) == (1, 2, 2)
 
 
-async def test_null_cursor_of_the_older_api_ends_the_walk(make_source: MakeSource) -> None:
-    source = make_source(transport=mock(lambda request: page([reminder(1)], next_page=None)),
+async def test_null_cursor_of_the_older_api_ends_the_walk(pachca_source: MakePachcaSource) -> None:
+    source = pachca_source(transport=mock(lambda _: page([reminder(1)], next_page=None)),
                          performer_names=False)
     assert (await source.collect()).data.pages == 1
 
@@ -303,28 +259,31 @@ async def test_null_cursor_of_the_older_api_ends_the_walk(make_source: MakeSourc
 # --- retries and failures ---------------------------------------------------------------------------
 
 
-async def test_429_honours_retry_after_then_succeeds(sim: PachcaSimulator, make_source: MakeSource) -> None:
+async def test_429_honours_retry_after_then_succeeds(sim: PachcaSimulator, pachca_source: MakePachcaSource) -> None:
     sim.inject("rate_limit_storm", times=1)
     sim.retry_after = 0.2
     telemetry = ApiTelemetry()
-    tally = (await make_source(telemetry=telemetry, performer_names=False).collect()).data
+    tally = (await pachca_source(telemetry=telemetry, performer_names=False).collect()).data
     assert tally.total == 180
     first, second = sim.requests[0], sim.requests[1]
-    assert first.status == 429 and second.status == 200
+    assert first.status == 429
+    assert second.status == 200
     assert second.at - first.at >= 0.2
     counts = telemetry.counts()
     assert counts.requests == {("GET /tasks", "rate_limited"): 1, ("GET /tasks", "success"): 4}
-    assert counts.errors == {"rate_limit": 1} and counts.rate_limit_wait_seconds >= 0.2
+    assert counts.errors == {"rate_limit": 1}
+    assert counts.rate_limit_wait_seconds >= 0.2
 
 
 async def test_retry_after_beyond_the_cap_fails_and_pauses_requests(sim: PachcaSimulator,
-                                                                    make_source: MakeSource) -> None:
+                                                                    pachca_source: MakePachcaSource) -> None:
     clock = Clock()
-    source = make_source(clock=clock, performer_names=False)
+    source = pachca_source(clock=clock, performer_names=False)
     sim.fault = "rate_limit_storm"  # Retry-After: 3600, far above the policy's 1 s cap
     with pytest.raises(SourceFailure) as failure:
         await source.collect()
-    assert failure.value.reason == "rate_limited" and sim.count() == 1
+    assert failure.value.reason == "rate_limited"
+    assert sim.count() == 1
     sim.fault = None
     with pytest.raises(SourceFailure):  # still inside the Retry-After: no request at all
         await source.collect()
@@ -333,7 +292,7 @@ async def test_retry_after_beyond_the_cap_fails_and_pauses_requests(sim: PachcaS
     assert (await source.collect()).data.total == 180
 
 
-async def test_429_without_retry_after_backs_off_and_gives_up(make_source: MakeSource) -> None:
+async def test_429_without_retry_after_backs_off_and_gives_up(pachca_source: MakePachcaSource) -> None:
     sent: list[httpx.Request] = []
 
     def refuse(request: httpx.Request) -> httpx.Response:
@@ -341,15 +300,16 @@ async def test_429_without_retry_after_backs_off_and_gives_up(make_source: MakeS
         return httpx.Response(429, json={"errors": []})
 
     with pytest.raises(SourceFailure) as failure:
-        await make_source(transport=mock(refuse)).collect()
-    assert failure.value.reason == "rate_limited" and len(sent) == FAST.rate_limit_attempts
+        await pachca_source(transport=mock(refuse)).collect()
+    assert failure.value.reason == "rate_limited"
+    assert len(sent) == FAST_RETRY.rate_limit_attempts
 
 
 @pytest.mark.parametrize("fault", ["http_500", "http_502", "http_503"])
-async def test_server_error_then_success(sim: PachcaSimulator, make_source: MakeSource, fault: str) -> None:
+async def test_server_error_then_success(sim: PachcaSimulator, pachca_source: MakePachcaSource, fault: str) -> None:
     sim.inject(fault, times=2)
     telemetry = ApiTelemetry()
-    tally = (await make_source(telemetry=telemetry, performer_names=False).collect()).data
+    tally = (await pachca_source(telemetry=telemetry, performer_names=False).collect()).data
     assert tally.total == 180
     counts = telemetry.counts()
     assert counts.requests[("GET /tasks", "server_error")] == 2
@@ -357,82 +317,88 @@ async def test_server_error_then_success(sim: PachcaSimulator, make_source: Make
 
 
 async def test_server_errors_past_the_attempts_fail_the_cycle(sim: PachcaSimulator,
-                                                              make_source: MakeSource) -> None:
+                                                              pachca_source: MakePachcaSource) -> None:
     sim.fault = "http_503"
     with pytest.raises(SourceFailure) as failure:
-        await make_source().collect()
-    assert failure.value.reason == "server_error" and sim.count() == FAST.attempts
+        await pachca_source().collect()
+    assert failure.value.reason == "server_error"
+    assert sim.count() == FAST_RETRY.attempts
 
 
-async def test_connection_reset_is_retried(sim: PachcaSimulator, make_source: MakeSource) -> None:
+async def test_connection_reset_is_retried(sim: PachcaSimulator, pachca_source: MakePachcaSource) -> None:
     sim.inject("reset", times=1)
     telemetry = ApiTelemetry()
-    assert (await make_source(telemetry=telemetry, performer_names=False).collect()).data.total == 180
+    assert (await pachca_source(telemetry=telemetry, performer_names=False).collect()).data.total == 180
     assert telemetry.counts().requests[("GET /tasks", "network_error")] == 1
 
 
 async def test_timeout_is_retried_then_fails_with_reason_timeout(sim: PachcaSimulator,
-                                                                 make_source: MakeSource) -> None:
+                                                                 pachca_source: MakePachcaSource) -> None:
     sim.fault = "timeout"
     telemetry = ApiTelemetry()
     with pytest.raises(SourceFailure) as failure:
-        await make_source(telemetry=telemetry, timeout=0.05).collect()
+        await pachca_source(telemetry=telemetry, timeout=0.05).collect()
     assert failure.value.reason == "timeout"
-    assert telemetry.counts().requests == {("GET /tasks", "timeout"): FAST.attempts}
+    assert telemetry.counts().requests == {("GET /tasks", "timeout"): FAST_RETRY.attempts}
 
 
 @pytest.mark.parametrize("fault", ["html", "truncated_json"])
 async def test_unreadable_body_is_invalid_response_after_retries(sim: PachcaSimulator,
-                                                                 make_source: MakeSource, fault: str) -> None:
+                                                                 pachca_source: MakePachcaSource, fault: str) -> None:
     sim.fault = fault
     telemetry = ApiTelemetry()
     with pytest.raises(SourceFailure) as failure:
-        await make_source(telemetry=telemetry).collect()
+        await pachca_source(telemetry=telemetry).collect()
     assert failure.value.reason == "invalid_response"
     counts = telemetry.counts()
-    assert counts.requests == {("GET /tasks", "invalid_response"): FAST.attempts}
-    assert counts.errors == {"invalid_response": FAST.attempts}
+    assert counts.requests == {("GET /tasks", "invalid_response"): FAST_RETRY.attempts}
+    assert counts.errors == {"invalid_response": FAST_RETRY.attempts}
 
 
 @pytest.mark.parametrize("body", [{"data": {"id": 1}}, {"result": []}, [1, 2], "data"])
-async def test_body_not_of_the_documented_shape_is_invalid_response(make_source: MakeSource, body: Any) -> None:
-    source = make_source(transport=mock(lambda request: httpx.Response(200, json=body)))
+async def test_body_not_of_the_documented_shape_is_invalid_response(pachca_source: MakePachcaSource, body: Any) -> None:
+    source = pachca_source(transport=mock(lambda _: httpx.Response(200, json=body)))
     with pytest.raises(SourceFailure) as failure:
         await source.collect()
     assert failure.value.reason == "invalid_response"
 
 
 async def test_invalid_token_stops_the_cycle_with_reason_auth(sim: PachcaSimulator,
-                                                              make_source: MakeSource) -> None:
+                                                              pachca_source: MakePachcaSource, logs: Events) -> None:
     telemetry = ApiTelemetry()
-    with capture_logs() as logs, pytest.raises(SourceFailure) as failure:
-        await make_source(token="wrong-token-123", telemetry=telemetry).collect()
-    assert failure.value.reason == "auth" and "invalid_token" in failure.value.detail
+    with pytest.raises(SourceFailure) as failure:
+        await pachca_source(token="wrong-token-123", telemetry=telemetry).collect()
+    assert failure.value.reason == "auth"
+    assert "invalid_token" in failure.value.detail
     assert sim.count() == 1  # never retried
     counts = telemetry.counts()
-    assert counts.requests == {("GET /tasks", "auth"): 1} and counts.errors == {"invalid_token": 1}
-    assert events(logs, "pachca_auth_failed")[0]["code"] == "invalid_token"
+    assert counts.requests == {("GET /tasks", "auth"): 1}
+    assert counts.errors == {"invalid_token": 1}
+    assert named(logs, "pachca_auth_failed")[0]["code"] == "invalid_token"
     assert "wrong-token-123" not in repr(logs) + str(failure.value)
 
 
 async def test_token_lacking_tasks_read_is_insufficient_scope(sim: PachcaSimulator,
-                                                              make_source: MakeSource) -> None:
+                                                              pachca_source: MakePachcaSource) -> None:
     sim.tokens = {DEMO_TOKEN: frozenset({"users:read"})}
     with pytest.raises(SourceFailure) as failure:
-        await make_source().collect()
-    assert failure.value.reason == "auth" and failure.value.detail.startswith("insufficient_scope")
+        await pachca_source().collect()
+    assert failure.value.reason == "auth"
+    assert failure.value.detail.startswith("insufficient_scope")
 
 
 async def test_bad_request_is_an_api_error_without_retries(sim: PachcaSimulator,
-                                                           make_source: MakeSource) -> None:
+                                                           pachca_source: MakePachcaSource) -> None:
     telemetry = ApiTelemetry()
     with pytest.raises(SourceFailure) as failure:
-        await make_source(page_size=60, telemetry=telemetry).collect()  # the fake allows 1-50
-    assert failure.value.reason == "api_error" and failure.value.detail.startswith("invalid")
-    assert sim.count() == 1 and telemetry.counts().requests == {("GET /tasks", "api_error"): 1}
+        await pachca_source(page_size=60, telemetry=telemetry).collect()  # the fake allows 1-50
+    assert failure.value.reason == "api_error"
+    assert failure.value.detail.startswith("invalid")
+    assert sim.count() == 1
+    assert telemetry.counts().requests == {("GET /tasks", "api_error"): 1}
 
 
-async def test_redirect_is_not_followed_and_fails_naming_the_new_host(make_source: MakeSource) -> None:
+async def test_redirect_is_not_followed_and_fails_naming_the_new_host(pachca_source: MakePachcaSource) -> None:
     sent: list[httpx.Request] = []
 
     def moved(request: httpx.Request) -> httpx.Response:
@@ -440,27 +406,28 @@ async def test_redirect_is_not_followed_and_fails_naming_the_new_host(make_sourc
         return httpx.Response(301, headers={"Location": "https://elsewhere.example/api/shared/v1/tasks"})
 
     with pytest.raises(SourceFailure) as failure:
-        await make_source(transport=mock(moved)).collect()
-    assert failure.value.reason == "api_error" and "elsewhere.example" in failure.value.detail
+        await pachca_source(transport=mock(moved)).collect()
+    assert failure.value.reason == "api_error"
+    assert "elsewhere.example" in failure.value.detail
     assert [r.url.host for r in sent] == ["127.0.0.1"]  # the token never went to the other host
 
 
-async def test_bearer_token_is_sent(make_source: MakeSource) -> None:
+async def test_bearer_token_is_sent(pachca_source: MakePachcaSource) -> None:
     seen: list[str] = []
 
     def answer(request: httpx.Request) -> httpx.Response:
         seen.append(request.headers["Authorization"])
         return page([], next_page="x")
 
-    await make_source(token="tok-1", transport=mock(answer), performer_names=False).collect()
+    await pachca_source(token="tok-1", transport=mock(answer), performer_names=False).collect()
     assert seen == ["Bearer tok-1"]
 
 
 # --- performer names --------------------------------------------------------------------------------
 
 
-async def test_names_are_read_once_and_reused(sim: PachcaSimulator, make_source: MakeSource) -> None:
-    source = make_source()
+async def test_names_are_read_once_and_reused(sim: PachcaSimulator, pachca_source: MakePachcaSource) -> None:
+    source = pachca_source()
     first = (await source.collect()).data
     second = (await source.collect()).data
     assert names(first) == names(second) != {}
@@ -469,64 +436,71 @@ async def test_names_are_read_once_and_reused(sim: PachcaSimulator, make_source:
 
 
 async def test_names_are_reread_when_a_new_performer_appears(sim: PachcaSimulator,
-                                                             make_source: MakeSource) -> None:
-    source = make_source()
+                                                             pachca_source: MakePachcaSource) -> None:
+    source = pachca_source()
     await source.collect()
     sim.users.append({"id": 99, "first_name": "New", "last_name": "Hire", "nickname": "new"})
     sim.reminders.append(reminder(9999, performers=[99]))
     tally = (await source.collect()).data
-    assert names(tally)[99] == "New Hire" and sim.count("/users") == 2
+    assert names(tally)[99] == "New Hire"
+    assert sim.count("/users") == 2
 
 
 async def test_missing_users_scope_turns_names_off_and_keeps_counts(sim: PachcaSimulator,
-                                                                    make_source: MakeSource) -> None:
+                                                                    pachca_source: MakePachcaSource,
+                                                                    logs: Events) -> None:
     sim.tokens = {DEMO_TOKEN: frozenset({"tasks:read"})}
-    source = make_source()
-    with capture_logs() as logs:
-        first = (await source.collect()).data
-        second = (await source.collect()).data
+    source = pachca_source()
+    first = (await source.collect()).data
+    second = (await source.collect()).data
     expected = expected_tally(sim.reminders, [], NOW, DAY, pages=4, read_users=False)
     assert first == second == expected
-    assert sim.count("/users") == 1 and not source.names_enabled
-    assert len(events(logs, "pachca_user_names_off")) == 1
+    assert sim.count("/users") == 1
+    assert not source.names_enabled
+    assert len(named(logs, "pachca_user_names_off")) == 1
 
 
 async def test_names_true_keeps_trying_and_keeps_the_last_good_names(sim: PachcaSimulator,
-                                                                     make_source: MakeSource) -> None:
+                                                                     pachca_source: MakePachcaSource,
+                                                                     logs: Events) -> None:
     clock = Clock()
-    source = make_source(performer_names=True, clock=clock)
+    source = pachca_source(performer_names=True, clock=clock)
     good = (await source.collect()).data.users
     sim.tokens = {DEMO_TOKEN: frozenset({"tasks:read"})}
     clock.now += 3 * 3600  # names are due for a refresh
-    with capture_logs() as logs:
-        later = (await source.collect()).data
-    assert later.users == good and source.names_enabled
-    assert sim.count("/users") == 2 and events(logs, "pachca_user_names_failed")
+    later = (await source.collect()).data
+    assert later.users == good
+    assert source.names_enabled
+    assert sim.count("/users") == 2
+    assert named(logs, "pachca_user_names_failed")
 
 
-async def test_users_server_error_never_fails_the_counts(sim: PachcaSimulator, make_source: MakeSource) -> None:
+async def test_users_server_error_never_fails_the_counts(pachca_source: MakePachcaSource) -> None:
     answers: dict[str, Callable[[], httpx.Response]] = {
         "/tasks": lambda: page([reminder(1, performers=[11])], has_next=False),
         "/users": lambda: httpx.Response(503, text="<html>busy</html>"),
     }
-    source = make_source(transport=mock(lambda request: answers[request.url.path.removeprefix(PREFIX)]()))
+    source = pachca_source(transport=mock(lambda request: answers[request.url.path.removeprefix(PREFIX)]()))
     cycle = await source.collect()
     tally = cycle.data
-    assert tally.total == 1 and tally.users == () and tally.users_read_at is None
-    assert cycle.calls == 1 + FAST.attempts
+    assert tally.total == 1
+    assert tally.users == ()
+    assert tally.users_read_at is None
+    assert cycle.calls == 1 + FAST_RETRY.attempts
 
 
-async def test_names_false_never_asks(sim: PachcaSimulator, make_source: MakeSource) -> None:
-    tally = (await make_source(performer_names=False).collect()).data
-    assert tally.users == () and sim.count("/users") == 0
+async def test_names_false_never_asks(sim: PachcaSimulator, pachca_source: MakePachcaSource) -> None:
+    tally = (await pachca_source(performer_names=False).collect()).data
+    assert tally.users == ()
+    assert sim.count("/users") == 0
 
 
 # --- scheduler-facing surface -----------------------------------------------------------------------
 
 
-async def test_source_surface_for_the_scheduler(make_source: MakeSource) -> None:
-    source = make_source(interval=30.0, cycle_timeout=120.0)
-    assert (source.source, source.target) == ("pachca", "acme")
+async def test_source_surface_for_the_scheduler(pachca_source: MakePachcaSource) -> None:
+    source = pachca_source(interval=30.0, cycle_timeout=120.0)
+    assert (source.source, source.target) == ("pachca", "team")
     assert (source.interval, source.cycle_timeout) == (30.0, 120.0)
     assert source.cycle_bound(100) == 2.0
     assert (await source.collect()).calls == 5  # four pages of tasks, one of users

@@ -49,7 +49,8 @@ def test_an_email_shared_on_one_side_only_is_still_ambiguous_without_a_counterpa
 
 def test_missing_emails_never_match_each_other() -> None:
     joined = match_by_email([b24(1, ""), b24(2, "   ")], [pachca(11, ""), pachca(12, "")])
-    assert joined.matches == () and joined.shared == ()
+    assert joined.matches == ()
+    assert joined.shared == ()
     assert joined.states == {"matched": 0, "bitrix24_only": 2, "pachca_only": 2, "ambiguous": 0}
 
 
@@ -57,7 +58,8 @@ def test_pachca_bots_and_deactivated_users_take_no_part() -> None:
     joined = match_by_email([b24(1, "bot@example.com"), b24(2, "gone@example.com")],
                             [pachca(11, "bot@example.com", bot=True), pachca(12, "gone@example.com", suspended=True),
                              pachca(13, "gone@example.com", suspended=True)])
-    assert joined.matches == () and joined.shared == ()  # two deactivated users do not make an e-mail shared
+    assert joined.matches == ()
+    assert joined.shared == ()  # two deactivated users do not make an e-mail shared
     assert joined.states == {"matched": 0, "bitrix24_only": 2, "pachca_only": 0, "ambiguous": 0}
 
 
@@ -101,7 +103,8 @@ def test_every_user_lands_in_exactly_one_state(b24_emails: list[str], pachca_row
     by_id = {u.user_id: u for u in portal} | {u.user_id: u for u in workspace}
     for m in joined.matches:
         email = normalize_email(by_id[m.bitrix24_user_id].email)
-        assert email and email == normalize_email(by_id[m.pachca_user_id].email)
+        assert email
+        assert email == normalize_email(by_id[m.pachca_user_id].email)
         # a match's e-mail belongs to exactly one user on each side
         assert [normalize_email(u.email) for u in portal].count(email) == 1
         assert [normalize_email(u.email) for u in active].count(email) == 1

@@ -9,12 +9,8 @@ from exporter.config import PachcaConfig, Secret
 from exporter.snapshot import ApiTelemetry, ReminderTally
 from exporter.sources.pachca import PachcaSource, TallyBuilder
 from exporter.sources.pachca_client import parse_page
-from exporter.sources.retries import RetryPolicy
-from tests.conftest import ReplayTransport, run_cycle
+from tests.conftest import NO_WAIT, ReplayTransport, json_values, run_cycle
 
-scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)
-json_values = st.recursive(scalars, lambda children: st.lists(children, max_size=4)
-                           | st.dictionaries(st.text(max_size=6), children, max_size=4), max_leaves=20)
 reminder_like = st.fixed_dictionaries({
     "id": json_values | st.integers(1, 50), "kind": json_values | st.sampled_from(["call", "email"]),
     "status": json_values | st.sampled_from(["done", "undone"]), "priority": json_values | st.integers(1, 3),
@@ -51,7 +47,7 @@ def test_tally_builder_counts_any_records_without_crashing(records):
 def test_a_whole_cycle_over_any_answers_gives_a_tally_or_a_source_failure(answers, status):
     transport = ReplayTransport(answers, status, headers={"Retry-After": "0"})
     config = PachcaConfig(name="w", token=Secret("t0ken-xyz"), base_url="https://api.example/v1", max_pages=5)
-    retry = RetryPolicy(attempts=2, rate_limit_attempts=2, base_delay=0.0, max_delay=0.0)
-    source = PachcaSource(config, ApiTelemetry(), retry=retry, transport=transport)
+    source = PachcaSource(config, ApiTelemetry(), retry=NO_WAIT, transport=transport)
     run_cycle(source, ReminderTally)
-    assert len(transport.calls) <= 5 * 2 * 2 + 10  # bounded: page cap x retries (+ users pages)
+    # bounded: the page cap times the tries of each page, and a few pages of users
+    assert len(transport.calls) <= 5 * NO_WAIT.attempts * NO_WAIT.rate_limit_attempts + 10

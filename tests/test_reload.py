@@ -142,7 +142,8 @@ class CliExporter:
         return found[0]
 
     async def stop(self) -> int:
-        assert self._proc is not None and self._reader is not None
+        assert self._proc is not None
+        assert self._reader is not None
         if self._proc.returncode is None:
             self._proc.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(self._proc.wait(), 20)
@@ -288,7 +289,8 @@ async def test_changed_secret_file_is_used_by_the_next_cycle(tmp_path: Path, cli
         first_new = next(i for i, r in enumerate(workspace.requests) if r.token == "new-token")
         assert {r.token for r in workspace.requests[:first_new]} == {"old-token"}
         assert {r.token for r in workspace.requests[first_new:]} == {"new-token"}
-        assert "new-token" not in json.dumps(exporter.events) and "old-token" not in json.dumps(exporter.events)
+        assert "new-token" not in json.dumps(exporter.events)
+        assert "old-token" not in json.dumps(exporter.events)
 
 
 @pytest.mark.parametrize("trigger", TRIGGERS)
@@ -309,10 +311,12 @@ async def test_invalid_config_is_refused_whole_and_the_old_one_keeps_serving(tmp
     assert len(problems) == 4, problems  # interval, colour, pachca.token, pachca.base_url: one line each
     response = await exporter.reload(trigger)
     if response is not None:
-        assert response.status_code == 400 and response.headers["content-type"].startswith("text/plain")
+        assert response.status_code == 400
+        assert response.headers["content-type"].startswith("text/plain")
         assert response.text.splitlines() == problems
     failed = await eventually(lambda: exporter.named("config_reload_failed"), timeout=20)
-    assert failed[0]["problems"] == problems and failed[0]["level"] == "error"
+    assert failed[0]["problems"] == problems
+    assert failed[0]["level"] == "error"
     async def refused() -> bool:  # the reload metrics are part of what /metrics re-reads each second
         return await reload_status(exporter) == (0.0, loaded_at)
     await eventually(refused, timeout=5)
@@ -351,7 +355,8 @@ async def test_new_certificate_and_web_config_are_served_after_a_reload(tmp_path
     async with httpx.AsyncClient(verify=False) as client:
         refused = await client.get(f"{exporter.url}/metrics")
         allowed = await client.get(f"{exporter.url}/metrics", auth=("prometheus", "pass"))
-    assert refused.status_code == 401 and allowed.status_code == 200
+    assert refused.status_code == 401
+    assert allowed.status_code == 200
     assert refused.headers["X-Frame-Options"] == allowed.headers["X-Frame-Options"] == "deny"
 
 
@@ -364,7 +369,8 @@ async def test_reload_refuses_switching_between_http_and_https(tmp_path: Path, c
     exporter = await cli(config, web, tls=True)
     web.write_text("basic_auth_users: {}\n")
     response = await exporter.reload("POST /-/reload")
-    assert response is not None and response.status_code == 400
+    assert response is not None
+    assert response.status_code == 400
     assert response.text == (f"web config {web}: tls_server_config: switching between HTTP and HTTPS needs a "
                              "restart\n")
     assert await served_certificate(exporter.port) == der_of(cert)
@@ -385,12 +391,14 @@ async def test_unchanged_source_keeps_its_loop_and_a_changed_one_its_series_unti
         config.write_text("bitrix24:\n" + portal_entry(url, sim, "a")
                           + portal_entry(url, sim, "b", interval="1m", groups="[0, 1]"))
         assert await exp.reload() == []
-        assert exp.loops[0] is loop_a and exp.sources[1] is not source_b
+        assert exp.loops[0] is loop_a
+        assert exp.sources[1] is not source_b
         async with httpx.AsyncClient() as client:
             kept = (await client.get(f"{exp.url}/metrics")).text  # b's successor waits out b's interval
             assert value(kept, "bitrix24_tasks", portal="b", group_id="0") is not None
             assert value(kept, "bitrix24_tasks", portal="b", group_id="1") is None
-            assert exp.loops[1].cycles == 0 and cycles_b == 1
+            assert exp.loops[1].cycles == 0
+            assert cycles_b == 1
             cycles_a = loop_a.cycles
             await eventually(lambda: loop_a.cycles > cycles_a, timeout=10)  # a's loop runs on, untouched
 
@@ -428,8 +436,10 @@ async def test_replacing_a_source_mid_cycle_sends_nothing_over_the_portal_limit(
         assert await exp.reload() == []
         (state,) = exp.store.states()
         await eventually(lambda: exp.store.states()[0].last_success is not None, timeout=20)
-        assert exp.loops[0].cycles == 1 and state.last_success is None
-    assert sim.received > 13 and sim.calls["batch"] >= 12
+        assert exp.loops[0].cycles == 1
+        assert state.last_success is None
+    assert sim.received > 13
+    assert sim.calls["batch"] >= 12
     assert sim.rejected == 0  # no QUERY_LIMIT_EXCEEDED across the reload
 
 

@@ -7,16 +7,22 @@ import contextlib
 import os
 import re
 import signal
-import sys
 from pathlib import Path
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.simulator import bitrix24 as b24sim
 from exporter.simulator import pachca as pachcasim
 from exporter.simulator import serve
-from tests.conftest import B24_FAULT_REASONS, PACHCA_FAULT_REASONS, eventually, free_port
+from tests.conftest import (
+    B24_FAULT_REASONS,
+    PACHCA_FAULT_REASONS,
+    eventually,
+    exporter_process,
+    samples,
+    scrape,
+    scrape_until,
+)
 
 WEBHOOK_SECRET = "w3bh00k-s3cr3t-value"
 PACHCA_TOKEN = "pachca-t0ken-value-42"
@@ -34,8 +40,8 @@ def failed_cycles(lines: list[str]) -> set[tuple[str, str, str]]:
 
 
 def targets_up(text: str) -> set[tuple[str, str]]:
-    return {(s.labels["source"], s.labels["target"]) for f in text_string_to_metric_families(text)
-            for s in f.samples if s.name == "tasks_exporter_source_up" and s.value == 1}
+    return {(dict(key)["source"], dict(key)["target"])
+            for key, up in samples(text, "tasks_exporter_source_up").items() if up == 1}
 
 
 async def read_lines(stream: asyncio.StreamReader, into: list[str]) -> None:
@@ -65,38 +71,31 @@ async def test_secrets_are_masked_in_every_output(tmp_path: Path):
                                   'interval: 0.2s, timeout: 1s}')
         config = tmp_path / "config.yaml"
         config.write_text("\n".join(["bitrix24:", *b24_entries, "pachca:", *pachca_entries, ""]))
-        port = free_port()
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "exporter", "--config", str(config), "--web.listen-address",
-            f"127.0.0.1:{port}", "--log.level", "debug", env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        proc, url = await stack.enter_async_context(exporter_process(
+            "--config", str(config), "--log.level", "debug", env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT))
         assert proc.stdout is not None
         lines: list[str] = []
         reader = asyncio.create_task(read_lines(proc.stdout, lines))
         pages = []
         try:
+            every_target = {(s, t) for s, t, _ in expected}
+            pages.append(await scrape_until(url, lambda t: targets_up(t) == every_target, timeout=20,
+                                            starting=True))
+            seen = len(lines)
+            for name in FAULTS:
+                portals[name].fault = workspaces[name].fault = name
+            portals[ROTATED].secret = "rotated"
+
+            def each_fault_failed_a_cycle_for_its_reason() -> bool:
+                missing = expected - failed_cycles(lines[seen:])
+                assert not missing, f"no cycle_failed event for {sorted(missing)}"
+                return True
+
+            await eventually(each_fault_failed_a_cycle_for_its_reason, timeout=40, interval=0.1)
             async with httpx.AsyncClient() as client:
-                async def all_up() -> str | None:
-                    try:
-                        text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
-                    except httpx.TransportError:
-                        return None
-                    return text if targets_up(text) == {(s, t) for s, t, _ in expected} else None
-
-                pages.append(await eventually(all_up, timeout=20))
-                seen = len(lines)
-                for name in FAULTS:
-                    portals[name].fault = workspaces[name].fault = name
-                portals[ROTATED].secret = "rotated"
-
-                def each_fault_failed_a_cycle_for_its_reason() -> bool:
-                    missing = expected - failed_cycles(lines[seen:])
-                    assert not missing, f"no cycle_failed event for {sorted(missing)}"
-                    return True
-
-                await eventually(each_fault_failed_a_cycle_for_its_reason, timeout=40, interval=0.1)
-                pages.append((await client.get(f"http://127.0.0.1:{port}/")).text)
-                pages.append((await client.get(f"http://127.0.0.1:{port}/metrics")).text)
+                pages.append((await client.get(f"{url}/")).text)
+            pages.append(await scrape(url))
         finally:
             proc.send_signal(signal.SIGTERM)
             await asyncio.wait_for(proc.wait(), 20)

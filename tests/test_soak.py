@@ -34,7 +34,6 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import log
 from exporter.app import Exporter
@@ -44,10 +43,9 @@ from exporter.simulator import pachca as pachcasim
 from exporter.simulator import serve
 from exporter.sources import CycleResult, Source
 from exporter.sources.bitrix24 import Bitrix24Source
-from exporter.sources.bitrix24_client import BATCH_LIMIT, OperationPause
+from exporter.sources.bitrix24_client import BATCH_LIMIT
 from exporter.sources.pachca import PachcaSource
-from exporter.sources.retries import RetryPolicy
-from tests.conftest import B24_FAULT_REASONS, PACHCA_FAULT_REASONS, eventually
+from tests.conftest import B24_FAULT_REASONS, FAIL_FAST, FAST_PAUSE, PACHCA_FAULT_REASONS, eventually, samples
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "8"))
 # every fault but "timeout" (a cycle would wait for its deadline), and healthy periods in between
@@ -55,8 +53,6 @@ B24_FAULTS = [None, *[f for f in b24sim.FAULTS if f != "timeout"], None]
 PACHCA_FAULTS = [None, *sorted(f for f in pachcasim.FAULTS if f != "timeout"), None]
 USERS = 60
 INTERVAL = 0.05
-RETRY = RetryPolicy(attempts=2, rate_limit_attempts=2, base_delay=0.005, max_delay=0.01)
-PAUSE = OperationPause(default=0.01, least=0.005)
 SAMPLE_EVERY = 0.01  # seconds between the exporter process's looks at itself
 
 
@@ -194,11 +190,11 @@ async def _serve(conn: Connection, plan: Plan) -> None:
                              max_concurrency=LIMITS.max_concurrency, rate_limit=RateLimit(10_000.0, 10_000))
     p_cfg = PachcaConfig(name="soak", token=Secret(plan.token), base_url=plan.pachca_url, interval=INTERVAL,
                          timeout=0.5)
-    b24: Source = Bitrix24Source(b24_cfg, retry=RETRY, pause=PAUSE)
+    b24: Source = Bitrix24Source(b24_cfg, retry=FAIL_FAST, pause=FAST_PAUSE)
     if plan.leak:
         url = httpx.URL(plan.webhook)
         b24 = LeakingSource(b24, (url.host, url.port or 80))
-    pachca = PachcaSource(p_cfg, retry=RETRY)
+    pachca = PachcaSource(p_cfg, retry=FAIL_FAST)
     async with Exporter(Config(bitrix24=(b24_cfg,), pachca=(p_cfg,)), "127.0.0.1", 0, sources=[b24, pachca],
                         max_backoff=0.1) as exp:
         conn.send(exp.url)
@@ -255,7 +251,7 @@ class ExporterProcess:
         self.conn.send(request)
         return await self.answer()
 
-    async def answer(self, timeout: float = 10.0) -> Any:
+    async def answer(self, timeout: float = 10.0) -> Any:  # noqa: ASYNC109 (a polling deadline, as in eventually)
         def ready() -> bool:
             if not self.conn.poll() and not self.process.is_alive():
                 raise RuntimeError(f"the exporter process exited with {self.process.exitcode}")
@@ -300,8 +296,8 @@ def leak_findings(report: Report, limits: Limits) -> list[str]:
 
 
 def failure_reasons(text: str, source: str) -> set[str]:
-    return {s.labels["reason"] for f in text_string_to_metric_families(text) for s in f.samples
-            if s.name == "tasks_exporter_source_failures_total" and s.labels["source"] == source and s.value > 0}
+    failures = samples(text, "tasks_exporter_source_failures_total", source=source)
+    return {dict(key)["reason"] for key, n in failures.items() if n > 0}
 
 
 async def soak(portal_factory: Any, seconds: float, min_periods: int, faults: Iterator[tuple[str | None, str | None]],

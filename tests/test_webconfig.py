@@ -59,7 +59,8 @@ basic_auth_users:
         wrong = await client.get(f"{exp.url}/metrics", auth=("prometheus", "nope"))
         assert wrong.status_code == 401
         ok = await client.get(f"{exp.url}/metrics", auth=("prometheus", "s3cret-pass"))
-        assert ok.status_code == 200 and "tasks_exporter_build_info" in ok.text
+        assert ok.status_code == 200
+        assert "tasks_exporter_build_info" in ok.text
         assert (await client.get(f"{exp.url}/")).status_code == 401
         assert (await client.get(f"{exp.url}/healthz")).status_code == 200  # probes carry no credentials
         assert (await client.get(f"{exp.url}/ready")).status_code == 200
@@ -180,7 +181,8 @@ def client_context(cert: tuple[Path, Path] | None = None, **settings: Any) -> ss
 def test_every_toolkit_key_is_checked_with_one_line_naming_it(tmp_path, text, message):
     with pytest.raises(ConfigError) as err:
         load_web_config(write(tmp_path, text))
-    assert len(err.value.problems) == 1 and message in err.value.problems[0], err.value.problems
+    assert len(err.value.problems) == 1, err.value.problems
+    assert message in err.value.problems[0], err.value.problems
 
 
 def test_http2_is_accepted_with_a_warning_that_the_server_speaks_http_1_1(tmp_path):
@@ -219,7 +221,8 @@ async def test_rate_limit_answers_429_over_the_burst_but_never_to_probes(tmp_pat
     async with running(Config(), web_config=web) as exp, httpx.AsyncClient() as client:
         codes = [(await client.get(f"{exp.url}/metrics")).status_code for _ in range(3)]
         probes = [(await client.get(f"{exp.url}{path}")).status_code for path in ("/healthz", "/ready")]
-    assert codes == [200, 200, 429] and probes == [200, 200]
+    assert codes == [200, 200, 429]
+    assert probes == [200, 200]
 
 
 async def test_max_version_is_enforced_on_the_wire(tmp_path, certificate):

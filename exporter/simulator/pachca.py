@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import time
 from collections import deque
@@ -106,7 +107,7 @@ class PachcaSimulator:
         self.endless = False
         self.requests: list[SimRequest] = []
         self._fault: str | None = None
-        self._epoch = 0
+        self._held: set[asyncio.Event] = set()  # requests the "timeout" fault holds until it is switched
         self.fault_times: int | None = None  # requests the fault still applies to; None = until changed
         self._windows: dict[str, deque[float]] = {}
 
@@ -125,7 +126,19 @@ class PachcaSimulator:
             raise ValueError(f"unknown fault {mode!r} (expected one of: {', '.join(sorted(FAULTS))})")
         self._fault = mode
         self.fault_times = None
-        self._epoch += 1  # releases requests held by the "timeout" fault
+        for held in self._held:  # switching the fault releases what the "timeout" fault holds
+            held.set()
+
+    async def hold(self) -> None:
+        """The "timeout" fault: answer nothing until the fault is switched or `hang_seconds` pass."""
+        released = asyncio.Event()
+        self._held.add(released)
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.hang_seconds):
+                    await released.wait()
+        finally:
+            self._held.discard(released)
 
     def inject(self, mode: str | None, times: int | None = None) -> None:
         """Switch a fault on for the next `times` requests (None: until switched off)."""
@@ -275,10 +288,7 @@ async def _fault_answer(sim: PachcaSimulator, request: web.Request, fault: str) 
         if request.transport is not None:
             request.transport.abort()
         return web.Response(status=500)  # never reaches the client
-    # "timeout": hold the request until the client gives up (or the fault is switched)
-    deadline, epoch = time.monotonic() + sim.hang_seconds, sim._epoch
-    while sim._epoch == epoch and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
+    await sim.hold()  # "timeout": until the client gives up, or the fault is switched
     return _api_error(504, "timeout", "Gateway timeout", key="server")
 
 
@@ -382,7 +392,7 @@ _CORRUPTIONS: tuple[Callable[[dict[str, Any]], Any], ...] = (
     lambda r: {**r, "performer_ids": "12"},
     lambda r: {**r, "performer_ids": ["a", None, True, 3]},
     lambda r: {**r, "id": "abc"},
-    lambda r: "not a reminder",
+    lambda _: "not a reminder",
 )
 
 

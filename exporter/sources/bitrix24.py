@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import structlog
@@ -139,50 +140,65 @@ def _is_inactive(record: Mapping[str, Any]) -> bool:
 
 @dataclass(slots=True)
 class CounterFold:
-    """What the counters batches of one cycle have answered so far, folded in as each batch arrives, so raw
-    answers never pile up (at 5,000 users they would be ~30 MB). Indexes point into `queries`."""
+    """What the counters commands of one cycle have answered so far, folded in as each batch arrives, so raw
+    answers never pile up (at 5,000 users they would be ~30 MB). Keyed by query: a cycle may send the previous
+    cycle's queries first and its own plan's missing ones after, and keeps only what its plan asks."""
 
-    queries: Sequence[CounterQuery]
     read: dict[CounterQuery, CounterSet] = field(default_factory=dict)
-    hidden: set[int] = field(default_factory=set)  # users whose counters came back as [] (no access)
-    errors: dict[int, tuple[str, str]] = field(default_factory=dict)  # index -> (code, description)
-    answered: set[int] = field(default_factory=set)
+    hidden: set[CounterQuery] = field(default_factory=set)  # answered [] (the webhook may not see the user)
+    errors: dict[CounterQuery, tuple[str, str]] = field(default_factory=dict)  # -> (code, description)
 
-    def add(self, sent: Mapping[str, int], result: BatchResult) -> None:
-        """Fold in one batch answer; `sent` maps its command keys to query indexes."""
+    def add(self, sent: Mapping[str, CounterQuery], result: BatchResult) -> None:
+        """Fold in one batch answer; `sent` maps its counters command keys to their queries."""
         for key, raw in result.results.items():
-            i = sent.get(key)
-            if i is None:
+            query = sent.get(key)
+            if query is None:
                 continue
-            self.answered.add(i)
             try:
                 counters = parse_counters(raw)
             except ApiError as exc:
-                self.errors[i] = (exc.code, exc.message)
+                self.errors[query] = (exc.code, exc.message)
                 continue
             if counters is None:
-                self.hidden.add(self.queries[i].user_id)
+                self.hidden.add(query)
             else:
-                self.read[self.queries[i]] = counters
+                self.read[query] = counters
         self.errors.update((sent[k], e) for k, e in result.errors.items() if k in sent)
 
-    def missing(self, indexes: Iterable[int]) -> None:
-        """Commands of `indexes` the batch answers said nothing about count as failed."""
-        for i in indexes:
-            if i not in self.answered and i not in self.errors:
-                self.errors[i] = ("missing", "the batch answer has no entry for this command")
+    def settled(self, query: CounterQuery) -> bool:
+        return query in self.read or query in self.hidden or query in self.errors
 
-    def take_retryable(self) -> list[int]:
-        """The commands that failed with a code worth one more pass, forgotten so that pass decides them."""
-        again = sorted(i for i, (code, _) in self.errors.items() if code.upper() in RETRYABLE_COMMAND_CODES)
-        for i in again:
-            del self.errors[i]
-            self.answered.discard(i)
+    def missing(self, queries: Iterable[CounterQuery]) -> None:
+        """Commands the batch answers said nothing about count as failed."""
+        for query in queries:
+            if not self.settled(query):
+                self.errors[query] = ("missing", "the batch answer has no entry for this command")
+
+    def take_retryable(self, among: Iterable[CounterQuery]) -> list[CounterQuery]:
+        """Those of `among` that failed with a code worth one more pass, forgotten so that pass decides them."""
+        again = [q for q in among if q in self.errors and self.errors[q][0].upper() in RETRYABLE_COMMAND_CODES]
+        for query in again:
+            del self.errors[query]
         return again
 
 
+@dataclass(slots=True)
+class Listing:
+    """How the previous cycle listed the portal's users, so the next one can ask for every page at once."""
+
+    total: int | None = None  # user.get's `total` last time; None: unknown (list page by page)
+    in_batch: bool = True  # False once the portal refused user.get inside batch
+
+
 class Bitrix24Source:
-    """Collects one portal. Keeps the last reading of each query so a failed command keeps its value."""
+    """Collects one portal. Keeps the last reading of each query so a failed command keeps its value.
+
+    The first cycle lists users (and reads the structure) before it asks for counters. Every later cycle is
+    pipelined: the user listing (every page the last `total` implies) travels in the same wave of batches as
+    the counters of the users known from the last cycle, with any structure refresh that is due running
+    alongside; users the listing shows for the first time get their counters in one more wave, and counters
+    of users who left are discarded. A 100-user portal's steady-state cycle is one round trip.
+    """
 
     source = "bitrix24"
 
@@ -207,6 +223,8 @@ class Bitrix24Source:
         self._queries: list[CounterQuery] = []
         self._structure = StructureKeeper(StructureReader(self._client, config), interval=config.structure_interval,
                                           clock=clock, portal=config.name)
+        self._listing = Listing()
+        self._steady = False  # a cycle has succeeded: its users and queries are known
         self._emails_missing = False
 
     async def aclose(self) -> None:
@@ -220,13 +238,19 @@ class Bitrix24Source:
         """Run one cycle; raises SourceFailure when it cannot produce a whole snapshot."""
         calls_before = self._client.calls
         self._client.operating.clear()  # the portal's window value as of this cycle, not a maximum ever seen
+        fold = CounterFold()
         try:
-            users = await self._resolve_users()
-            structure = await self._structure.current()  # re-read only when due; a failure keeps the last
+            if self._steady:
+                users, structure = await self._pipelined(fold)
+            else:
+                users = await self._resolve_users()  # first: a portal that refuses the webhook costs one call
+                structure = await self._structure.current()
+            self._check_emails(users)
             users = self._monitored(users, structure)
-            counters, hidden, failed = await self._read_counters(users, structure)
+            counters, hidden, failed = await self._read_counters(fold, users, structure)
         except ApiError as exc:
             raise SourceFailure(exc.reason, str(exc)) from None
+        self._steady = True
         snapshot = PortalSnapshot(
             users=tuple(users), counters=counters, hidden_users=hidden, failed_commands=failed,
             operating_seconds=dict(self._client.operating), org=org_view(users, structure, self._queries),
@@ -234,15 +258,24 @@ class Bitrix24Source:
         )
         return CycleResult(snapshot, self._client.calls - calls_before)
 
+    async def _pipelined(self, fold: CounterFold) -> tuple[list[PortalUser], Structure]:
+        """The listing and the known users' counters in one wave, the structure refresh (when due) alongside."""
+        listing = self._listing_commands()
+        wave = self._wave(fold, self._queries, listing)
+        if listing or self.config.users is not None:
+            async def listed() -> list[PortalUser]:
+                return await self._users_from(await wave)
+        else:  # no `total` to plan pages by, or user.get refused inside batch: list directly, meanwhile
+            async def listed() -> list[PortalUser]:
+                return (await both(self._active_employees(), wave))[0]
+        return await both(listed(), self._structure.current())
+
     # --- users ----------------------------------------------------------------------------------
 
     async def _resolve_users(self) -> list[PortalUser]:
         if self.config.users is not None:
-            users = await self._named(self.config.users)
-        else:
-            users = await self._active_employees()
-        self._check_emails(users)
-        return users
+            return await self._named(self.config.users)
+        return await self._active_employees()
 
     def _monitored(self, users: list[PortalUser], structure: Structure) -> list[PortalUser]:
         """`include_departments` (their subtrees, as far as the tree is known) and `exclude_users`."""
@@ -264,17 +297,45 @@ class Bitrix24Source:
                         hint="no user.get record has EMAIL; give the webhook the scope user or user_basic")
         self._emails_missing = missing
 
-    async def _active_employees(self) -> list[PortalUser]:
-        """Every active employee: the first page directly, the rest as batched `start` offsets."""
-        params: dict[str, Any] = {"FILTER": {"ACTIVE": True}, "start": 0}
-        first = await self._client.call("user.get", params)
-        records = list(_records(first))
-        total, nxt = first.get("total"), first.get("next")
-        if isinstance(nxt, int) and not isinstance(nxt, bool) and nxt > 0:
-            if isinstance(total, int) and not isinstance(total, bool) and total > nxt:
-                records.extend(await self._pages_batched(params, nxt, total))
-            else:
-                records.extend(await self._pages_following(params, nxt))
+    def _listing_commands(self) -> dict[str, str]:
+        """The user.get commands of a pipelined cycle: a name lookup per explicit user, or every page the last
+        `total` implies (the first one too); none when the listing cannot go inside batch."""
+        if self.config.users is not None:
+            return _name_commands(self.config.users)
+        total = self._listing.total
+        if total is None or not self._listing.in_batch:
+            return {}
+        return {f"p{start}": command("user.get", {**_ACTIVE, "start": start})
+                for start in range(0, max(total, 1), PAGE_SIZE)}
+
+    async def _users_from(self, answers: BatchResult) -> list[PortalUser]:
+        """The users a pipelined wave's user.get answers show; pages it did not bring come directly."""
+        if self.config.users is not None:
+            return self._names_from(answers, self.config.users)
+        if "p0" not in answers.results:
+            code = answers.errors.get("p0", ("missing", ""))[0]
+            log.info("bitrix24_user_pages_batch_refused", portal=self.target, code=code)
+            self._listing.in_batch = False
+            return await self._active_employees()
+        total = _total(answers.totals.get("p0"))
+        if total is None:  # no `total` to check the pages by: list the usual way
+            return await self._active_employees()
+        self._listing.total = total
+        pages: dict[int, Any] = {}
+        starts = range(0, max(total, 1), PAGE_SIZE)
+        for start in starts:
+            page = answers.results.get(f"p{start}")
+            if isinstance(page, list) and len(page) >= min(PAGE_SIZE, total - start):
+                pages[start] = page
+        wanted = [s for s in starts if s not in pages]  # pages of users new since the last cycle, too
+        for start, page in zip(wanted, await all_or_none(self._page(s) for s in wanted), strict=True):
+            pages[start] = page
+        return self._employees(record for start in sorted(pages) for record in pages[start])
+
+    async def _page(self, start: int) -> list[Any]:
+        return _records(await self._client.call("user.get", {**_ACTIVE, "start": start}))
+
+    def _employees(self, records: Iterable[Any]) -> list[PortalUser]:
         users: dict[int, PortalUser] = {}
         for record in records:
             uid = _user_id(record)
@@ -282,26 +343,44 @@ class Bitrix24Source:
                 users[uid] = portal_user(uid, record, names=self.config.names)
         return sorted(users.values(), key=lambda u: u.user_id)
 
+    async def _active_employees(self) -> list[PortalUser]:
+        """Every active employee: the first page directly, the rest as batched `start` offsets."""
+        params: dict[str, Any] = {**_ACTIVE, "start": 0}
+        first = await self._client.call("user.get", params)
+        records = list(_records(first))
+        total, nxt = _total(first.get("total")), _count(first.get("next"))
+        self._listing.total = total
+        if nxt is not None:
+            if total is not None and total > nxt:
+                records.extend(await self._pages_batched(params, nxt, total))
+            else:
+                records.extend(await self._pages_following(params, nxt))
+        return self._employees(records)
+
     async def _pages_batched(self, params: dict[str, Any], first: int, total: int) -> list[Any]:
         """Pages after the first, 50 pages per batch call. A page the batch did not answer in full
         (a portal or proxy that refuses user.get inside batch, or reads the filter differently) is
         asked for directly, so no user is lost."""
         starts = list(range(first, total, PAGE_SIZE))
-        commands = {f"p{start}": command("user.get", {**params, "start": start}) for start in starts}
         answered: dict[str, Any] = {}
-        try:
-            for result in await all_or_none(self._client.batch(call, pause_key="user.get")
-                                            for call in chunk(commands)):
-                answered.update(result.results)
-        except ApiError as exc:
-            if exc.reason == "auth":
-                raise
-            log.info("bitrix24_user_pages_batch_refused", portal=self.target, code=exc.code)
+        if self._listing.in_batch:
+            commands = {f"p{start}": command("user.get", {**params, "start": start}) for start in starts}
+            try:
+                for result in await all_or_none(self._client.batch(call, pause_key="user.get")
+                                                for call in chunk(commands)):
+                    answered.update(result.results)
+                    if result.errors:  # refused command by command: list directly from now on
+                        self._listing.in_batch = False
+            except ApiError as exc:
+                if exc.reason == "auth":
+                    raise
+                log.info("bitrix24_user_pages_batch_refused", portal=self.target, code=exc.code)
+                self._listing.in_batch = False
         records: list[Any] = []
         for start in starts:
             page = answered.get(f"p{start}")
             if not isinstance(page, list) or len(page) < min(PAGE_SIZE, total - start):
-                page = _records(await self._client.call("user.get", {**params, "start": start}))
+                page = await self._page(start)
             records.extend(page)
         return records
 
@@ -320,42 +399,58 @@ class Bitrix24Source:
 
     async def _named(self, ids: tuple[int, ...]) -> list[PortalUser]:
         """An explicit user list: names come from user.get by ID; a failed lookup leaves the name empty."""
-        commands = {f"u{uid}": command("user.get", {"ID": uid}) for uid in ids}
-        found: dict[int, PortalUser] = {}
+        merged = BatchResult()
         try:
             for result in await all_or_none(self._client.batch(c, pause_key="user.get")
-                                            for c in chunk(commands)):
-                for key, page in result.results.items():
-                    for record in page if isinstance(page, list) else []:
-                        if _user_id(record) == int(key[1:]):
-                            found[int(key[1:])] = portal_user(int(key[1:]), record, names=self.config.names)
+                                            for c in chunk(_name_commands(ids))):
+                merged.results.update(result.results)
         except ApiError as exc:
             if exc.reason == "auth":
                 raise
             log.warning("bitrix24_user_names_failed", portal=self.target, code=exc.code)
+        return self._names_from(merged, ids)
+
+    def _names_from(self, answers: BatchResult, ids: tuple[int, ...]) -> list[PortalUser]:
+        found: dict[int, PortalUser] = {}
+        for uid in ids:
+            page = answers.results.get(f"u{uid}")
+            for record in page if isinstance(page, list) else []:
+                if _user_id(record) == uid:
+                    found[uid] = portal_user(uid, record, names=self.config.names)
         return [found.get(uid, PortalUser(uid, "")) for uid in ids]
 
     # --- counters -------------------------------------------------------------------------------
 
-    async def _read_counters(self, users: list[PortalUser], structure: Structure
+    async def _read_counters(self, fold: CounterFold, users: list[PortalUser], structure: Structure
                              ) -> tuple[dict[CounterQuery, CounterSet], int, int]:
-        """Every user x group x role counter set; a failed command keeps its last good values."""
-        queries = self._queries_for(users, structure)
-        fold = CounterFold(queries)
-        await self._fold(fold, range(len(queries)))
-        retry = fold.take_retryable()
-        if retry:
-            await self._fold(fold, retry)
-        read = fold.read
-        for i, (code, description) in fold.errors.items():
-            log.debug("bitrix24_command_failed", portal=self.target, command=queries[i], code=code,
-                      description=description)
-            if queries[i] in self._last:
-                read[queries[i]] = self._last[queries[i]]
-        # in query order, so /metrics lists series the same way every cycle
-        fresh = {q: read[q] for q in queries if q in read}
-        self._last = fresh
-        return fresh, len(fold.hidden), len(fold.errors)
+        """Every user x group x role counter set of this cycle's plan: what `fold` lacks (all of it in a first
+        cycle; new users' and new memberships' in a pipelined one) in one more wave, and one more pass for
+        commands that failed with a retryable code. A failed command keeps its last good values."""
+        plan = self._queries_for(users, structure)
+        retried: set[CounterQuery] = set()
+        for _ in range(3):
+            again = fold.take_retryable(q for q in plan if q not in retried)
+            retried.update(again)
+            todo = [q for q in plan if not fold.settled(q)]
+            if not todo:
+                break
+            await self._wave(fold, todo, {})
+        read: dict[CounterQuery, CounterSet] = {}
+        failed = 0
+        for query in plan:
+            if query in fold.read:
+                read[query] = fold.read[query]
+            elif query in fold.errors:
+                failed += 1
+                code, description = fold.errors[query]
+                log.debug("bitrix24_command_failed", portal=self.target, command=query, code=code,
+                          description=description)
+                if query in self._last:
+                    read[query] = self._last[query]
+        self._last = read  # in plan order, so /metrics lists series the same way every cycle
+        planned = set(plan)
+        hidden = len({q.user_id for q in fold.hidden if q in planned})
+        return read, hidden, failed
 
     def _queries_for(self, users: list[PortalUser], structure: Structure) -> list[CounterQuery]:
         """The cycle's queries; the previous cycle's objects when the users and structure are the same (they
@@ -367,23 +462,75 @@ class Bitrix24Source:
             self._queries = plan_queries(ids, structure, self.config.roles, auto=self.config.groups is None)
         return self._queries
 
-    async def _fold(self, fold: CounterFold, indexes: Sequence[int]) -> None:
-        """Send fold.queries[i] for every i in batches and fold each answer in as it arrives."""
-        parts = [indexes[n:n + BATCH_LIMIT] for n in range(0, len(indexes), BATCH_LIMIT)]
-        async with aclosing(as_they_finish(self._send(fold.queries, part) for part in parts)) as batches:
+    async def _wave(self, fold: CounterFold, queries: Sequence[CounterQuery], extra: Mapping[str, str]
+                    ) -> BatchResult:
+        """`extra` commands first, then a counters command per query, 50 to a batch, every batch at once (the
+        client's bucket and slots pace them); counters are folded in as each batch arrives, the answers to
+        `extra` are returned."""
+        keys = list(extra)
+        parts: list[tuple[list[str], Sequence[CounterQuery]]] = []
+        taken = 0
+        for n in range(0, len(keys), BATCH_LIMIT):
+            names = keys[n:n + BATCH_LIMIT]
+            room = BATCH_LIMIT - len(names)  # only the last batch of `extra` has room for counters
+            parts.append((names, queries[taken:taken + room]))
+            taken += room
+        parts += [([], queries[n:n + BATCH_LIMIT]) for n in range(taken, len(queries), BATCH_LIMIT)]
+        answers = BatchResult()
+        async with aclosing(as_they_finish(self._send(extra, names, part) for names, part in parts)) as batches:
             async for sent, result in batches:
                 fold.add(sent, result)
-        fold.missing(indexes)
+                for key in extra.keys() & result.results.keys():
+                    answers.results[key] = result.results[key]
+                for key in extra.keys() & result.errors.keys():
+                    answers.errors[key] = result.errors[key]
+                for key in extra.keys() & result.totals.keys():
+                    answers.totals[key] = result.totals[key]
+        fold.missing(queries)
+        return answers
 
-    async def _send(self, queries: Sequence[CounterQuery], indexes: Sequence[int]
-                    ) -> tuple[dict[str, int], BatchResult]:
-        """One batch; its command strings are made here, so only the batches in flight hold theirs."""
-        sent = {f"c{i}": i for i in indexes}
-        call = BatchCall({f"c{i}": command(COUNTERS_METHOD, {"userId": queries[i].user_id,
-                                                            "groupId": queries[i].group_id,
-                                                            "type": ROLES[queries[i].role]})
-                          for i in indexes})
-        return sent, await self._client.batch(call, pause_key=COUNTERS_METHOD)
+    async def _send(self, extra: Mapping[str, str], names: Sequence[str], queries: Sequence[CounterQuery]
+                    ) -> tuple[dict[str, CounterQuery], BatchResult]:
+        """One batch; its counters command strings are made here, so only the batches in flight hold theirs."""
+        sent = {f"c{i}": q for i, q in enumerate(queries)}
+        commands = {name: extra[name] for name in names}
+        commands.update((key, counters_command(q)) for key, q in sent.items())
+        pause_key = COUNTERS_METHOD if queries else "user.get"
+        return sent, await self._client.batch(BatchCall(commands), pause_key=pause_key)
+
+
+_ACTIVE: dict[str, Any] = {"FILTER": {"ACTIVE": True}}
+A = TypeVar("A")
+B = TypeVar("B")
+
+
+async def both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Two awaitables at once; when one fails (or the cycle is cancelled) the other is cancelled too."""
+    one, two = asyncio.ensure_future(first), asyncio.ensure_future(second)
+    try:
+        return await asyncio.gather(one, two)
+    finally:
+        for task in (one, two):
+            task.cancel()
+        await asyncio.gather(one, two, return_exceptions=True)
+
+
+def counters_command(query: CounterQuery) -> str:
+    """`command(COUNTERS_METHOD, {...})` for one query, written directly: ids and role types need no escaping,
+    and urlencode was an eighth of a steady-state cycle's CPU."""
+    return f"{COUNTERS_METHOD}?userId={query.user_id}&groupId={query.group_id}&type={ROLES[query.role]}"
+
+
+def _name_commands(ids: Iterable[int]) -> dict[str, str]:
+    return {f"u{uid}": command("user.get", {"ID": uid}) for uid in ids}
+
+
+def _count(raw: Any) -> int | None:
+    return raw if isinstance(raw, int) and not isinstance(raw, bool) and raw > 0 else None
+
+
+def _total(raw: Any) -> int | None:
+    return raw if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0 else None
 
 
 def _records(body: Any) -> list[Any]:
@@ -391,4 +538,3 @@ def _records(body: Any) -> list[Any]:
     if not isinstance(result, list):
         raise ApiError("invalid_response", "user.get result is not a list")
     return result
-

@@ -108,7 +108,7 @@ class PachcaClient:
         method = f"GET {path}"
         tries = self._retries.request()
         while True:
-            self._check_pause(path)
+            self._check_pause()
             await pace(self._bucket, self._telemetry)
             tries.sending()
             try:
@@ -182,7 +182,7 @@ class PachcaClient:
         self._telemetry.waited(delay)
         return delay
 
-    def _check_pause(self, path: str) -> None:
+    def _check_pause(self) -> None:
         remaining = self._paused_until - self._clock()
         if remaining > 0:
             raise ApiError("rate_limit", f"requests paused {remaining:.0f}s more after a long Retry-After",

@@ -22,7 +22,7 @@ async def pace(bucket: LeakyBucket, telemetry: ApiTelemetry) -> None:
 
 
 async def timed_send(telemetry: ApiTelemetry, method: str, send: Callable[[], Awaitable[httpx.Response]],
-                     timeout: float) -> httpx.Response:
+                     timeout: float) -> httpx.Response:  # noqa: ASYNC109 (the timeout becomes a counted ApiError here)
     """Send with `timeout` seconds for the whole exchange (httpx's own timeouts are per phase, so a server
     that trickles bytes would never trip them); timeouts and network errors become retryable ApiErrors, a
     redirect a final one (`redirected`)."""

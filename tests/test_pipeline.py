@@ -1,0 +1,286 @@
+"""The pipelined Bitrix24 cycle against the fake portal over loopback HTTP: after the first cycle, the user
+listing travels with the known users' counters in one wave of batches; new users cost one more wave, users who
+left are gone from the snapshot."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from exporter.exposition import Exposition
+from exporter.render import Family
+from exporter.scheduler import SourceLoop, spread
+from exporter.simulator.bitrix24 import PortalSimulator, SimUser
+from exporter.snapshot import CounterQuery, PortalSnapshot, SourceKey, Store
+from exporter.sources.bitrix24 import ROLES, Bitrix24Source, counters_command
+from exporter.sources.bitrix24_client import command
+from tests.conftest import FAST_PAUSE, FAST_RETRY, PortalServer, eventually
+
+COUNTERS = "tasks.task.counters.get"
+PAGE = 50
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def make_source() -> AsyncIterator[Callable[..., Bitrix24Source]]:
+    """`make_source(server, clock=Clock(), **config)`: a source with fast retries, closed after the test."""
+    made: list[Bitrix24Source] = []
+
+    def make(server: PortalServer, *, clock: Callable[[], float] | None = None, **overrides: Any) -> Bitrix24Source:
+        source = Bitrix24Source(server.config(**overrides), retry=FAST_RETRY, pause=FAST_PAUSE,
+                                clock=clock or Clock())
+        made.append(source)
+        return source
+
+    yield make
+    for source in made:
+        await source.aclose()
+
+
+def readings(data: PortalSnapshot) -> dict[tuple[int, int, str, str], float]:
+    return {(r.user_id, r.group_id, r.role, r.counter): r.value for r in data.readings}
+
+
+def truth(sim: PortalSimulator, groups: tuple[int, ...] = (0,)) -> dict[tuple[int, int, str, str], float]:
+    """Every active, visible user's counters as the portal computes them now."""
+    return {(u.user_id, g, role, counter): float(value)
+            for u in sim.users if u.active and u.user_id not in sim.hidden
+            for g in groups for role, kind in ROLES.items()
+            for counter, value in sim.counters(u.user_id, g, kind).items()}
+
+
+def batches(commands: int) -> int:
+    return math.ceil(commands / 50)
+
+
+def steady(sim: PortalSimulator) -> None:
+    """Forget what the first cycle did, so the next one is counted alone."""
+    sim.reset_counts()
+    sim.max_in_flight = 0
+
+
+async def test_steady_state_of_a_100_user_portal_is_one_wave(portal_factory, make_source):
+    server = await portal_factory(users=100, latency=0.2)
+    sim = server.sim
+    source = make_source(server)
+    await source.collect()
+    steady(sim)
+    cycle = await source.collect()
+    users = 100
+    commands = users * len(ROLES) + users // PAGE  # counters, and both user.get pages inside the batches
+    assert sim.commands == commands
+    assert cycle.calls == sim.calls["batch"] == batches(commands) == 11
+    assert sum(sim.calls.values()) == cycle.calls  # nothing directly: no user.get page 1, no department.get
+    assert sim.max_in_flight == cycle.calls  # every request at once: one round trip
+    assert readings(cycle.data) == truth(sim)
+    assert sim.rejected == 0
+
+
+async def test_a_user_added_between_cycles_gets_counters_in_one_more_wave(portal_factory, make_source):
+    server = await portal_factory(users=10)
+    sim = server.sim
+    source = make_source(server)
+    await source.collect()
+    sim.users.append(SimUser(500, "Nina", "Newcomer", email="nina@example.com", departments=[1]))
+    steady(sim)
+    data = (await source.collect()).data
+    assert 500 in {u.user_id for u in data.users}
+    assert readings(data) == truth(sim)
+    assert {uid for uid, _ in sim.counter_reads} == {u.user_id for u in sim.users if u.active}
+    assert all(n == len(ROLES) for n in sim.counter_reads.values())  # nobody's counters asked twice
+    # the first wave: page 1 and the 10 known users' counters; the second: the newcomer's
+    assert sim.calls["batch"] == batches(1 + 10 * len(ROLES)) + 1
+    assert sim.commands_by_method["user.get"] == 1
+
+
+async def test_a_user_who_left_is_gone_with_no_series(portal_factory, make_source):
+    server = await portal_factory(users=10)
+    sim = server.sim
+    source = make_source(server)
+    first = (await source.collect()).data
+    assert any(r.user_id == 4 for r in first.readings)
+    leaver = next(u for u in sim.users if u.user_id == 4)
+    leaver.active = False
+    steady(sim)
+    data = (await source.collect()).data
+    assert 4 not in {u.user_id for u in data.users}
+    assert 4 not in {r.user_id for r in data.readings}
+    assert readings(data) == truth(sim)
+    assert sim.calls["batch"] == batches(1 + 10 * len(ROLES))  # read in the one wave, then discarded
+    sim.users.remove(leaver)  # gone from the portal altogether: still nothing
+    data = (await source.collect()).data
+    assert 4 not in {r.user_id for r in data.readings} | {u.user_id for u in data.users}
+
+
+async def test_a_portal_that_grows_past_a_page_lists_every_user(portal_factory, make_source):
+    server = await portal_factory(users=49)
+    sim = server.sim
+    source = make_source(server)
+    await source.collect()
+    sim.users += [SimUser(600 + i, "Late", f"Joiner{i}", departments=[1]) for i in range(3)]  # 52 active: two pages now
+    data = (await source.collect()).data
+    assert len(data.users) == 52
+    assert readings(data) == truth(sim)
+    steady(sim)
+    await source.collect()  # the listing now asks for both pages in the wave
+    assert sim.commands_by_method["user.get"] == 2
+    assert sim.calls["user.get"] == 0
+    assert sim.calls["batch"] == batches(2 + 52 * len(ROLES))
+
+
+async def test_user_get_refused_inside_batch_lists_directly_alongside_the_wave(portal_factory, make_source):
+    server = await portal_factory(users=60, user_get_in_batch=False)
+    sim = server.sim
+    source = make_source(server)
+    for _ in range(3):
+        data = (await source.collect()).data
+        assert len(data.users) == 60
+        assert readings(data) == truth(sim)
+    steady(sim)
+    await source.collect()
+    assert sim.calls["user.get"] == 2  # both pages directly, no batch tried any more
+    assert sim.commands_by_method["user.get"] == 2
+    assert sim.calls["batch"] == batches(60 * len(ROLES))
+
+
+async def test_explicit_users_names_travel_with_their_counters(portal_factory, make_source):
+    server = await portal_factory(users=8)
+    sim = server.sim
+    source = make_source(server, users=(2, 5))
+    await source.collect()
+    steady(sim)
+    data = (await source.collect()).data
+    assert sim.calls["batch"] == 1
+    assert sum(sim.calls.values()) == 1
+    assert [(u.user_id, u.name) for u in data.users] == [
+        (u.user_id, f"{u.name} {u.last_name}") for u in sim.users if u.user_id in (2, 5)]
+    assert {r.user_id for r in data.readings} == {2, 5}
+
+
+async def test_hidden_users_and_failed_commands_keep_their_rules(portal_factory, make_source):
+    server = await portal_factory(users=8, hidden=2)
+    sim = server.sim
+    source = make_source(server)
+    first = (await source.collect()).data
+    sim.command_errors[3] = "ERROR_CORE"
+    sim.overrides[(3, 0, "view_all")] = {"expired": 99, "new_comments": 99}
+    data = (await source.collect()).data
+    assert data.hidden_users == 2
+    assert data.failed_commands == len(ROLES)
+    kept = {k: v for k, v in readings(first).items() if k[0] == 3}
+    assert kept
+    assert {k: v for k, v in readings(data).items() if k[0] == 3} == kept
+
+
+async def test_a_structure_refresh_that_is_due_brings_new_members_counters(portal_factory, make_source):
+    server = await portal_factory(users=20, groups=2, special_groups=False)
+    sim = server.sim
+    clock = Clock()
+    source = make_source(server, clock=clock, groups=None, structure_interval=600.0)
+    await source.collect()
+    group = sim.workgroup(1)
+    assert group is not None
+    joiner = next(u.user_id for u in sim.users if u.active and u.user_id not in group.members)
+    group.members[joiner] = "K"
+    data = (await source.collect()).data  # not due yet: the old membership
+    assert joiner not in {r.user_id for r in data.readings if r.group_id == 1}
+    clock.now += 601
+    steady(sim)
+    data = (await source.collect()).data
+    assert sim.commands_by_method["department.get"] >= 1  # refreshed in this cycle
+    assert {k for k in readings(data) if k[0] == joiner and k[1] == 1} == {
+        (joiner, 1, role, counter) for role, kind in ROLES.items() for counter in sim.counters(joiner, 1, kind)}
+    members = {(r.user_id, r.group_id) for r in data.readings if r.group_id}
+    assert members == {(uid, g.group_id) for g in sim.workgroups for uid in g.members
+                       if g.is_member(uid) and any(u.user_id == uid and u.active for u in sim.users)}
+
+
+def test_counters_command_is_the_batch_query_string_of_its_parameters():
+    query = CounterQuery(17, 3, "responsible")
+    assert counters_command(query) == command(COUNTERS, {"userId": 17, "groupId": 3, "type": ROLES["responsible"]})
+
+
+# --- many portals in one process: spread cycles, paced renders -----------------------------------
+
+
+def test_sources_get_their_own_slots_in_the_interval():
+    phases = [spread(SourceKey("bitrix24", f"portal{i:03d}")) for i in range(100)]
+    assert all(0 <= p < 1 for p in phases)
+    assert spread(SourceKey("bitrix24", "portal000")) == phases[0]  # the same after a restart
+    assert {int(p * 10) for p in phases} == set(range(10))  # every tenth of the interval has some
+
+
+async def test_the_second_cycle_waits_for_the_sources_slot_once(portal_factory):
+    server = await portal_factory(users=3)
+    source = server.source(interval=0.2)
+    store = Store()
+    store.register(source)
+    done: list[float] = []
+    store.on_change(lambda: done.append(time.monotonic()))
+    loop = SourceLoop(source, store, phase=0.9)
+    stop = asyncio.Event()
+    task = asyncio.create_task(loop.run(stop))
+    await eventually(lambda: len(done) >= 3, timeout=20.0)
+    stop.set()
+    await task
+    first_gap, second_gap = done[1] - done[0], done[2] - done[1]
+    assert first_gap >= 0.2 * 1.9 - 0.1  # the interval and 0.9 of it, less the first cycle's extra length
+    assert second_gap >= 0.2 - 0.1
+    assert loop.failures == 0
+
+
+def _gauge(value: float) -> list[Family]:
+    family = Family.gauge("pipeline_test_value", "The value the test set last.", [])
+    family.add_metric([], value)
+    return [family]
+
+
+async def test_changes_while_renders_are_paced_are_coalesced():
+    """A render that takes 50 ms with render_share 0.25 leaves 200 ms between renders: 20 changes over
+    0.4 s make about 3 renders, not the 8 a render-after-each-change loop would make."""
+    current = [0.0]
+
+    def snapshot() -> list[Family]:
+        time.sleep(0.05)  # the cost of a big render, in its worker thread
+        return _gauge(current[0])
+
+    exposition = Exposition(snapshot, render_share=0.25)
+    exposition.render_now()
+    for n in range(1, 21):
+        current[0] = float(n)
+        exposition.invalidate()
+        await asyncio.sleep(0.02)
+    await eventually(lambda: b"pipeline_test_value 20.0" in exposition.parts(False)[0], timeout=10.0)
+    assert exposition.renders - 1 <= 4
+
+
+def test_gzip_scrapes_are_one_stream_of_the_body_and_the_live_part():
+    exposition = Exposition(lambda: _gauge(7.0), lambda: _gauge_named("pipeline_test_live", 3.0), live_ttl=60.0)
+    exposition.render_now()
+    first, second = exposition.parts(True), exposition.parts(True)
+    assert first == second
+    text = gzip.decompress(b"".join(first))
+    assert text == b"".join(exposition.parts(False))
+    assert b"pipeline_test_value 7.0" in text
+    assert b"pipeline_test_live 3.0" in text
+
+
+def _gauge_named(name: str, value: float) -> list[Family]:
+    family = Family.gauge(name, "A value the test set.", [])
+    family.add_metric([], value)
+    return [family]
