@@ -38,7 +38,7 @@ DAY = 86400.0
 # --- PromQL building blocks -----------------------------------------------------------------------
 # Variables are only ever used in the plain `label=~"$var"` form, so a test can substitute them.
 
-B24 = 'portal=~"$portal", user_id=~"$user", group_id=~"$group"'
+B24 = 'portal=~"$portal", user_id=~"$user", group_id=~"$workgroup"'
 TASKS = f'bitrix24_tasks{{{B24}, role=~"$role"}}'
 TASKS_ALL_ROLES = f"bitrix24_tasks{{{B24}}}"
 EXPIRED = f'bitrix24_tasks{{{B24}, role=~"$role", counter="expired"}}'
@@ -59,6 +59,37 @@ ZERO_PER_WORKSPACE = f"(0 * max by (workspace) (pachca_reminder_oldest_overdue_s
 ZERO_PER_PORTAL = '(0 * max by (portal) (bitrix24_users{portal=~"$portal"}))'
 RATE = "[$__rate_interval]"
 REQUESTS = "tasks_exporter_api_requests_total"
+
+# The organisation view. A department's subtree is one selector: bitrix24_user_department has a series for each
+# of a user's own departments and for every department above them, so joining a per-user vector to it and
+# summing by department_id counts everyone below the department too.
+PORTAL = 'portal=~"$portal"'
+USER_EXPIRED = (f'sum by (portal, user_id) (bitrix24_tasks{{{PORTAL}, group_id="0", role=~"$role", '
+                'counter="expired"})')
+SUBTREE_EXPIRED = (f"sum by (portal, department_id) (bitrix24_user_department{{{PORTAL}}} "
+                   f"* on(portal, user_id) group_left {USER_EXPIRED})")
+WITH_DEPARTMENT_NAME = (" * on(portal, department_id) group_left(name) "
+                        f"max by (portal, department_id, name) (bitrix24_department_info{{{PORTAL}}})")
+# The users of the selected departments and of those below them; `and` keeps a user in two of them once.
+IN_DEPARTMENT = f'bitrix24_user_department{{{PORTAL}, department_id=~"$department"}}'
+GROUP_EXPIRED = (f'sum by (portal, group_id) (bitrix24_tasks{{{PORTAL}, group_id!="0", role=~"$role", '
+                 'counter="expired"})')
+WITH_GROUP_NAME = (" * on(portal, group_id) group_left(name, kind) "
+                   f"max by (portal, group_id, name, kind) (bitrix24_group_info{{{PORTAL}}})")
+# One person across both tools: tasks_exporter_person_info, keyed for a join from either side. The per-user and
+# per-performer vectors are always the "one" side of those joins, so a user matched in several pairs still works.
+PERSON = 'tasks_exporter_person_info{person=~"$person", portal=~"$portal", workspace=~"$workspace"}'
+PERSON_BY_B24_USER = (f'max by (portal, user_id, person) (label_replace({PERSON}, "user_id", "$1", '
+                      '"bitrix24_user_id", "(.+)"))')
+PERSON_BY_PERFORMER = (f'max by (workspace, performer_id, person) (label_replace({PERSON}, "performer_id", "$1", '
+                       '"pachca_user_id", "(.+)"))')
+ZERO_PER_PERSON = f"(0 * max by (person) ({PERSON}))"
+# Both keys at once, for the Bitrix24 figures of a Pachca user: one row per matched pair.
+PERSON_PAIRS = (f'label_replace(label_replace({PERSON}, "user_id", "$1", "bitrix24_user_id", "(.+)"), '
+                '"performer_id", "$1", "pachca_user_id", "(.+)")')
+# Pachca employee tags (teams), keyed by performer_id for a join with the per-performer reminder counts.
+TEAM_TAGS = 'pachca_user_tag{workspace=~"$workspace", tag=~"$team"}'
+TEAM_MEMBERS = f'label_replace({TEAM_TAGS}, "performer_id", "$1", "user_id", "(.+)")'
 
 
 # --- small builders -------------------------------------------------------------------------------
@@ -111,6 +142,20 @@ def single(title: str, description: str, unit: str, *, w: int, h: int) -> stat.P
             .color_mode(common_m.BigValueColorMode.VALUE).graph_mode(common_m.BigValueGraphMode.NONE))
 
 
+def joined_table(title: str, description: str, key: str, headers: Mapping[str, str], *, w: int,
+                 h: int) -> table.Panel:
+    """One row per `key` label, one column per query (refId -> header), from instant table queries."""
+    transformations = [
+        dash_m.DataTransformerConfig(id_val="merge", options={}),
+        dash_m.DataTransformerConfig(id_val="organize", options={
+            "excludeByName": {"Time": True},
+            "indexByName": {key: 0, **{f"Value #{ref}": i for i, ref in enumerate(headers, start=1)}},
+            "renameByName": {f"Value #{ref}": header for ref, header in headers.items()}}),
+    ]
+    return (table.Panel().title(title).description(description).datasource(DATASOURCE).unit("short")
+            .span(w).height(h).transformations(transformations))
+
+
 def matrix(title: str, description: str, row_field: str, header: str, *, w: int, h: int) -> table.Panel:
     """A table of rows (`row_field`) x counters from a long instant table (row label, counter, Value)."""
     transformations = [
@@ -130,6 +175,11 @@ def matrix(title: str, description: str, row_field: str, header: str, *, w: int,
 # and its value the user_id, so panels filter with `user_id=~"$user"` and need no join on names.
 USER_QUERY = 'query_result(bitrix24_user_info{portal=~"$portal"})'
 USER_REGEX = '/[{,]name="(?<text>[^"]*)".*[{,]user_id="(?<value>[^"]*)"/'
+# The same for departments (department_id sorts before name) and workgroups (group_id before name).
+DEPARTMENT_QUERY = 'query_result(bitrix24_department_info{portal=~"$portal"})'
+DEPARTMENT_REGEX = '/[{,]department_id="(?<value>[^"]*)".*[{,]name="(?<text>[^"]*)"/'
+WORKGROUP_QUERY = 'query_result(bitrix24_group_info{portal=~"$portal"})'
+WORKGROUP_REGEX = '/[{,]group_id="(?<value>[^"]*)".*[{,]name="(?<text>[^"]*)"/'
 ALL = dash_m.VariableOption(text="All", value="$__all")
 
 
@@ -138,6 +188,13 @@ def label_values(name: str, label: str, selector: str, description: str) -> dash
     return (dash_b.QueryVariable(name).description(description).datasource(DATASOURCE).query(expr)
             .definition(expr).refresh(dash_m.VariableRefresh.ON_TIME_RANGE_CHANGED)
             .sort(dash_m.VariableSort.NATURAL_ASC))
+
+
+def named(name: str, label: str, expr: str, regex: str, description: str) -> dash_b.QueryVariable:
+    """A variable listing each series of `expr` by its `name` label, with an id label as the value."""
+    return (dash_b.QueryVariable(name).label(label).datasource(DATASOURCE).query(expr).definition(expr)
+            .regex(regex).refresh(dash_m.VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .sort(dash_m.VariableSort.ALPHABETICAL_CASE_INSENSITIVE_ASC).multi(True).description(description))
 
 
 def variables() -> list[Builder[dash_m.VariableModel]]:
@@ -154,12 +211,104 @@ def variables() -> list[Builder[dash_m.VariableModel]]:
     role = (dash_b.CustomVariable("role").label("Role").values("all,responsible,accomplice,auditor,originator")
             .current(dash_m.VariableOption(text="all", value="all"))
             .description("Role the Bitrix24 counters are read for; `all` is every role together."))
-    group = (label_values("group", "group_id", 'bitrix24_tasks{portal=~"$portal"}',
-                          "Bitrix24 workgroup id; 0 is all groups together (do not add groups up).")
-             .label("Group").current(dash_m.VariableOption(text="0", value="0")))
+    # No "All" department: the top department (the whole company) is one of the options, and selecting it
+    # reads one bitrix24_user_department series per user instead of every user's whole chain.
+    department = named("department", "Department", DEPARTMENT_QUERY, DEPARTMENT_REGEX,
+                       "Bitrix24 departments by name (bitrix24_department_info); the value is the department_id. "
+                       "A department includes every department below it: pick the top one for the whole "
+                       "company.")
+    workgroup = (named("workgroup", "Workgroup", WORKGROUP_QUERY, WORKGROUP_REGEX,
+                       "Bitrix24 workgroups and projects by name (bitrix24_group_info); the value is the group_id. "
+                       "All is group_id 0, the counters Bitrix24 reports for all groups together (do not add "
+                       "groups up).")
+                 .include_all(True).all_value("0").current(ALL))
     workspace = (label_values("workspace", "workspace", "pachca_reminders", "Pachca workspaces (config names).")
                  .label("Workspace").multi(True).include_all(True).all_value(".*").current(ALL))
-    return [datasource, portal, user, role, group, workspace]
+    team = (label_values("team", "tag", 'pachca_user_tag{workspace=~"$workspace"}',
+                         "Pachca employee tags (teams) from pachca_user_tag.")
+            .label("Team").multi(True).include_all(True).all_value(".*").current(ALL))
+    person = (label_values("person", "person",
+                           'tasks_exporter_person_info{portal=~"$portal", workspace=~"$workspace"}',
+                           "People matched across Bitrix24 and Pachca by the `people` section: the e-mail, or "
+                           "the Bitrix24 name with `label: name`.")
+              .label("Person").multi(True).include_all(True).all_value(".*").current(ALL))
+    return [datasource, portal, department, workgroup, user, role, workspace, team, person]
+
+
+# --- the organisation ------------------------------------------------------------------------------
+
+
+def organisation_panels() -> list[Builder[Any]]:
+    departments = (bars("Departments by overdue tasks", "The 15 Bitrix24 departments whose people have most "
+                        "expired tasks, every department below included (all groups, the chosen role): "
+                        "bitrix24_tasks joined with bitrix24_user_department, named via bitrix24_department_info. "
+                        "Role `responsible` counts each task once; `all` counts a task for each person on it.",
+                        "short", w=8, h=9)
+                   .thresholds(steps((None, "green"), (10, "yellow"), (50, "red")))
+                   .with_target(query(f"topk(15, {SUBTREE_EXPIRED}{WITH_DEPARTMENT_NAME})", "{{name}}",
+                                      instant=True)))
+    people = (matrix("People of the department", "Each Bitrix24 counter (columns) for every person (rows) in "
+                     "the selected departments and the departments below them (all groups, the chosen role).",
+                     "name", "Person", w=8, h=9)
+              .thresholds(steps((None, "text"), (1, "yellow"), (10, "red")))
+              .cell_options(common_m.TableColorTextCellOptions())
+              .sort_by([common_b.TableSortByFieldState().display_name("expired").desc(True)])
+              .with_target(query(f'(sum by (portal, user_id, counter) (bitrix24_tasks{{{PORTAL}, group_id="0", '
+                                 f'role=~"$role"}}) and on(portal, user_id) {IN_DEPARTMENT}){WITH_B24_NAME}',
+                                 instant=True, as_table=True)))
+    workgroups = (bars("Workgroups by overdue tasks", "The 15 Bitrix24 workgroups and projects with most expired "
+                       "tasks summed over their monitored members (the chosen role), named via "
+                       "bitrix24_group_info. With `groups: auto` only members' counters are read.",
+                       "short", w=8, h=9)
+                  .thresholds(steps((None, "green"), (10, "yellow"), (50, "red")))
+                  .with_target(query(f"topk(15, {GROUP_EXPIRED}{WITH_GROUP_NAME})", "{{name}} ({{kind}})",
+                                     instant=True)))
+    return [dash_b.Row("Organisation"), departments, people, workgroups, *people_panels()]
+
+
+def b24_per_person(counter: str) -> str:
+    return (f"sum by (person) ({PERSON_BY_B24_USER} * on(portal, user_id) group_left sum by (portal, user_id) "
+            f"(bitrix24_tasks{{{PORTAL}, group_id=\"0\", role=~\"$role\", counter=\"{counter}\"}}))")
+
+
+def people_panels() -> list[Builder[Any]]:
+    persons = (joined_table("People across Bitrix24 and Pachca", "One row per person matched by the `people` "
+                            "section (tasks_exporter_person_info): their Bitrix24 expired tasks and unread "
+                            "comments (all groups, the chosen role) next to their overdue Pachca reminders. A "
+                            "person without overdue reminders reads 0; a blank cell is a user the exporter "
+                            "does not read.", "person",
+                            {"A": "Bitrix24 overdue", "B": "Bitrix24 unread comments", "C": "Pachca overdue"},
+                            w=10, h=9)
+               .thresholds(steps((None, "text"), (1, "yellow"), (10, "red")))
+               .cell_options(common_m.TableColorTextCellOptions())
+               .sort_by([common_b.TableSortByFieldState().display_name("Bitrix24 overdue").desc(True)])
+               .with_target(query(b24_per_person("expired"), instant=True, as_table=True))
+               .with_target(query(b24_per_person("new_comments"), ref="B", instant=True, as_table=True))
+               .with_target(query(f"sum by (person) ({PERSON_BY_PERFORMER} * on(workspace, performer_id) "
+                                  f"group_left {PERFORMER_OVERDUE}) or on(person) {ZERO_PER_PERSON}",
+                                  ref="C", instant=True, as_table=True)))
+    team_overdue = (f"sum by (tag) ({PERFORMER_OVERDUE} * on(workspace, performer_id) group_right {TEAM_MEMBERS}) "
+                    f"or on(tag) (0 * count by (tag) ({TEAM_TAGS}))")
+    # Bitrix24 expired tasks of each matched Pachca user, keyed like TEAM_MEMBERS.
+    b24_by_performer = (f"sum by (workspace, performer_id) ({PERSON_PAIRS} * on(portal, user_id) group_left "
+                        f"{USER_EXPIRED})")
+    teams = (joined_table("Pachca teams", "Each Pachca employee tag (list_tags, pachca_user_tag): how many "
+                          "people carry it, their overdue Pachca reminders, and the Bitrix24 expired tasks of "
+                          "those of them the `people` section matched (blank: nobody matched).", "tag",
+                          {"A": "People", "B": "Pachca overdue", "C": "Bitrix24 overdue"}, w=9, h=9)
+             .sort_by([common_b.TableSortByFieldState().display_name("Pachca overdue").desc(True)])
+             .with_target(query(f"count by (tag) ({TEAM_TAGS})", instant=True, as_table=True))
+             .with_target(query(team_overdue, ref="B", instant=True, as_table=True))
+             .with_target(query(f"sum by (tag) ({b24_by_performer} * on(workspace, performer_id) group_right "
+                                f"{TEAM_MEMBERS})", ref="C", instant=True, as_table=True)))
+    matched = (single("People matched", "Users of each portal and workspace pair by match state "
+                      "(tasks_exporter_people): matched, bitrix24_only, pachca_only, and ambiguous (an e-mail "
+                      "several users share). Many unmatched users mean differing e-mails in the two tools.",
+                      "short", w=5, h=9)
+               .thresholds(steps((None, "blue")))
+               .with_target(query(f"sum by (state) (tasks_exporter_people{{{PORTAL}, {WS}}})", "{{state}}",
+                                  instant=True)))
+    return [persons, teams, matched]
 
 
 # --- Bitrix24 -------------------------------------------------------------------------------------
@@ -326,7 +475,7 @@ def build() -> dash_m.Dashboard:
                           "own health. Generated by grafana/dashboard.py: edit that, not the JSON.")
              .editable().tooltip(dash_m.DashboardCursorSync.CROSSHAIR).time("now-6h", "now").refresh("1m")
              .timezone("browser").variables(variables()))
-    rows = [*bitrix24_panels(), *pachca_panels(), dash_b.Row("Exporter health"),
+    rows = [*organisation_panels(), *bitrix24_panels(), *pachca_panels(), dash_b.Row("Exporter health"),
             *health_state_panels(), *health_traffic_panels()]
     for item in rows:
         board = board.with_row(item) if isinstance(item, dash_b.Row) else board.with_panel(item)
@@ -352,10 +501,23 @@ def panel_queries(board: Mapping[str, Any]) -> Iterator[tuple[str, str, str]]:
                 yield inner.get("title", ""), target.get("refId", ""), target["expr"]
 
 
+def defaults() -> dict[str, str]:
+    """What each variable interpolates to when the dashboard opens: its `allValue` for All, else its value."""
+    found: dict[str, str] = {}
+    for builder in variables():
+        variable = builder.build()
+        current = variable.current.value if variable.current is not None else None
+        if current == "$__all":
+            found[variable.name] = variable.all_value or ".*"
+        elif isinstance(current, str):
+            found[variable.name] = current
+    return found
+
+
 def concrete(expr: str, values: Mapping[str, str] | None = None, *, rate_interval: str = "1m") -> str:
-    """The PromQL Grafana would send: dashboard variables replaced by `values` (default `.*`) and
-    `$__rate_interval` by `rate_interval`. `$1` in label_replace is not a variable and stays."""
-    values = values or {}
+    """The PromQL Grafana would send: dashboard variables replaced by `values` (default: what the dashboard
+    opens with, see `defaults`) and `$__rate_interval` by `rate_interval`. `$1` in label_replace stays."""
+    values = {**defaults(), **(values or {})}
     names = {variable.build().name for variable in variables()}
 
     def replace(match: re.Match[str]) -> str:

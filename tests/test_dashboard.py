@@ -38,8 +38,11 @@ def _panels(board: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def referenced_metric_names(expr: str) -> set[str]:
-    without_strings = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
-    return {name for name in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", without_strings) if name.startswith(PREFIXES)}
+    """Exporter metric names in a query: strings, label matchers and label lists (on(...), by (...)) left out."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    text = re.sub(r"\b(?:on|ignoring|by|without|group_left|group_right)\s*\([^)]*\)", " ", text)
+    text = re.sub(r"\{[^}]*\}", " ", text)
+    return {name for name in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", text) if name.startswith(PREFIXES)}
 
 
 def test_committed_json_is_what_the_generator_builds() -> None:
@@ -82,20 +85,50 @@ def test_layout_fits_a_24_column_grid_without_overlaps(board: dict[str, Any]) ->
 
 def test_rows_cover_bitrix24_pachca_and_exporter_health(board: dict[str, Any]) -> None:
     rows = [p["title"] for p in board["panels"] if p["type"] == "row"]
-    assert rows == ["Bitrix24 tasks", "Pachca reminders", "Exporter health"]
+    assert rows == ["Organisation", "Bitrix24 tasks", "Pachca reminders", "Exporter health"]
 
 
 def test_variables(board: dict[str, Any]) -> None:
     variables = {v["name"]: v for v in board["templating"]["list"]}
-    assert set(variables) == {"datasource", "portal", "user", "role", "group", "workspace"}
+    assert set(variables) == {"datasource", "portal", "department", "workgroup", "user", "role", "workspace",
+                              "team", "person"}
     assert variables["datasource"]["query"] == "prometheus"
     assert variables["portal"]["query"] == "label_values(bitrix24_user_info, portal)"
     assert variables["workspace"]["query"] == "label_values(pachca_reminders, workspace)"
-    assert "bitrix24_tasks" in variables["group"]["query"] and "group_id" in variables["group"]["query"]
     assert variables["role"]["query"].split(",") == ["all", "responsible", "accomplice", "auditor", "originator"]
-    for name in ("portal", "user", "workspace"):
+    assert variables["team"]["query"] == 'label_values(pachca_user_tag{workspace=~"$workspace"}, tag)'
+    assert variables["person"]["query"].startswith("label_values(tasks_exporter_person_info{")
+    assert variables["person"]["query"].endswith("}, person)")
+    for name in ("portal", "workgroup", "user", "workspace", "team", "person"):
         assert variables[name]["multi"] and variables[name]["includeAll"], name
-        assert variables[name]["allValue"] == ".*", name
+        assert variables[name]["allValue"] == ("0" if name == "workgroup" else ".*"), name
+    # a department is picked by name; the top one is the whole company, so there is no costly "All"
+    assert variables["department"]["multi"] and not variables["department"].get("includeAll")
+
+
+def _option(board: dict[str, Any], name: str, rendered: str) -> tuple[str, str]:
+    """(text, value) Grafana takes from one rendered query_result() line with the variable's regex."""
+    variable = next(v for v in board["templating"]["list"] if v["name"] == name)
+    js_regex = variable["regex"]
+    assert js_regex.startswith("/") and js_regex.endswith("/")
+    found = re.compile(js_regex[1:-1].replace("(?<", "(?P<")).search(rendered)
+    assert found is not None, (name, rendered)
+    return found["text"], found["value"]
+
+
+def test_department_variable_shows_names_and_filters_by_department_id(board: dict[str, Any]) -> None:
+    rendered = ('bitrix24_department_info{department_id="13",head_user_id="5",instance="localhost:9866",'
+                'job="tasks-exporter",name="Platform, core",parent_id="7",portal="main"} 1 1700000000000')
+    assert _option(board, "department", rendered) == ("Platform, core", "13")
+    without_head = rendered.replace('head_user_id="5"', 'head_user_id=""').replace('parent_id="7"', 'parent_id=""')
+    assert _option(board, "department", without_head) == ("Platform, core", "13")
+
+
+def test_workgroup_variable_shows_names_and_all_means_group_zero(board: dict[str, Any]) -> None:
+    rendered = ('bitrix24_group_info{group_id="6",instance="localhost:9866",job="tasks-exporter",kind="project",'
+                'name="Office move",portal="main"} 1 1700000000000')
+    assert _option(board, "workgroup", rendered) == ("Office move", "6")
+    assert generator.concrete('bitrix24_tasks{group_id=~"$workgroup"}') == 'bitrix24_tasks{group_id=~"0"}'
 
 
 def test_user_variable_shows_names_and_filters_by_user_id(board: dict[str, Any]) -> None:
@@ -148,3 +181,118 @@ def test_every_query_parses_with_promtool(board: dict[str, Any], tmp_path: Path)
                             timeout=60, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(rules)} rules found" in result.stdout
+
+
+# --- what the organisation queries compute, evaluated by promtool on a small company ---------------------
+
+# Company (1) > Sales (2) > Sales Moscow (5); Company > Engineering (3). User 4 works in Sales Moscow and
+# Engineering. (user_id, expired tasks for role all in group 0, direct departments, all departments)
+STAFF = ((1, 1, "1", "1"), (2, 3, "2", "2 1"), (3, 5, "5", "5 2 1"), (4, 7, "5 3", "5 3 2 1"))
+DEPARTMENTS = {"1": ("Company", ""), "2": ("Sales", "1"), "5": ("Sales Moscow", "2"), "3": ("Engineering", "1")}
+
+
+def _company_series() -> list[dict[str, str]]:
+    job = 'job="tasks-exporter", instance="x:9866", portal="main"'
+    series = []
+    for user_id, expired, direct, every in STAFF:
+        series.append({"series": f'bitrix24_user_info{{{job}, user_id="{user_id}", name="User {user_id}"}}',
+                       "values": "1x5"})
+        for counter, value in (("expired", expired), ("new_comments", 10 * user_id)):
+            series.append({"series": f'bitrix24_tasks{{{job}, user_id="{user_id}", group_id="0", role="all", '
+                                     f'counter="{counter}"}}', "values": f"{value}x5"})
+        # other roles and groups must not leak into the group-0 figures
+        series.append({"series": f'bitrix24_tasks{{{job}, user_id="{user_id}", group_id="0", role="auditor", '
+                                 'counter="expired"}', "values": "100x5"})
+        for dept in every.split():
+            series.append({"series": f'bitrix24_user_department{{{job}, user_id="{user_id}", department_id="{dept}", '
+                                     f'direct="{str(dept in direct.split()).lower()}"}}', "values": "1x5"})
+    for dept, (name, parent) in DEPARTMENTS.items():
+        series.append({"series": f'bitrix24_department_info{{{job}, department_id="{dept}", name="{name}", '
+                                 f'parent_id="{parent}", head_user_id=""}}', "values": "1x5"})
+    for group_id, name, kind, members in (("1", "Sales team", "group", ((2, 2), (3, 4))),
+                                          ("2", "Website", "project", ((4, 1),))):
+        series.append({"series": f'bitrix24_group_info{{{job}, group_id="{group_id}", name="{name}", kind="{kind}"}}',
+                       "values": "1x5"})
+        for user_id, expired in members:
+            series.append({"series": f'bitrix24_tasks{{{job}, user_id="{user_id}", group_id="{group_id}", '
+                                     'role="all", counter="expired"}', "values": f"{expired}x5"})
+    return series + _people_series()
+
+
+# People in both tools: anna (Bitrix24 user 2; Pachca user 12 in `team`, tags Backend and On-call, and user 7
+# in `ops`) and boris (Bitrix24 user 3; Pachca user 13, tag Backend, nothing overdue). Pachca user 15 is matched
+# from two portals under two names (`label: name`), so one performer is two persons. Pachca user 14 (tag
+# Design) and Bitrix24 user 4 are matched with nobody.
+PEOPLE = (("anna@example.com", "main", "2", "team", "12"), ("anna@example.com", "main", "2", "ops", "7"),
+          ("boris@example.com", "main", "3", "team", "13"), ("Carol Ivanova", "main", "5", "team", "15"),
+          ("Carol I.", "second", "5", "team", "15"))
+TAGS = (("team", "12", "Backend"), ("team", "12", "On-call"), ("team", "13", "Backend"), ("team", "14", "Design"))
+OVERDUE_REMINDERS = (("team", "12", 4), ("ops", "7", 1), ("team", "14", 6), ("team", "15", 2))
+
+
+def _people_series() -> list[dict[str, str]]:
+    job = 'job="tasks-exporter", instance="x:9866"'
+    series = [{"series": f'tasks_exporter_person_info{{{job}, person="{person}", portal="{portal}", '
+                         f'bitrix24_user_id="{b24}", workspace="{ws}", pachca_user_id="{pachca}"}}', "values": "1x5"}
+              for person, portal, b24, ws, pachca in PEOPLE]
+    series += [{"series": f'pachca_user_tag{{{job}, workspace="{ws}", user_id="{uid}", tag="{tag}"}}',
+                "values": "1x5"} for ws, uid, tag in TAGS]
+    series += [{"series": f'pachca_performer_reminders_overdue{{{job}, workspace="{ws}", performer_id="{uid}"}}',
+                "values": f"{n}x5"} for ws, uid, n in OVERDUE_REMINDERS]
+    series += [{"series": f'tasks_exporter_people{{{job}, portal="main", workspace="{ws}", state="{state}"}}',
+                "values": f"{n}x5"} for ws, state, n in (("team", "matched", 2), ("ops", "matched", 1),
+                                                         ("team", "pachca_only", 1), ("ops", "bitrix24_only", 3))]
+    return series
+
+
+def _expect(board: dict[str, Any], title: str, values: dict[str, str],
+            samples: list[tuple[dict[str, str], float]], ref: str = "A") -> dict[str, Any]:
+    (expr,) = [expr for t, r, expr in generator.panel_queries(board) if (t, r) == (title, ref)]
+    return {"expr": generator.concrete(expr, values), "eval_time": "2m",
+            "exp_samples": [{"labels": "{" + ", ".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}",
+                             "value": value} for labels, value in samples]}
+
+
+@pytest.mark.integration
+def test_organisation_queries_count_subtrees_teams_and_people(board: dict[str, Any], tmp_path: Path) -> None:
+    main = {"portal": "main"}
+    tests = [
+        _expect(board, "Departments by overdue tasks", {}, [
+            ({**main, "department_id": "1", "name": "Company"}, 16),
+            ({**main, "department_id": "2", "name": "Sales"}, 15),
+            ({**main, "department_id": "5", "name": "Sales Moscow"}, 12),
+            ({**main, "department_id": "3", "name": "Engineering"}, 7)]),
+        _expect(board, "People of the department", {"department": "5|3"}, [
+            ({**main, "user_id": user, "name": f"User {user}", "counter": counter}, value)
+            for user, expired in (("3", 5), ("4", 7))
+            for counter, value in (("expired", expired), ("new_comments", 10 * int(user)))]),
+        _expect(board, "People of the department", {"department": "3"}, [
+            ({**main, "user_id": "4", "name": "User 4", "counter": counter}, value)
+            for counter, value in (("expired", 7), ("new_comments", 40))]),
+        _expect(board, "Workgroups by overdue tasks", {}, [
+            ({**main, "group_id": "1", "name": "Sales team", "kind": "group"}, 6),
+            ({**main, "group_id": "2", "name": "Website", "kind": "project"}, 1)]),
+    ]
+    anna, boris = {"person": "anna@example.com"}, {"person": "boris@example.com"}
+    both = "People across Bitrix24 and Pachca"
+    tests += [
+        _expect(board, both, {}, [(anna, 3), (boris, 5)], ref="A"),
+        _expect(board, both, {}, [(anna, 20), (boris, 30)], ref="B"),
+        _expect(board, both, {}, [(anna, 5), (boris, 0), ({"person": "Carol Ivanova"}, 2),
+                                  ({"person": "Carol I."}, 2)], ref="C"),  # anna: both workspaces
+        _expect(board, both, {"person": "boris@example.com"}, [(boris, 0)], ref="C"),
+        _expect(board, "Pachca teams", {}, [({"tag": "Backend"}, 2), ({"tag": "On-call"}, 1),
+                                            ({"tag": "Design"}, 1)], ref="A"),
+        _expect(board, "Pachca teams", {}, [({"tag": "Backend"}, 4), ({"tag": "On-call"}, 4),
+                                            ({"tag": "Design"}, 6)], ref="B"),
+        _expect(board, "Pachca teams", {}, [({"tag": "Backend"}, 8), ({"tag": "On-call"}, 3)], ref="C"),
+        _expect(board, "Pachca teams", {"team": "On-call"}, [({"tag": "On-call"}, 3)], ref="C"),
+        _expect(board, "People matched", {}, [({"state": "matched"}, 3), ({"state": "pachca_only"}, 1),
+                                              ({"state": "bitrix24_only"}, 3)]),
+    ]
+    path = tmp_path / "organisation_test.yml"
+    path.write_text(yaml.safe_dump({"rule_files": [], "evaluation_interval": "1m", "tests": [
+        {"interval": "1m", "input_series": _company_series(), "promql_expr_test": tests}]}), encoding="utf-8")
+    result = subprocess.run([promtool(), "test", "rules", str(path)], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -21,6 +22,8 @@ from tests.conftest import eventually, free_port, load_dashboard_generator, requ
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.integration
+ORGANISATION_PANELS = {"Departments by overdue tasks", "People of the department", "Workgroups by overdue tasks",
+                       "People across Bitrix24 and Pachca", "Pachca teams", "People matched"}
 
 
 @pytest.fixture
@@ -33,6 +36,7 @@ async def test_every_dashboard_panel_returns_data_and_rules_load(tmp_path, prome
     board = json.loads((ROOT / "grafana" / "tasks-exporter.json").read_text())
     queries = list(generator.panel_queries(board))
     assert len(queries) >= 20
+    assert ORGANISATION_PANELS.issubset(title for title, _, _ in queries)
     async with demo_config(interval=1.0, users=15, reminders=120) as config, running(config) as exporter:
         port = free_port()
         (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
@@ -72,6 +76,20 @@ async def test_every_dashboard_panel_returns_data_and_rules_load(tmp_path, prome
                         await asyncio.sleep(0.5)
                 empty = {f"{title} [{ref}]": expr for (title, ref), expr in pending.items()}
                 assert not empty, f"panels without data: {json.dumps(empty, indent=1)}"
+
+                # Every variable lists something: the selector of each label_values() / query_result() query.
+                for variable in board["templating"]["list"]:
+                    found = re.fullmatch(r"(?:label_values|query_result)\((.+?)(?:, \w+)?\)", variable["query"])
+                    if variable["type"] == "query" and found:
+                        assert await series(generator.concrete(found[1])) > 0, variable["name"]
+
+                # One row per matched person in the people table, as many as the exporter reports matched.
+                matched = (await client.get(f"{api}/query", params={
+                    "query": 'sum(tasks_exporter_people{state="matched"})'})).json()["data"]["result"]
+                people_table = next(expr for title, ref, expr in queries
+                                    if (title, ref) == ("People across Bitrix24 and Pachca", "C"))
+                assert matched
+                assert await series(generator.concrete(people_table)) == int(float(matched[0]["value"][1]))
 
                 shipped = [r for g in yaml.safe_load((ROOT / "prometheus" / "alerts.yml").read_text())["groups"]
                            for r in g["rules"]]
