@@ -16,6 +16,7 @@ import structlog
 from exporter.config import Bitrix24Config
 from exporter.errors import ApiError, SourceFailure
 from exporter.org import subtree
+from exporter.people import normalize_email
 from exporter.ratelimit import LeakyBucket, cycle_bound
 from exporter.snapshot import ApiTelemetry, CounterQuery, CounterSet, PortalSnapshot, PortalUser
 from exporter.sources import CycleResult
@@ -108,9 +109,8 @@ def _number(raw: Any) -> float | None:
 
 def portal_user(uid: int, record: Mapping[str, Any], *, names: bool = True) -> PortalUser:
     """A user.get record as the snapshot keeps it; with `names: false` neither name nor e-mail is kept."""
-    email = record.get("EMAIL") if names else None
     return PortalUser(uid, user_name(record) if names else "",
-                      email.strip().lower() if isinstance(email, str) else "",
+                      normalize_email(record.get("EMAIL")) if names else "",
                       parse_ids(record.get("UF_DEPARTMENT")))
 
 
