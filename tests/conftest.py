@@ -8,7 +8,9 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -316,6 +318,31 @@ async def check_metrics(text: str) -> None:
     out, _ = await asyncio.wait_for(checker.communicate(text.encode()), 30)
     assert checker.returncode == 0, out.decode()
     assert out.decode().strip() == ""
+
+
+EXPORTER_PREFIXES = ("bitrix24_", "pachca_", "tasks_exporter_")
+
+
+def metric_names(expr: str) -> set[str]:
+    """Exporter metric names in a PromQL expression: strings, label matchers and label lists left out."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    text = re.sub(r"\b(?:on|ignoring|by|without|group_left|group_right)\s*\([^)]*\)", " ", text)
+    text = re.sub(r"\{[^}]*\}", " ", text)
+    return {n for n in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", text) if n.startswith(EXPORTER_PREFIXES)}
+
+
+def run_script(script: Path, *args: str, timeout: float) -> tuple[int, str, str]:
+    """Run a repository script in its own process group: (returncode, stdout, stderr). On timeout the whole
+    group (the script and whatever it spawned) is killed and TimeoutExpired raised."""
+    proc = subprocess.Popen([sys.executable, str(script), *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return proc.returncode, out, err
 
 
 def contract_metric_names() -> set[str]:

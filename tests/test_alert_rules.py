@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.conftest import contract_metric_names, promtool
+from tests.conftest import ROOT, contract_metric_names, metric_names, promtool
 
-ROOT = Path(__file__).resolve().parents[1]
 PROMETHEUS = ROOT / "prometheus"
 ALERTS = PROMETHEUS / "alerts.yml"
 ALERTS_TEST = PROMETHEUS / "alerts_test.yml"
 CONFIG = PROMETHEUS / "prometheus.yml"
-PREFIXES = ("bitrix24_", "pachca_", "tasks_exporter_")
 EXPECTED_ALERTS = {
     "TasksExporterAbsent", "TasksExporterSourceDown", "TasksExporterDataStale",
     "TasksExporterCycleBoundExceedsInterval", "TasksExporterRateLimited", "TasksExporterAuthFailure",
@@ -59,14 +55,6 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
             (firing if check.get("exp_alerts") else quiet).add(check["alertname"])
     assert firing == EXPECTED_ALERTS
     assert quiet == EXPECTED_ALERTS
-
-
-def metric_names(expr: str) -> set[str]:
-    """Exporter metric names in a PromQL expression: strings, label matchers and label lists left out."""
-    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
-    text = re.sub(r"\b(?:on|ignoring|by|without|group_left|group_right)\s*\([^)]*\)", " ", text)
-    text = re.sub(r"\{[^}]*\}", " ", text)
-    return {n for n in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", text) if n.startswith(PREFIXES)}
 
 
 def test_metric_names_skip_labels_that_look_like_metrics() -> None:

@@ -4,31 +4,18 @@ asserted), and every panel query it times found data."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import load_dashboard_generator, require_tool
+from tests.conftest import ROOT, load_dashboard_generator, require_tool, run_script
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_quick_dashboard_benchmark_times_every_panel_query() -> None:
     require_tool("prometheus", "Debian's prometheus package; make test installs it")
-    bench = subprocess.Popen([sys.executable, str(ROOT / "bench" / "dashboard_query.py"), "--quick"], cwd=ROOT,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = bench.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(bench.pid, signal.SIGKILL)  # the benchmark and the processes it spawned
-        bench.communicate()
-        raise
-    assert bench.returncode == 0, err[-3000:]
+    returncode, out, err = run_script(ROOT / "bench" / "dashboard_query.py", "--quick", timeout=120)
+    assert returncode == 0, err[-3000:]
     assert "### Panel queries, heaviest first" in out
     assert "**Heaviest panel query:" in out
     panel_table = out.split("### Panel queries, heaviest first", 1)[1].split("###", 1)[0]

@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
-import os
-import signal
-import subprocess
-import sys
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_script
 
 
 def test_quick_benchmark_prints_every_table() -> None:
-    bench = subprocess.Popen([sys.executable, str(ROOT / "bench" / "run.py"), "--quick"], cwd=ROOT,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = bench.communicate(timeout=55)
-    except subprocess.TimeoutExpired:
-        os.killpg(bench.pid, signal.SIGKILL)  # the benchmark and the processes it spawned
-        bench.communicate()
-        raise
-    assert bench.returncode == 0, err[-3000:]
+    returncode, out, err = run_script(ROOT / "bench" / "run.py", "--quick", timeout=55)
+    assert returncode == 0, err[-3000:]
     assert out.startswith("# tasks-exporter benchmark")
     for header in ("| client ", "| users ", "| reminders ", "| series ", "| target "):
         assert header in out, f"missing table header {header!r}"
