@@ -29,8 +29,8 @@ log = structlog.get_logger()
 
 
 def build_source(settings: SourceSettings, store: Store) -> Source:
-    """The source of one configured portal or workspace, registered in the store. A source that replaces
-    another on a reload takes over its telemetry, so the API traffic counters go on counting."""
+    """The source of one configured portal or workspace (the fleet registers it in the store). A source that
+    replaces another on a reload takes over its telemetry, so the API traffic counters go on counting."""
     register_secrets(settings.secrets)
     kind = "bitrix24" if isinstance(settings, Bitrix24Config) else "pachca"
     telemetry = store.telemetry().get(SourceKey(kind, settings.name))
@@ -41,7 +41,6 @@ def build_source(settings: SourceSettings, store: Store) -> Source:
         from exporter.sources.pachca import PachcaSource
 
         source = PachcaSource(settings, telemetry)
-    store.register(source)
     return source
 
 

@@ -90,7 +90,7 @@ class SourceFleet:
         if sources is None:
             sources = [self._build(s) for s in settings.values()]
         for source in sources:
-            key = self._store.register(source)  # a no-op for what `build` made, which registers it
+            key = self._store.register(source)
             self._running[key] = _Running(settings.get(key), source, self._loop(source))
 
     @property
@@ -130,9 +130,11 @@ class SourceFleet:
             delay = _first_delay(old.loop, built[key].interval)  # before stopping: is a cycle being cut short?
             await self._stop_one(old)
             _hand_over(old.source, built[key])
+            self._store.register(built[key])  # keeps the old one's state until the successor's first cycle
             self._running[key] = _Running(settings[key], built[key], self._loop(built[key]))
             self._start(self._running[key], delay)
         for key in plan.add:
+            self._store.register(built[key])
             self._running[key] = _Running(settings[key], built[key], self._loop(built[key]))
             self._start(self._running[key])
         return plan
