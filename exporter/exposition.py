@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ctypes
 import itertools
 import math
@@ -80,7 +81,10 @@ class Exposition:
         """Called from the event loop when the store changes; re-renders in a worker thread."""
         self._dirty = True
         if self._rendering is None or self._rendering.done():
-            self._rendering = asyncio.get_running_loop().create_task(self._render_loop())
+            # in a context of its own: the change may come from a source's cycle, whose `source`/`target` log
+            # context must not label what the render logs (it renders every source)
+            self._rendering = asyncio.get_running_loop().create_task(self._render_loop(),
+                                                                      context=contextvars.Context())
 
     async def _render_loop(self) -> None:
         while self._dirty:

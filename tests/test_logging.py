@@ -10,10 +10,13 @@ import logging
 import signal
 
 import pytest
+import structlog
 
 from exporter import log
 from exporter.app import running
 from exporter.config import Config
+from exporter.exposition import Exposition
+from exporter.render import Family
 from exporter.scheduler import SourceLoop
 from exporter.simulator import bitrix24 as b24sim
 from exporter.simulator import serve
@@ -159,3 +162,19 @@ async def test_a_client_that_hangs_up_mid_request_is_one_debug_line(level):
         assert gone["detail"] == "Connection lost"
     else:
         assert server == []
+
+
+async def test_a_render_started_by_a_cycle_does_not_log_as_that_cycle(json_log) -> None:
+    """What a render logs (it covers every source) carries no `source`/`target` of the cycle whose change
+    set it off."""
+    def snapshot() -> list[Family]:
+        structlog.get_logger().info("rendering_probe")
+        return []
+
+    exposition = Exposition(snapshot)
+    with structlog.contextvars.bound_contextvars(source="bitrix24", target="acme"):
+        exposition.invalidate()
+    await eventually(lambda: [e for e in json_log() if e["event"] == "rendering_probe"])
+    (probe,) = [e for e in json_log() if e["event"] == "rendering_probe"]
+    assert "source" not in probe
+    assert "target" not in probe
