@@ -100,17 +100,20 @@ def test_variables(board: dict[str, Any]) -> None:
     assert variables["person"]["query"].startswith("label_values(tasks_exporter_person_info{")
     assert variables["person"]["query"].endswith("}, person)")
     for name in ("portal", "workgroup", "user", "workspace", "team", "person"):
-        assert variables[name]["multi"] and variables[name]["includeAll"], name
+        assert variables[name]["multi"], name
+        assert variables[name]["includeAll"], name
         assert variables[name]["allValue"] == ("0" if name == "workgroup" else ".*"), name
     # a department is picked by name; the top one is the whole company, so there is no costly "All"
-    assert variables["department"]["multi"] and not variables["department"].get("includeAll")
+    assert variables["department"]["multi"]
+    assert not variables["department"].get("includeAll")
 
 
 def _option(board: dict[str, Any], name: str, rendered: str) -> tuple[str, str]:
     """(text, value) Grafana takes from one rendered query_result() line with the variable's regex."""
     variable = next(v for v in board["templating"]["list"] if v["name"] == name)
     js_regex = variable["regex"]
-    assert js_regex.startswith("/") and js_regex.endswith("/")
+    assert js_regex.startswith("/")
+    assert js_regex.endswith("/")
     found = re.compile(js_regex[1:-1].replace("(?<", "(?P<")).search(rendered)
     assert found is not None, (name, rendered)
     return found["text"], found["value"]
@@ -134,7 +137,8 @@ def test_workgroup_variable_shows_names_and_all_means_group_zero(board: dict[str
 def test_user_variable_shows_names_and_filters_by_user_id(board: dict[str, Any]) -> None:
     user = next(v for v in board["templating"]["list"] if v["name"] == "user")
     js_regex = user["regex"]
-    assert js_regex.startswith("/") and js_regex.endswith("/")
+    assert js_regex.startswith("/")
+    assert js_regex.endswith("/")
     pattern = re.compile(js_regex[1:-1].replace("(?<", "(?P<"))
     # How Grafana renders one series of query_result(): labels in Prometheus' sorted order.
     option = ('bitrix24_user_info{instance="localhost:9866",job="tasks-exporter",name="Иван Петров",'
@@ -157,7 +161,8 @@ def test_variables_are_used_only_as_simple_regex_matchers(board: dict[str, Any])
 
 def test_every_metric_in_the_queries_is_in_the_collector_contract(board: dict[str, Any]) -> None:
     contract = contract_metric_names()
-    assert "bitrix24_tasks" in contract and "tasks_exporter_api_requests_total" in contract
+    assert "bitrix24_tasks" in contract
+    assert "tasks_exporter_api_requests_total" in contract
     for title, ref, expr in generator.panel_queries(board):
         unknown = referenced_metric_names(expr) - contract
         assert not unknown, f"{title}/{ref} uses metrics the collector does not expose: {sorted(unknown)}"

@@ -45,9 +45,11 @@ async def test_every_dashboard_panel_returns_data_and_rules_load(tmp_path, prome
             "scrape_configs": [{"job_name": "tasks-exporter",
                                 "static_configs": [{"targets": [exporter.url.removeprefix("http://")]}]}],
         }))
-        proc = subprocess.Popen([prometheus_binary, f"--config.file={tmp_path / 'prometheus.yml'}",
-                                 f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-                                stdout=subprocess.DEVNULL, stderr=(tmp_path / "prometheus.log").open("w"))
+        with (tmp_path / "prometheus.log").open("w") as prometheus_log:
+            proc = await asyncio.create_subprocess_exec(
+                prometheus_binary, f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+                stdout=subprocess.DEVNULL, stderr=prometheus_log)
         api = f"http://127.0.0.1:{port}/api/v1"
         try:
             async with httpx.AsyncClient(timeout=5) as client:
@@ -105,7 +107,7 @@ async def test_every_dashboard_panel_returns_data_and_rules_load(tmp_path, prome
         finally:
             proc.terminate()
             try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
+                await asyncio.wait_for(proc.wait(), 15)
+            except TimeoutError:
                 proc.kill()
-                proc.wait()
+                await proc.wait()
