@@ -296,6 +296,7 @@ def _run(plan: Plan, prometheus: Prometheus) -> dict[str, Any]:
     walls: list[list[float]] = [[] for _ in timed]
     cpu = [0.0] * len(timed)
     series = [0] * len(timed)
+    load = [os.getloadavg()[0]]
     evaluations: dict[tuple[str, str], float] = {}
     for run in range(plan.runs):
         _rule_evaluations(prometheus, evaluations)
@@ -307,10 +308,12 @@ def _run(plan: Plan, prometheus: Prometheus) -> dict[str, Any]:
             walls[i].append(wall)
             series[i] = max(series[i], found)
     cpu_ms = [total * 1000 / plan.runs for total in cpu]
+    load.append(os.getloadavg()[0])
     selected = [prometheus.value(q.expr) or 0.0 for q in references]
     return {"plan": plan, "panels": list(zip(queries, walls, series, cpu_ms, strict=False)),
             "references": list(zip(references, walls[len(queries):], selected, cpu_ms[len(queries):], strict=True)),
-            "stored": stored, "window_s": now - start, "span_s": span, "rules": _rule_times(evaluations), "top": top}
+            "stored": stored, "window_s": now - start, "span_s": span, "rules": _rule_times(evaluations), "top": top,
+            "load": load}
 
 
 def _rule_evaluations(prometheus: Prometheus, seen: dict[tuple[str, str], float]) -> None:
@@ -372,7 +375,9 @@ def report(result: dict[str, Any], command: str) -> str:
                "source: this measures the queries, not the collection (at the real 2 req/s a 5,000-user cycle "
                "takes ~4 minutes, see the Bitrix24 table)",
                "Prometheus shares the machine's cores with the exporter and simulator processes (idle after "
-               "their cycle) and with whatever else runs there"]),
+               "their cycle) and with whatever else runs there: the 1-minute load average was "
+               f"{result['load'][0]:.1f} when the timing began and {result['load'][1]:.1f} when it ended; the wall "
+               "times grow with it, the CPU column hardly"]),
         table("What selecting series costs on this Prometheus (the floor under the panel queries)",
               ["selector", "series", "median ms", "p99 ms", "max ms", "Prometheus CPU ms", "CPU µs per series"],
               references,
