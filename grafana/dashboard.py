@@ -267,6 +267,7 @@ def organisation_panels() -> list[Builder[Any]]:
 
 
 def b24_per_person(counter: str) -> str:
+    """A Bitrix24 counter (all groups, the chosen role) per matched person, e.g. {person="a@x.io"} 3."""
     return (f"sum by (person) ({PERSON_BY_B24_USER} * on(portal, user_id) group_left sum by (portal, user_id) "
             f"(bitrix24_tasks{{{PORTAL}, group_id=\"0\", role=~\"$role\", counter=\"{counter}\"}}))")
 
