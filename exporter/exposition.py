@@ -33,16 +33,18 @@ class Exposition:
     A render that raises is a bug: it is counted in `faults`, logged once per distinct error, and the
     last good text goes on being served.
 
-    Renders are paced so that they take at most `render_share` of the time: after a render that took d
-    seconds, the next one starts no sooner than d / render_share seconds after it began; changes meanwhile are
-    coalesced into that one render. One process watching 100 portals re-renders its 100,000 series once per
-    ~15 s instead of after each of the 100 cycles a minute; a small exposition (5 ms) still follows every
-    change within a quarter of a second.
+    Renders are paced so that they take at most `render_share` of one core: after a render that used d
+    seconds of CPU, the next one starts no sooner than d / render_share seconds after it began (and never
+    more than `max_render_gap` after); changes meanwhile are coalesced into that one render. One process
+    watching 100 portals re-renders its 100,000 series once per ~15 s instead of after each of the 100
+    cycles a minute; a small exposition (5 ms) still follows every change within a quarter of a second.
+    The cost is the render thread's CPU time, not its wall time: on a loaded machine a render waits for a
+    core (or the GIL) without costing anything, and wall time would push the next render ever further away.
     """
 
     def __init__(self, snapshot: Callable[[], Iterable[Family]], live: Callable[[], Iterable[Family]] = tuple,
                  live_ttl: float = 1.0, faults: ExporterFaults | None = None, *, render_share: float = 0.02,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 max_render_gap: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._snapshot = snapshot
         self._live = live
         self.faults = faults or ExporterFaults()
@@ -60,9 +62,10 @@ class Exposition:
         self._dirty = True
         self._rendering: asyncio.Task[None] | None = None
         self._render_share = render_share
+        self._max_render_gap = max_render_gap
         self._clock = clock
         self._next_render = -math.inf
-        self.render_seconds = 0.0  # how long the last paced render took (wall time, its thread included)
+        self.render_seconds = 0.0  # the CPU time the last paced render took, in its worker thread
         self._reported: dict[tuple[str, str, str], None] = {}
         self.renders = 0
 
@@ -93,12 +96,21 @@ class Exposition:
                 await asyncio.sleep(wait)  # changes meanwhile join this render
             self._dirty = False
             began = self._clock()
+            cost: list[float] = []
             try:
-                await asyncio.to_thread(self.render_now)
+                await asyncio.to_thread(self._render_costed, cost)
             except Exception as exc:
                 self._render_failed("snapshot", exc)
-            self.render_seconds = self._clock() - began
-            self._next_render = began + self.render_seconds / self._render_share
+            self.render_seconds = sum(cost)
+            self._next_render = began + min(self.render_seconds / self._render_share, self._max_render_gap)
+
+    def _render_costed(self, cost: list[float]) -> None:
+        """render_now, appending the CPU time it used in this thread to `cost` (also when it raises)."""
+        started = time.thread_time()
+        try:
+            self.render_now()
+        finally:
+            cost.append(time.thread_time() - started)
 
     def parts(self, compressed: bool) -> tuple[bytes, bytes]:
         """The answer as (pre-rendered part, live part), sent one after the other without copying."""
