@@ -296,18 +296,24 @@ class PeopleFamilies:
             labels=["portal", "workspace", "state"])
         portals = {s.key.target: s.data for s in states if isinstance(s.data, PortalSnapshot)}
         workspaces = {s.key.target: s.data for s in states if isinstance(s.data, ReminderTally)}
-        pairs, label = (self._people.pairs or (), self._people.label) if self._people else ((), "email")
-        for pair in pairs:
-            portal, workspace = portals.get(pair.portal), workspaces.get(pair.workspace)
+        if self._people is None:
+            pairs: list[tuple[str, str]] = []
+        elif self._people.pairs is None:  # no `pairs`: every portal with every workspace
+            pairs = [(p, w) for p in portals for w in workspaces]
+        else:
+            pairs = [(pair.portal, pair.workspace) for pair in self._people.pairs]
+        label = self._people.label if self._people else "email"
+        for portal_name, workspace_name in pairs:
+            portal, workspace = portals.get(portal_name), workspaces.get(workspace_name)
             if portal is None or workspace is None or workspace.users_read_at is None:
                 continue  # a side not read yet: no series rather than a misleading count
             joined = match_by_email(portal.users, workspace.users, label=label)
-            self._report(pair.portal, pair.workspace, joined)
+            self._report(portal_name, workspace_name, joined)
             for m in joined.matches:
-                person.add_metric([m.person, pair.portal, str(m.bitrix24_user_id), pair.workspace,
+                person.add_metric([m.person, portal_name, str(m.bitrix24_user_id), workspace_name,
                                    str(m.pachca_user_id)], 1)
             for state, n in joined.states.items():
-                people.add_metric([pair.portal, pair.workspace, state], n)
+                people.add_metric([portal_name, workspace_name, state], n)
         yield from (person, people)
 
     def _report(self, portal: str, workspace: str, joined: PeopleMatch) -> None:

@@ -315,7 +315,4 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
     problems = _check_people(config)
     if problems:
         raise ConfigError(problems)
-    if config.people is not None and config.people.pairs is None:
-        every = tuple(PeoplePair(b.name, p.name) for b in config.bitrix24 for p in config.pachca)
-        config = replace(config, people=replace(config.people, pairs=every))
     return replace(config, warnings=warnings)

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import structlog
 
-from exporter.config import Bitrix24Config, Config, PachcaConfig, PeopleConfig, PeoplePair, Secret
+from exporter.config import Bitrix24Config, Config, PachcaConfig, PeopleConfig, Secret
 from exporter.simulator import bitrix24 as b24sim
 from exporter.simulator import pachca as pachcasim
 from exporter.simulator import serve
@@ -35,5 +35,5 @@ async def demo_config(interval: float = 15.0, users: int = 40, reminders: int = 
                                      groups=None, interval=interval),),
             pachca=(PachcaConfig(name="demo-workspace", token=Secret(workspace.token),
                                  base_url=f"{p_url}/api/shared/v1", interval=interval),),
-            people=PeopleConfig(match="email", label="name", pairs=(PeoplePair("demo-portal", "demo-workspace"),)),
+            people=PeopleConfig(match="email", label="name"),
         )

@@ -267,6 +267,20 @@ async def test_people_match_the_demo_portal_by_email(pachca_source: MakePachcaSo
     assert all(portal[10] not in json.dumps(e, default=str) for e in logs)  # the e-mail itself is never logged
 
 
+async def test_people_without_pairs_match_every_portal_with_every_workspace(
+        pachca_source: MakePachcaSource) -> None:
+    tally = (await pachca_source().collect()).data
+    store = Store()
+    for key, data in ((SourceKey("pachca", "team"), tally), (SourceKey("pachca", "ops"), tally),
+                      (SourceKey("bitrix24", "acme"), demo_portal()), (SourceKey("bitrix24", "beta"), demo_portal())):
+        register(store, key, 60)
+        store.succeeded(key, data, 0.1)
+    text = render(SnapshotCollector(store, people=PeopleConfig(match="email")).snapshot_families()).decode()
+    matched = {(dict(found)["portal"], dict(found)["workspace"]): v for found, v in samples(
+        text, "tasks_exporter_people").items() if dict(found)["state"] == "matched"}
+    assert matched == {(p, w): 7 for p in ("acme", "beta") for w in ("team", "ops")}
+
+
 async def test_people_label_name_and_names_false_portal(pachca_source: MakePachcaSource) -> None:
     tally = (await pachca_source().collect()).data
     by_name = PeopleConfig(match="email", label="name", pairs=EMAIL.pairs)
