@@ -38,6 +38,7 @@ from exporter.sources.bitrix24_structure import (
     StructureKeeper,
     StructureReader,
     org_view,
+    parse_id,
     parse_ids,
     plan_queries,
 )
@@ -124,14 +125,8 @@ def user_name(record: Mapping[str, Any]) -> str:
 
 
 def _user_id(record: Any) -> int | None:
-    if not isinstance(record, dict):
-        return None
-    raw = record.get("ID")
-    try:
-        value = int(str(raw))
-    except ValueError:
-        return None
-    return value if value > 0 else None
+    """A user.get record's ID, read like every other id (a string on live portals)."""
+    return parse_id(record.get("ID")) if isinstance(record, dict) else None
 
 
 def _is_inactive(record: Mapping[str, Any]) -> bool:
