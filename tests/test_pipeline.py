@@ -181,6 +181,27 @@ async def test_a_large_portals_listing_is_spread_over_the_wave_at_no_extra_call(
     assert readings(data) == truth(sim)
 
 
+async def test_an_unchanged_portals_next_snapshot_shares_the_last_ones_values(portal_factory, make_source):
+    """The snapshot being served and the next one are both alive while the next cycle runs: what did not
+    change is held once (users, their departments, and each distinct counter set)."""
+    server = await portal_factory(users=60, latency=0.0)
+    sim = server.sim
+    source = make_source(server)
+    first = (await source.collect()).data
+    second = (await source.collect()).data
+    assert all(a is b for a, b in zip(first.users, second.users, strict=True))
+    assert second.org is first.org
+    assert len(second.org.user_departments) > len(second.users)  # each user is in a department and those above
+    assert len({id(values) for values in second.counters.values()}) == len(set(second.counters.values()))
+    assert readings(second) == truth(sim)
+    renamed = sim.users[0]
+    renamed.last_name = "Renamed"
+    third = (await source.collect()).data
+    assert third.users[0].name.endswith("Renamed")
+    assert third.users[1] is second.users[1]
+    assert third.org is second.org  # the same users and departments: only a name changed
+
+
 async def test_user_get_refused_inside_batch_lists_directly_alongside_the_wave(portal_factory, make_source):
     server = await portal_factory(users=60, user_get_in_batch=False)
     sim = server.sim
