@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import warnings
 import weakref
+from collections.abc import Awaitable, Iterator
 from contextlib import aclosing
 
 from exporter.sources.concurrency import as_they_finish
@@ -63,3 +65,43 @@ async def test_leaving_early_cancels_what_is_still_running() -> None:
             break
     assert started
     assert started[0].cancelled()
+
+
+async def test_at_most_at_once_run_and_the_next_is_made_when_one_finishes() -> None:
+    """A wave of 500 batches makes each batch's commands when it starts, not all 500 at once."""
+    running = most = made = 0
+
+    async def job(n: int) -> int:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0)
+        running -= 1
+        return n
+
+    def jobs() -> Iterator[Awaitable[int]]:
+        nonlocal made
+        for n in range(10):
+            made += 1
+            yield job(n)
+
+    async with aclosing(as_they_finish(jobs(), at_once=3)) as answers:
+        first = await anext(answers)
+        assert made == 4  # three started at once, the fourth when the first finished
+        rest = [a async for a in answers]
+    assert sorted([first, *rest]) == list(range(10))
+    assert most == 3
+
+
+async def test_leaving_early_leaves_no_coroutine_never_awaited() -> None:
+    async def job(n: int) -> int:
+        await asyncio.sleep(0)
+        return n
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        async with aclosing(as_they_finish([job(n) for n in range(10)], at_once=2)) as answers:
+            async for _ in answers:
+                break
+        gc.collect()
+    assert not [w for w in caught if "never awaited" in str(w.message)]

@@ -75,13 +75,13 @@ class Limits:
       first sample (eleven with Python 3.11 and the spawn start method: measured rather than written
       down, as it varies with both).
     - tasks: the process's main task; per source loop at most two (the loop, plus the task `wait_for`
-      wraps around the cycle or the wait on Python < 3.12); one per batch in flight (the cycle starts them all
-      at once, `as_they_finish`): the counter batches and, from the second cycle, the user listing that travels
-      with them (`listing_batches`); the two tasks of `both`, which runs that wave beside the structure refresh
-      or a direct listing; the render task; aiohttp's two per /metrics
-      connection (the connection's handler and the request's); and one per outbound connection being
-      opened (anyio's connect_tcp races its addresses in a task group, one task per address, and the
-      simulators have one address each).
+      wraps around the cycle or the wait on Python < 3.12); one per batch in flight (`as_they_finish` runs at
+      most `max_concurrency` at once; the bound counts every batch of the wave, which holds): the counter
+      batches and, from the second cycle, the user listing that travels with them (`listing_batches`); the
+      two tasks of `both`, which runs that wave beside the structure refresh or a direct listing; the render
+      task; aiohttp's two per /metrics connection (the connection's handler and the request's); and one per
+      outbound connection being opened (anyio's connect_tcp races its addresses in a task group, one task per
+      address, and the simulators have one address each).
     """
 
     max_concurrency: int

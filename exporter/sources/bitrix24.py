@@ -530,9 +530,9 @@ class Bitrix24Source:
     async def _wave(self, fold: CounterFold, queries: Sequence[CounterQuery], extra: Mapping[str, str],
                     read: Callable[[Any], Any] = lambda answer: answer) -> BatchResult:
         """`extra` commands in the first batches, up to EXTRA_PER_BATCH each, the rest of every batch counters
-        commands, 50 to a batch (as few batches as the commands need), every batch at once (the client's bucket
-        and slots pace them); counters are folded in as each batch arrives, the answers to `extra` are
-        returned, each as `read` made of it on arrival."""
+        commands, 50 to a batch (as few batches as the commands need), as many at once as the client has slots
+        (its bucket paces them; a batch is made when it starts); counters are folded in as each batch arrives,
+        the answers to `extra` are returned, each as `read` made of it on arrival."""
         keys = list(extra)
         parts: list[tuple[list[str], Sequence[CounterQuery]]] = []
         named = taken = 0
@@ -546,7 +546,7 @@ class Bitrix24Source:
             parts.append((names, part))
         answers = BatchResult()
         sends = (self._send(extra, names, part, read) for names, part in parts)
-        async with aclosing(as_they_finish(sends)) as batches:
+        async with aclosing(as_they_finish(sends, at_once=self.config.max_concurrency)) as batches:
             async for sent, result in batches:
                 fold.add(sent, result)
                 for key in extra.keys() & result.results.keys():

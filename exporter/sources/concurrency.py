@@ -9,26 +9,44 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-async def as_they_finish(aws: Iterable[Awaitable[T]]) -> AsyncGenerator[T, None]:
-    """Results in the order they finish. Leaving early (an error, the cycle's deadline, shutdown) cancels
-    what is still running, so a failed cycle sends nothing more; use it inside contextlib.aclosing.
+async def as_they_finish(aws: Iterable[Awaitable[T]], at_once: int | None = None) -> AsyncGenerator[T, None]:
+    """Results in the order they finish, with at most `at_once` of them running (all when None): the next is
+    taken from `aws` only when one finishes, so the work of a lazy iterable's items (a batch's 50 command
+    strings) waits for its turn too. Leaving early (an error, the cycle's deadline, shutdown) cancels what is
+    running, and what was never taken is never made, so a failed cycle sends nothing more; use it inside
+    contextlib.aclosing.
 
     A result is let go of once it has been handed over (asyncio.as_completed over a list of tasks would keep
     every finished task, and with it every answer of a 500-batch wave, ~28 MB at 5,000 users, until the end).
     """
     finished: asyncio.Queue[asyncio.Future[T]] = asyncio.Queue()
-    unread: set[asyncio.Future[T]] = set()
-    for awaitable in aws:
+    running: set[asyncio.Future[T]] = set()
+    waiting = iter(aws)
+
+    def start_next() -> bool:
+        awaitable = next(waiting, None)
+        if awaitable is None:
+            return False
         started = asyncio.ensure_future(awaitable)
-        unread.add(started)
+        running.add(started)
         started.add_done_callback(finished.put_nowait)
+        return True
+
     try:
-        while unread:
+        while (at_once is None or len(running) < at_once) and start_next():
+            pass
+        while running:
             done = await finished.get()
-            unread.discard(done)
-            yield done.result()
+            running.discard(done)
+            result = done.result()
+            start_next()
+            yield result
     finally:
-        await _cancel(list(unread))
+        await _cancel(list(running))
+        if waiting is not aws:  # made but never started (a list of coroutines): closed, not "never awaited"
+            for left in waiting:
+                if asyncio.iscoroutine(left):
+                    left.close()
 
 
 async def all_or_none(aws: Iterable[Awaitable[T]]) -> list[T]:
