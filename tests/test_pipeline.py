@@ -5,10 +5,12 @@ left are gone from the snapshot."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import gzip
 import json
 import math
 import time
+import warnings
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -200,6 +202,24 @@ async def test_an_unchanged_portals_next_snapshot_shares_the_last_ones_values(po
     assert third.users[0].name.endswith("Renamed")
     assert third.users[1] is second.users[1]
     assert third.org is second.org  # the same users and departments: only a name changed
+
+
+async def test_a_pipelined_cycle_cancelled_at_once_leaves_no_coroutine_never_awaited(portal_factory, make_source):
+    """Shutdown or the cycle's deadline may cancel a cycle before its wave has started."""
+    server = await portal_factory(users=60, latency=0.0)
+    source = make_source(server)
+    await source.collect()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cycle = asyncio.ensure_future(source.collect())
+        await asyncio.sleep(0)  # the cycle has set its wave and the structure refresh going, neither has started
+        cycle.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cycle
+        del cycle
+        assert len((await source.collect()).data.users) == 60  # the next cycle runs as usual
+        gc.collect()
+    assert not [w for w in caught if "never awaited" in str(w.message)]
 
 
 async def test_user_get_refused_inside_batch_lists_directly_alongside_the_wave(portal_factory, make_source):

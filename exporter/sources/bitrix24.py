@@ -311,13 +311,16 @@ class Bitrix24Source:
         """The listing and the known users' counters in one wave, the structure refresh (when due) alongside."""
         listing = self._listing_commands()
         read = self._listing_page if self.config.users is None else self._named_page
-        wave = self._wave(fold, self._queries, listing, read)
+
+        def wave() -> Awaitable[BatchResult]:  # made where it is awaited: a cycle cancelled first leaves none behind
+            return self._wave(fold, self._queries, listing, read)
+
         if listing or self.config.users is not None:
             async def listed() -> list[PortalUser]:
-                return await self._users_from(await wave)
+                return await self._users_from(await wave())
         else:  # no `total` to plan pages by, or user.get refused inside batch: list directly, meanwhile
             async def listed() -> list[PortalUser]:
-                return (await both(self._active_employees(), wave))[0]
+                return (await both(self._active_employees(), wave()))[0]
         return await both(listed(), self._structure.current())
 
     # --- users ----------------------------------------------------------------------------------
