@@ -298,6 +298,25 @@ async def test_a_render_that_waits_without_using_the_cpu_does_not_hold_back_the_
     await eventually(lambda: b"pipeline_test_value 2.0" in exposition.parts(False)[0], timeout=5.0)
 
 
+async def test_the_gap_after_a_costly_render_is_capped():
+    """50 ms of CPU at render_share 0.001 would hold the next render back 50 s; max_render_gap bounds it."""
+    current = [0.0]
+
+    def snapshot() -> list[Family]:
+        spent = time.thread_time() + 0.05
+        while time.thread_time() < spent:
+            pass
+        return _gauge(current[0])
+
+    exposition = Exposition(snapshot, render_share=0.001, max_render_gap=0.3)
+    current[0] = 1.0
+    exposition.invalidate()
+    await eventually(lambda: b"pipeline_test_value 1.0" in exposition.parts(False)[0])
+    current[0] = 2.0
+    exposition.invalidate()
+    await eventually(lambda: b"pipeline_test_value 2.0" in exposition.parts(False)[0], timeout=5.0)
+
+
 def test_gzip_scrapes_are_one_stream_of_the_body_and_the_live_part():
     exposition = Exposition(lambda: _gauge(7.0), lambda: _gauge_named("pipeline_test_live", 3.0), live_ttl=60.0)
     exposition.render_now()
