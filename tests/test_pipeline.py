@@ -230,17 +230,16 @@ async def test_the_second_cycle_waits_for_the_sources_slot_once(portal_factory):
     source = server.source(interval=0.2)
     store = Store()
     store.register(source)
-    done: list[float] = []
-    store.on_change(lambda: done.append(time.monotonic()))
     loop = SourceLoop(source, store, phase=0.9)
+    starts: list[float] = []  # when each finished cycle began (the scheduler's own record), however slow it ran
+    store.on_change(lambda: starts.append(loop.cycle_started or math.nan))
     stop = asyncio.Event()
     task = asyncio.create_task(loop.run(stop))
-    await eventually(lambda: len(done) >= 3, timeout=20.0)
+    await eventually(lambda: len(starts) >= 3, timeout=20.0)
     stop.set()
     await task
-    first_gap, second_gap = done[1] - done[0], done[2] - done[1]
-    assert first_gap >= 0.2 * 1.9 - 0.1  # the interval and 0.9 of it, less the first cycle's extra length
-    assert second_gap >= 0.2 - 0.1
+    assert starts[1] - starts[0] >= 0.2 * 1.9 - 1e-3  # the interval and 0.9 of it
+    assert starts[2] - starts[1] >= 0.2 - 1e-3
     assert loop.failures == 0
 
 
@@ -251,9 +250,10 @@ def _gauge(value: float) -> list[Family]:
 
 
 async def test_changes_while_renders_are_paced_are_coalesced():
-    """With render_share 0.2 a render that used 50 ms of CPU is followed by 250 ms before the next one begins
-    (at least 200 ms from the moment it read the snapshot), and every change in between joins that next
-    render (however loaded the machine is)."""
+    """With render_share 0.2 a render that used 50 ms of CPU is followed by 250 ms before the next one begins,
+    and every change in between joins that next render (however loaded the machine is). The gap is checked
+    from the moment the render read the snapshot, which a loaded machine may delay past the render's start:
+    150 ms leaves 100 ms for that, and without pacing the gap would be the 50 ms of the render itself."""
     current = [0.0]
     starts: list[float] = []
 
@@ -275,7 +275,7 @@ async def test_changes_while_renders_are_paced_are_coalesced():
         exposition.invalidate()
     await eventually(lambda: b"pipeline_test_value 20.0" in exposition.parts(False)[0], timeout=10.0)
     assert len(starts) == 3  # the 19 changes made one render
-    assert starts[2] - starts[1] >= 0.2
+    assert starts[2] - starts[1] >= 0.15
 
 
 async def test_a_render_that_waits_without_using_the_cpu_does_not_hold_back_the_next():
