@@ -24,6 +24,7 @@ CONFIG = PROMETHEUS / "prometheus.yml"
 EXPECTED_ALERTS = {
     "TasksExporterAbsent", "TasksExporterSourceDown", "TasksExporterDataStale",
     "TasksExporterCycleBoundExceedsInterval", "TasksExporterRateLimited", "TasksExporterAuthFailure",
+    "TasksExporterConfigReloadFailed", "TasksExporterRecordingRulesMissing",
     "Bitrix24UserTooManyExpiredTasks", "Bitrix24DepartmentOverdueTasks", "PachcaOverdueRemindersPilingUp",
     "PachcaOverdueReminderTooOld", "PersonOverdueInBothTools",
 }
