@@ -256,13 +256,15 @@ class Bitrix24Source:
     async def _pipelined(self, fold: CounterFold) -> tuple[list[PortalUser], Structure]:
         """The listing and the known users' counters in one wave, the structure refresh (when due) alongside."""
         listing = self._listing_commands()
-        wave = self._wave(fold, self._queries, listing)
-        if listing or self.config.users is not None:
-            async def listed() -> list[PortalUser]:
+
+        async def listed() -> list[PortalUser]:
+            # the wave is made here, in the task that awaits it: made outside, a cycle cancelled before this
+            # task began would leave it to the garbage collector, never awaited
+            wave = self._wave(fold, self._queries, listing)
+            if listing or self.config.users is not None:
                 return await self._users_from(await wave)
-        else:  # no `total` to plan pages by, or user.get refused inside batch: list directly, meanwhile
-            async def listed() -> list[PortalUser]:
-                return (await both(self._active_employees(), wave))[0]
+            # no `total` to plan pages by, or user.get refused inside batch: list directly, meanwhile
+            return (await both(self._active_employees(), wave))[0]
         return await both(listed(), self._structure.current())
 
     # --- users ----------------------------------------------------------------------------------
