@@ -57,17 +57,41 @@ def render(families: Iterable[Family]) -> bytes:
     """The families as text format 0.0.4, e.g. `bitrix24_users{portal="acme"} 12.0`."""
     out = io.BytesIO()
     for family in families:
-        name = family.exposed_name
-        help_text = family.help.replace("\\", "\\\\").replace("\n", "\\n")
-        out.write(f"# HELP {name} {help_text}\n# TYPE {name} {family.kind}\n".encode())
-        labels = family.labels
-        for values, value in family.rows:
-            if labels:
-                pairs = ",".join(f'{k}="{_escape(v)}"' for k, v in zip(labels, values, strict=True))
-                out.write(f"{name}{{{pairs}}} {_number(value)}\n".encode())
-            else:
-                out.write(f"{name} {_number(value)}\n".encode())
+        out.write(header(family))
+        out.write(samples(family))
     return out.getvalue()
+
+
+def header(family: Family) -> bytes:
+    """The HELP and TYPE lines of a family, which come once before all its samples."""
+    name = family.exposed_name
+    help_text = family.help.replace("\\", "\\\\").replace("\n", "\\n")
+    return f"# HELP {name} {help_text}\n# TYPE {name} {family.kind}\n".encode()
+
+
+def samples(family: Family) -> bytes:
+    """The sample lines of a family, without its header: the rows are read once.
+
+    Each line is one str.format of a per-family template; a line is checked for characters that need
+    escaping (rare in label values) and made again with escaped values only when it has some.
+    """
+    name = family.exposed_name.replace("{", "{{").replace("}", "}}")
+    labels = family.labels
+    if not labels:
+        return "".join(f"{name} {_number(value)}\n" for _, value in family.rows).encode()
+    width = len(labels)
+    pairs = ",".join(f'{k}="{{}}"' for k in labels)
+    line = f"{name}{{{{{pairs}}}}} {{}}\n".format
+    quotes = 2 * width
+    lines = []
+    for values, value in family.rows:
+        if len(values) != width:
+            raise ValueError(f"{family.name}: {len(values)} label values for {width} label names")
+        text = line(*values, _number(value))
+        if text.count('"') != quotes or "\\" in text or text.count("\n") != 1:
+            text = line(*map(_escape, values), _number(value))
+        lines.append(text)
+    return "".join(lines).encode()
 
 
 def from_prometheus_client(metrics: Iterable[Metric]) -> Iterator[Family]:
@@ -80,12 +104,12 @@ def from_prometheus_client(metrics: Iterable[Metric]) -> Iterator[Family]:
             raise ValueError(f"{metric.name}: a {metric.type} has no place in this writer")
         kind: Kind = "counter" if metric.type == "counter" else "gauge"
         exposed = metric.name + "_total" if kind == "counter" else metric.name
-        samples = [s for s in metric.samples if s.name == exposed]  # drops OpenMetrics-only _created
-        labels = sorted(samples[0].labels) if samples else []
-        if any(sorted(s.labels) != labels for s in samples):
+        kept = [s for s in metric.samples if s.name == exposed]  # drops OpenMetrics-only _created
+        labels = sorted(kept[0].labels) if kept else []
+        if any(sorted(s.labels) != labels for s in kept):
             raise ValueError(f"{metric.name}: samples with different label names")
         yield Family(metric.name, metric.documentation, labels, kind,
-                     [([s.labels[k] for k in labels], s.value) for s in samples])
+                     [([s.labels[k] for k in labels], s.value) for s in kept])
 
 
 def _escape(value: str) -> str:
