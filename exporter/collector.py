@@ -9,10 +9,11 @@ exporter/render.py writes them as text.
 
 from __future__ import annotations
 
+import functools
 import platform
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, get_args
 
@@ -23,10 +24,9 @@ from prometheus_client.registry import Collector
 from exporter import __version__
 from exporter.config import PeopleConfig
 from exporter.errors import FailureReason
-from exporter.org import StructureStatus
 from exporter.people import PeopleMatch, match_by_email
-from exporter.render import Family, Row
-from exporter.snapshot import PortalSnapshot, ReminderTally, SourceKey, SourceState, Store
+from exporter.render import Family, Row, Section, Shard, Sharded, flatten
+from exporter.snapshot import PortalSnapshot, ReminderTally, SourceState, Store
 
 log = structlog.get_logger()
 
@@ -69,18 +69,24 @@ class SnapshotCollector(Collector):
         yield from self.live_families()
 
     def snapshot_families(self) -> Iterator[Family]:
-        """What changes only when a cycle ends: rendered once per change. Besides the sources' families:
+        """What changes only when a cycle ends, as whole families (see snapshot_sections)."""
+        return flatten(self.snapshot_sections())
+
+    def snapshot_sections(self) -> Iterator[Section]:
+        """What changes only when a cycle ends: rendered once per change, each source's rows of a family apart
+        from the others' (a render re-makes only the sources whose state changed). Besides the sources' families:
 
         tasks_exporter_build_info{version="0.1.0",python_version="3.11.7"} 1.0
         """
         states = sorted(self._store.states(), key=lambda s: (s.key.source, s.key.target))
-        yield from _bitrix24([s for s in states if isinstance(s.data, PortalSnapshot)])
-        yield from _bitrix24_org([s for s in states if isinstance(s.data, PortalSnapshot)])
-        yield from _pachca([s for s in states if isinstance(s.data, ReminderTally)])
+        portals = [s for s in states if isinstance(s.data, PortalSnapshot)]
+        yield _sharded("bitrix24", _bitrix24, portals)
+        yield _sharded("bitrix24_org", _bitrix24_org, portals)
+        yield _sharded("pachca", _pachca, [s for s in states if isinstance(s.data, ReminderTally)])
         yield from self._people.families(states)
-        yield from _source_health(states)
-        yield from _structure_health([(s.key, s.data.structure) for s in states
-                                      if isinstance(s.data, PortalSnapshot) and s.data.structure is not None])
+        yield _sharded("source_health", _source_health, states)
+        yield _sharded("structure_health", _structure_health,
+                       [s for s in portals if isinstance(s.data, PortalSnapshot) and s.data.structure is not None])
         info = Family.gauge("tasks_exporter_build_info", "Version of tasks-exporter, value 1.",
                             labels=["version", "python_version"])
         info.add_metric([__version__, platform.python_version()], 1)
@@ -104,6 +110,14 @@ class SnapshotCollector(Collector):
         registry checks names with it) and the metric-name contract the alerts and dashboard are tested on."""
         for family in SnapshotCollector(Store()).families():
             yield _client_metric(family, ())
+
+
+def _sharded(name: str, produce: Callable[[list[SourceState]], Iterator[Family]],
+             states: list[SourceState]) -> Sharded:
+    """`produce`'s families for `states`, one shard per state: every producer adds each state's rows in turn,
+    so its families for all states are the shards' rows one after the other."""
+    return Sharded(name, list(produce([])),
+                   [Shard(s.key, s.version, functools.partial(produce, [s])) for s in states])
 
 
 def _client_metric(family: Family, rows: Iterable[Row]) -> Metric:
@@ -352,7 +366,7 @@ def _source_health(states: list[SourceState]) -> Iterator[Family]:
     yield from (up, last, duration, interval, bound, failures)
 
 
-def _structure_health(statuses: list[tuple[SourceKey, StructureStatus]]) -> Iterator[Family]:
+def _structure_health(states: list[SourceState]) -> Iterator[Family]:
     """Structure refreshes (departments, workgroups, members) run on their own interval; a failed one keeps
     the last good structure, so it is reported here rather than in tasks_exporter_source_up, e.g.
 
@@ -367,8 +381,10 @@ def _structure_health(statuses: list[tuple[SourceKey, StructureStatus]]) -> Iter
     failures = Family.counter("tasks_exporter_structure_failures",
                               "Failed structure refreshes by reason (the last good structure is kept).",
                               labels=[*labels, "reason"])
-    for key, status in statuses:
-        _add_health([key.source, key.target], status, up, last, failures)
+    for state in states:
+        assert isinstance(state.data, PortalSnapshot)
+        assert state.data.structure is not None
+        _add_health([state.key.source, state.key.target], state.data.structure, up, last, failures)
     yield from (up, last, failures)
 
 

@@ -8,7 +8,6 @@ import ctypes
 import itertools
 import math
 import time
-import zlib
 from collections.abc import Callable, Iterable
 
 import structlog
@@ -18,7 +17,8 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from exporter.collector import ExporterFaults
-from exporter.render import Family, from_prometheus_client, render
+from exporter.incremental import EMPTY, Body, IncrementalRenderer
+from exporter.render import Section, from_prometheus_client, render
 
 log = structlog.get_logger()
 _REPORTED_LIMIT = 64  # distinct render errors remembered for log-once
@@ -27,9 +27,10 @@ _REPORTED_LIMIT = 64  # distinct render errors remembered for log-once
 class Exposition:
     """The text exposition of the current snapshot, rendered once per change and served as bytes.
 
-    A scrape then costs the same at 100 series and at 100,000. The few series that move by themselves
-    (`live`: API traffic during a long cycle; process metrics) are rendered at most once a second and appended
-    (when compressed, by continuing a copy of the body's gzip compressor: one stream, cheap per scrape).
+    A scrape then costs the same at 100 series and at 100,000. A render re-makes only the sources whose state
+    changed (exporter/incremental.py). The few series that move by themselves (`live`: API traffic during a
+    long cycle; process metrics) are rendered at most once a second and appended (when compressed, as the end
+    of the body's gzip stream: one stream, cheap per scrape).
     A render that raises is a bug: it is counted in `faults`, logged once per distinct error, and the
     last good text goes on being served.
 
@@ -42,7 +43,7 @@ class Exposition:
     core (or the GIL) without costing anything, and wall time would push the next render ever further away.
     """
 
-    def __init__(self, snapshot: Callable[[], Iterable[Family]], live: Callable[[], Iterable[Family]] = tuple,
+    def __init__(self, snapshot: Callable[[], Iterable[Section]], live: Callable[[], Iterable[Section]] = tuple,
                  live_ttl: float = 1.0, faults: ExporterFaults | None = None, *, render_share: float = 0.02,
                  max_render_gap: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._snapshot = snapshot
@@ -52,8 +53,8 @@ class Exposition:
         ProcessCollector(registry=self._process)
         PlatformCollector(registry=self._process)
         GCCollector(registry=self._process)
-        # (text, its gzip flushed to a byte boundary, the compressor that made it): swapped as one value
-        self._rendered: tuple[bytes, bytes, zlib._Compress] = (b"", b"", zlib.compressobj(6, zlib.DEFLATED, 31))
+        self._renderer = IncrementalRenderer()
+        self._rendered: Body = EMPTY
         self._live_ttl = live_ttl
         self._live_cache: tuple[float, bytes] = (-math.inf, b"")
         # the gzip tail (the live part, continuing the body's stream) for one (body, live part) pair: with many
@@ -70,15 +71,16 @@ class Exposition:
         self.renders = 0
 
     def render_now(self) -> None:
-        body = render(self._snapshot())
-        # gzip the body once and keep the compressor, flushed to a byte boundary: each scrape continues a
-        # copy of it with the live part, so the answer is one gzip stream at the cost of the small part
-        compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
-        packed = compressor.compress(body) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        body = self._renderer.render(self._snapshot())
         self._live_cache = (-math.inf, self._live_cache[1])  # a cycle ended: its traffic counts belong with it
-        self._rendered = (body, packed, compressor)
+        self._rendered = body
         self.renders += 1
         _release_free_memory()
+
+    @property
+    def shards_made(self) -> int:
+        """Sources' shards the last render made afresh; it reused the others' text."""
+        return self._renderer.shards_made
 
     def invalidate(self) -> None:
         """Called from the event loop when the store changes; re-renders in a worker thread."""
@@ -112,19 +114,18 @@ class Exposition:
         finally:
             cost.append(time.thread_time() - started)
 
-    def parts(self, compressed: bool) -> tuple[bytes, bytes]:
-        """The answer as (pre-rendered part, live part), sent one after the other without copying."""
-        rendered = self._rendered
-        body, packed, compressor = rendered
+    def parts(self, compressed: bool) -> tuple[bytes, ...]:
+        """The answer as pieces to send one after the other without copying: the pre-rendered body's, then the
+        live part's (compressed: the body's gzip stream, then its end with the live part)."""
+        body = self._rendered
         live = self._live_part()
         if not compressed:
-            return body, live
+            return (*body.chunks, live)
         made_for, made_from, tail = self._tail
-        if made_for is not rendered or made_from is not live:
-            copy = compressor.copy()
-            tail = copy.compress(live) + copy.flush()
-            self._tail = (rendered, live, tail)
-        return packed, tail
+        if made_for is not body or made_from is not live:
+            tail = body.tail(live)
+            self._tail = (body, live, tail)
+        return body.packed, tail
 
     def _live_part(self) -> bytes:
         """API traffic and process metrics, re-read at most once per `live_ttl`."""

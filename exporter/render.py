@@ -9,8 +9,9 @@ version 1.0.0), so its text is not bound to the 0.0.4 that CONTENT_TYPE promises
 from __future__ import annotations
 
 import io
+import itertools
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -53,10 +54,63 @@ class Family:
         self.rows.append((values, value))
 
 
-def render(families: Iterable[Family]) -> bytes:
-    """The families as text format 0.0.4, e.g. `bitrix24_users{portal="acme"} 12.0`."""
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """One source's rows of a group of families: `families()` makes the group's families with only those rows.
+
+    `key` names the source across renders; `version` changes whenever what the rows are made from changes, so
+    a renderer may keep the text it made for one (key, version) until the version moves on.
+    """
+
+    key: Hashable
+    version: Hashable
+    families: Callable[[], Iterable[Family]]
+
+
+@dataclass(frozen=True, slots=True)
+class Sharded:
+    """Families whose rows come source by source: family i has shard 1's rows of family i, then shard 2's, ...
+
+    `name` names the group (a renderer's cache key); `families` are the group's families without rows, in the
+    order every shard makes them.
+    """
+
+    name: str
+    families: Sequence[Family]
+    shards: Sequence[Shard]
+
+    def made(self, shard: Shard) -> list[Family]:
+        """The shard's families, checked against the group's (a producer that skips one is a bug)."""
+        made = list(shard.families())
+        if [f.name for f in made] != [f.name for f in self.families]:
+            raise ValueError(f"{self.name}: shard {shard.key} made {[f.name for f in made]}, "
+                             f"not {[f.name for f in self.families]}")
+        return made
+
+    def merged(self) -> Iterator[Family]:
+        """The group as whole families, every shard's rows in turn."""
+        made = [self.made(shard) for shard in self.shards]
+        for i, family in enumerate(self.families):
+            yield Family(family.name, family.help, family.labels, family.kind,
+                         itertools.chain.from_iterable(m[i].rows for m in made))
+
+
+Section = Family | Sharded
+
+
+def flatten(sections: Iterable[Section]) -> Iterator[Family]:
+    """Sections as the families they stand for."""
+    for section in sections:
+        if isinstance(section, Sharded):
+            yield from section.merged()
+        else:
+            yield section
+
+
+def render(sections: Iterable[Section]) -> bytes:
+    """The families as text format 0.0.4, e.g. `bitrix24_users{portal="acme"} 12.0`, all rendered afresh."""
     out = io.BytesIO()
-    for family in families:
+    for family in flatten(sections):
         out.write(header(family))
         out.write(samples(family))
     return out.getvalue()
