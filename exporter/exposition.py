@@ -8,7 +8,7 @@ import ctypes
 import itertools
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 
 import structlog
 from prometheus_client import CollectorRegistry
@@ -78,9 +78,9 @@ class Exposition:
         _release_free_memory()
 
     @property
-    def shards_made(self) -> int:
-        """Sources' shards the last render made afresh; it reused the others' text."""
-        return self._renderer.shards_made
+    def made(self) -> dict[tuple[str, Hashable], int]:
+        """What the last render made afresh: parts per shard (group name, source key); it reused the others."""
+        return self._renderer.made
 
     def invalidate(self) -> None:
         """Called from the event loop when the store changes; re-renders in a worker thread."""
@@ -120,7 +120,7 @@ class Exposition:
         body = self._rendered
         live = self._live_part()
         if not compressed:
-            return (*body.chunks, live)
+            return (*body.chunks(), live)
         made_for, made_from, tail = self._tail
         if made_for is not body or made_from is not live:
             tail = body.tail(live)

@@ -58,12 +58,13 @@ class Family:
 class Shard:
     """One source's rows of a group of families: `families()` makes the group's families with only those rows.
 
-    `key` names the source across renders; `version` changes whenever what the rows are made from changes, so
-    a renderer may keep the text it made for one (key, version) until the version moves on.
+    `key` names the source across renders. `versions` has an object per family: what the source's rows of that
+    family are made from (e.g. the snapshot's counters). While it is the same object, the rows are the same, so
+    a renderer may keep the text it made of them; a new object (even an equal one) means they are made again.
     """
 
     key: Hashable
-    version: Hashable
+    versions: tuple[object, ...]
     families: Callable[[], Iterable[Family]]
 
 

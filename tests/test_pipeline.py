@@ -94,6 +94,22 @@ async def test_steady_state_of_a_100_user_portal_is_one_wave(portal_factory, mak
     assert sim.rejected == 0
 
 
+async def test_a_cycle_that_changed_nothing_hands_over_the_last_snapshots_objects(portal_factory, make_source):
+    """A render keeps the text it made of an object while it is the same object (exporter/incremental.py)."""
+    server = await portal_factory(users=10)
+    source = make_source(server)
+    first = (await source.collect()).data
+    second = (await source.collect()).data
+    assert (second.counters, second.users, second.org) == (first.counters, first.users, first.org)
+    assert second.counters is first.counters
+    assert second.users is first.users
+    assert second.org is first.org
+    server.sim.overrides[(3, 0, "view_all")] = {"expired": 9, "new_comments": 0}
+    third = (await source.collect()).data
+    assert third.counters is not second.counters
+    assert third.users is second.users
+
+
 async def test_a_user_added_between_cycles_gets_counters_in_one_more_wave(portal_factory, make_source):
     server = await portal_factory(users=10)
     sim = server.sim

@@ -1,7 +1,7 @@
 """Incremental rendering over real cycles against the fake portals and workspace: the body assembled from each
 source's kept parts is byte for byte a fresh full render after every change (cycles, a failure, a user who
-left, a source added, a source removed), only the changed sources' parts are made again, and the gzip answer
-is one stream of that text."""
+left, a source added, a source removed); only the changed sources' parts are made again, and of those only the
+families whose data changed; the gzip answer is one stream of that text."""
 
 from __future__ import annotations
 
@@ -49,11 +49,17 @@ class Renders:
         body = self.renderer.render(self.collector.snapshot_sections())
         assert body.text == render(self.collector.snapshot_sections())
         assert one_gzip_stream(body.packed + body.tail(LIVE)) == body.text + LIVE
+        made = self.renderer.made
+        assert {key for group, key in made if group == "source_health"} == changed
+        assert {key for _, key in made} == changed  # nothing of the others
         shards = [shard.key for section in self.collector.snapshot_sections() if isinstance(section, Sharded)
                   for shard in section.shards]
-        assert self.renderer.shards_made == sum(1 for key in shards if key in changed)
         assert self.renderer.shards_kept == len(shards)  # a removed source's parts are not kept either
         return body.text.decode()
+
+    def made(self, group: str, key: SourceKey) -> int:
+        """How many families of `group` the last render made afresh for `key`."""
+        return self.renderer.made.get((group, key), 0)
 
 
 async def test_kept_parts_assemble_a_full_render_through_changes_additions_and_removals(
@@ -80,6 +86,15 @@ async def test_kept_parts_assemble_a_full_render_through_changes_additions_and_r
     assert await loops["beta"].run_once()
     text = renders.check({keys["beta"]})
     assert value(text, "bitrix24_tasks", portal="beta", user_id="5", role="all", counter="expired") == 77
+    # bitrix24_tasks, and what moves at every cycle; its users and structure are the same
+    assert renders.made("bitrix24", keys["beta"]) == 1
+    assert renders.made("bitrix24_org", keys["beta"]) == 0
+    assert renders.made("bitrix24_budget", keys["beta"]) == 1
+
+    assert await loops["alpha"].run_once()  # the same answers again: only what every cycle changes
+    text = renders.check({keys["alpha"]})
+    assert renders.made("bitrix24", keys["alpha"]) == 0
+    assert renders.made("bitrix24_budget", keys["alpha"]) == 1
 
     servers["gamma"].sim.fault = "http_500"
     assert not await loops["gamma"].run_once()
@@ -93,6 +108,8 @@ async def test_kept_parts_assemble_a_full_render_through_changes_additions_and_r
     text = renders.check({keys["beta"]})
     assert value(text, "bitrix24_tasks", portal="beta", user_id="5", role="all", counter="expired") is None
     assert value(text, "bitrix24_user_info", portal="beta", user_id="5") is None
+    assert renders.made("bitrix24", keys["beta"]) == 3  # counters, user_info, users; not hidden nor failed
+    assert renders.made("bitrix24_org", keys["beta"]) == 4
 
     delta = await portal_factory(users=7, seed=4)
     loops["delta"] = SourceLoop(delta.source(name="delta"), store)
@@ -148,5 +165,4 @@ async def test_a_running_exporter_re_renders_only_the_portal_whose_cycle_ended(p
         await eventually(lambda: exporter.exposition.renders > renders)
         text = b"".join(exporter.exposition.parts(False)).decode()
         assert value(text, "bitrix24_tasks", portal="p1", user_id="3", role="all", counter="expired") == 41
-        # bitrix24, bitrix24_org, source_health and structure_health of p1 only
-        assert exporter.exposition.shards_made == 4
+        assert {key.target for _, key in exporter.exposition.made} == {"p1"}  # nothing of p0 and p2
