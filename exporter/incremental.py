@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from exporter.render import Family, Section, Shard, Sharded, header, samples
 
 LEVEL = 6
-KEPT_PACKED_MIN = 512  # a part at least this long keeps its own deflate output
+KEPT_PACKED_MIN = 8192  # a part at least this long keeps its own deflate output (smaller ones compress better in runs)
 CHUNK = 64 * 1024  # plain text is handed out in chunks of about this size or more (tiny parts joined)
 # as zlib writes it (wbits 31): no file name, no mtime, level 6, OS unix
 GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03"
