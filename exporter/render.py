@@ -128,25 +128,35 @@ def samples(family: Family) -> bytes:
     """The sample lines of a family, without its header: the rows are read once.
 
     Each line is one str.format of a per-family template; a line is checked for characters that need
-    escaping (rare in label values) and made again with escaped values only when it has some.
+    escaping (rare in label values) and made again with escaped values only when it has some. Lines are
+    encoded a batch at a time, so a big family costs its text once more at most, not its lines as objects.
     """
     name = family.exposed_name.replace("{", "{{").replace("}", "}}")
     labels = family.labels
-    if not labels:
-        return "".join(f"{name} {_number(value)}\n" for _, value in family.rows).encode()
-    width = len(labels)
-    pairs = ",".join(f'{k}="{{}}"' for k in labels)
-    line = f"{name}{{{{{pairs}}}}} {{}}\n".format
-    quotes = 2 * width
-    lines = []
-    for values, value in family.rows:
-        if len(values) != width:
-            raise ValueError(f"{family.name}: {len(values)} label values for {width} label names")
-        text = line(*values, _number(value))
-        if text.count('"') != quotes or "\\" in text or text.count("\n") != 1:
-            text = line(*map(_escape, values), _number(value))
-        lines.append(text)
-    return "".join(lines).encode()
+    out = io.BytesIO()
+    lines: list[str] = []
+    if labels:
+        width = len(labels)
+        pairs = ",".join(f'{k}="{{}}"' for k in labels)
+        line = f"{name}{{{{{pairs}}}}} {{}}\n".format
+        quotes = 2 * width
+        for values, value in family.rows:
+            if len(values) != width:
+                raise ValueError(f"{family.name}: {len(values)} label values for {width} label names")
+            text = line(*values, _number(value))
+            if text.count('"') != quotes or "\\" in text or text.count("\n") != 1:
+                text = line(*map(_escape, values), _number(value))
+            lines.append(text)
+            if len(lines) == _BATCH:
+                out.write("".join(lines).encode())
+                lines.clear()
+    else:
+        lines.extend(f"{name} {_number(value)}\n" for _, value in family.rows)
+    out.write("".join(lines).encode())
+    return out.getvalue()
+
+
+_BATCH = 1024  # lines encoded at a time
 
 
 def from_prometheus_client(metrics: Iterable[Metric]) -> Iterator[Family]:
