@@ -199,12 +199,13 @@ class IncrementalRenderer:
                     assembly.add(self._header(section))
                     assembly.add(samples(section))
                     continue
-                shards = [self._shard(compressor, section, shard) for shard in section.shards]
-                kept.update(((section.name, shard.key), entry) for shard, entry in zip(section.shards, shards,
-                                                                                       strict=True))
+                entries = []
+                for shard in section.shards:
+                    entry = kept[(section.name, shard.key)] = self._shard(compressor, section, shard)
+                    entries.append(entry)
                 for i, family in enumerate(section.families):
                     assembly.add(self._header(family))
-                    for entry in shards:
+                    for entry in entries:
                         assembly.add(entry.parts[i].text, entry.parts[i].packed)
             self._kept = kept
             body = assembly.body()
