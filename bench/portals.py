@@ -122,6 +122,7 @@ async def _many(conn: Connection, run: ManyRun) -> None:
 async def _cpu_window(exporter: Any, host: str, port: int, seconds: float) -> dict[str, Any]:
     """CPU and RSS over `seconds` of operation, with one gzip scrape every SCRAPE_EVERY_S."""
     cpu, renders = cpu_seconds(), exporter.exposition.renders
+    rendering = getattr(exporter.exposition, "render_seconds_total", float("nan"))
     began = time.monotonic()
     rss: list[float] = []
     next_scrape = began
@@ -134,4 +135,5 @@ async def _cpu_window(exporter: Any, host: str, port: int, seconds: float) -> di
     elapsed = time.monotonic() - began
     return {"cpu_s": cpu_seconds() - cpu, "seconds": elapsed, "rss_max_mb": max(rss), "rss_end_mb": memory_mb(),
             "renders": exporter.exposition.renders - renders,
-            "render_s": getattr(exporter.exposition, "render_seconds", float("nan"))}
+            "render_s": getattr(exporter.exposition, "render_seconds", float("nan")),
+            "render_cpu_s": getattr(exporter.exposition, "render_seconds_total", float("nan")) - rendering}

@@ -234,7 +234,8 @@ def portals_section(plan: Plan) -> dict[str, Any]:
         "portals": count, "users": users, "interval": plan.portals_interval, "series": served,
         "first_s": first["seconds"], "first_worst": max(firsts), "steady_s": settled["seconds"],
         "cpu_s": cpu["cpu_s"], "window_s": cpu["seconds"],
-        "renders_window": cpu["renders"], "render_s": cpu["render_s"], "rss_max": cpu["rss_max_mb"],
+        "renders_window": cpu["renders"], "render_s": cpu["render_s"], "render_cpu_s": cpu["render_cpu_s"],
+        "rss_max": cpu["rss_max_mb"],
         "rss_end": cycles["rss_mb"],
         "peak_rss": cycles["peak_rss_mb"], "scrapes": len(latencies),
         "median_ms": percentile(latencies, 0.5) * 1000, "p99_ms": percentile(latencies, 0.99) * 1000,
@@ -262,7 +263,8 @@ def portals_table(r: dict[str, Any]) -> str:
         ["CPU", f"{per_minute:.2f} s per minute = {per_minute / 60 * 100:.1f} % of one core "
                 f"(over {r['window_s']:.0f} s from {r['steady_s']:.0f} s on, every portal past its second "
                 "cycle; a gzip scrape every 15 s)"],
-        ["renders", f"{r['renders_window']} in that window, one every {_every(r)}; the last took "
+        ["renders", f"{r['renders_window']} in that window, one every {_every(r)}, "
+                    f"{r['render_cpu_s'] / r['window_s'] * 60:.2f} s of CPU per minute; the last took "
                     f"{r['render_s'] * 1000:.0f} ms"],
         ["RSS", f"{r['rss_max']:.1f} MB highest sample in that window; {r['rss_end']:.1f} MB at the end; "
                 f"peak {r['peak_rss']:.1f} MB"],
