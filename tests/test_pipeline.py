@@ -5,18 +5,21 @@ left are gone from the snapshot."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import math
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from exporter.exposition import Exposition
 from exporter.render import Family
 from exporter.scheduler import SourceLoop, spread
-from exporter.simulator.bitrix24 import PortalSimulator, SimUser
+from exporter.simulator.bitrix24 import PortalSimulator, SimUser, create_app, generate_portal
 from exporter.snapshot import CounterQuery, PortalSnapshot, SourceKey, Store
 from exporter.sources.bitrix24 import ROLES, Bitrix24Source, counters_command
 from exporter.sources.bitrix24_client import command
@@ -114,6 +117,22 @@ async def test_a_cycle_cancelled_at_any_step_leaves_no_coroutine_unawaited(porta
             await asyncio.gather(cycle, return_exceptions=True)
             gc.collect()
     assert [str(w.message) for w in caught if "never awaited" in str(w.message)] == []
+
+
+async def test_a_cycle_that_changed_nothing_hands_over_the_last_snapshots_objects(portal_factory, make_source):
+    """A render keeps the text it made of an object while it is the same object (exporter/incremental.py)."""
+    server = await portal_factory(users=10)
+    source = make_source(server)
+    first = (await source.collect()).data
+    second = (await source.collect()).data
+    assert (second.counters, second.users, second.org) == (first.counters, first.users, first.org)
+    assert second.counters is first.counters
+    assert second.users is first.users
+    assert second.org is first.org
+    server.sim.overrides[(3, 0, "view_all")] = {"expired": 9, "new_comments": 0}
+    third = (await source.collect()).data
+    assert third.counters is not second.counters
+    assert third.users is second.users
 
 
 async def test_a_user_added_between_cycles_gets_counters_in_one_more_wave(portal_factory, make_source):
@@ -233,6 +252,62 @@ async def test_a_structure_refresh_that_is_due_brings_new_members_counters(porta
     members = {(r.user_id, r.group_id) for r in data.readings if r.group_id}
     assert members == {(uid, g.group_id) for g in sim.workgroups for uid in g.members
                        if g.is_member(uid) and any(u.user_id == uid and u.active for u in sim.users)}
+
+
+@contextlib.asynccontextmanager
+async def portal_counting_connections(sim: PortalSimulator, *, idle_close: float = 75.0
+                                      ) -> AsyncIterator[tuple[PortalServer, set[Any]]]:
+    """The fake portal on loopback, with the set of client connections (peer addresses) its requests came on;
+    it closes a connection idle for `idle_close` seconds."""
+    peers: set[Any] = set()
+
+    @web.middleware
+    async def note_peer(request: web.Request, handler: Any) -> web.StreamResponse:
+        assert request.transport is not None
+        peers.add(request.transport.get_extra_info("peername"))
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    app = create_app(sim)
+    app.middlewares.append(note_peer)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=idle_close)
+    await runner.setup()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    await web.SockSite(runner, sock).start()
+    try:
+        yield PortalServer(sim, f"http://127.0.0.1:{sock.getsockname()[1]}"), peers
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_cycle_an_interval_after_the_last_reuses_its_connections(make_source):
+    """11 requests at once need 11 connections; kept from one cycle to the next (past httpx's default of 5 s
+    idle), a steady-state cycle opens none: no handshakes before its one round trip."""
+    async with portal_counting_connections(generate_portal(100, inactive=1, hidden=0)) as (server, peers):
+        source = make_source(server, interval=6.0)
+        await source.collect()
+        await source.collect()
+        opened = set(peers)
+        await asyncio.sleep(5.5)  # idle, as between two cycles (not waiting for a condition)
+        peers.clear()
+        assert (await source.collect()).calls == 11
+        assert peers
+        assert peers <= opened
+
+
+async def test_connections_the_portal_closed_while_idle_are_replaced_without_a_fault(make_source):
+    async with portal_counting_connections(generate_portal(100, inactive=1, hidden=0), idle_close=0.2) as (
+            server, peers):
+        source = make_source(server)
+        await source.collect()
+        opened = set(peers)
+        await asyncio.sleep(0.6)  # idle for longer than the portal keeps a connection
+        cycle = await source.collect()
+        assert readings(cycle.data) == truth(server.sim)
+        assert not peers <= opened  # new connections
+        outcomes = {outcome for _, outcome in source.telemetry.counts().requests}
+        assert outcomes == {"success"}
 
 
 def test_counters_command_is_the_batch_query_string_of_its_parameters():
