@@ -54,14 +54,15 @@ async def profile(webhook: str) -> None:
     config = Bitrix24Config(name="profile", webhook_url=Secret(webhook), rate_limit=RateLimit(1e6, 10**6))
     source = Bitrix24Source(config)
     key = store.register(source)
-    at_peak: list[Any] = []
-    fold = source._fold  # wrapped: to look at the cycle when all its answers are folded in
+    at_peak: list[tuple[int, Any]] = []  # (traced bytes, snapshot) at the end of each wave of batches
+    wave = source._wave  # wrapped: to look at the cycle when a wave's answers are all in
 
-    async def looked_at(counters: Any, indexes: Any) -> None:
-        await fold(counters, indexes)
-        at_peak.append(tracemalloc.take_snapshot())
+    async def looked_at(*args: Any) -> Any:
+        answers = await wave(*args)
+        at_peak.append((tracemalloc.get_traced_memory()[0], tracemalloc.take_snapshot()))
+        return answers
 
-    source._fold = looked_at  # type: ignore[method-assign]
+    source._wave = looked_at  # type: ignore[method-assign]
     for name in ("first cycle", "second cycle (the first snapshot is still served meanwhile)"):
         steps.begin()
         store.succeeded(key, (await source.collect()).data, 1.0)
@@ -73,9 +74,11 @@ async def profile(webhook: str) -> None:
     await source.aclose()
     print(table("Exporter memory by step (tracemalloc)", ["step", "alive after MB", "peak during MB",
                                                           "peak above the start of the step MB"], steps.rows))
+    traced, fullest = max(at_peak[-2:], key=lambda p: p[0])  # the second cycle's wave(s)
     sites = [[str(s.traceback[0]), f"{s.size / 2**20:.1f}", f"{s.count:,}"]
-             for s in at_peak[-1].statistics("lineno")[:10]]
-    print(table("Alive when the last batch of the second cycle has arrived (top 10 allocation sites)",
+             for s in fullest.statistics("lineno")[:12]]
+    print(table(f"Alive when the second cycle's last batch has arrived ({traced / 2**20:.1f} MB traced; "
+                "top 12 allocation sites)",
                 ["site", "MB", "blocks"], sites))
 
 

@@ -14,6 +14,7 @@ from exporter.collector import ConfigReloads, ExporterFaults, SnapshotCollector
 from exporter.config import Bitrix24Config, Config, load_config
 from exporter.errors import ExporterError
 from exporter.exposition import Exposition
+from exporter.heap import fix_mmap_threshold
 from exporter.log import mask, register_secrets
 from exporter.reload import Reloader, SourceFleet, SourceSettings
 from exporter.scheduler import SourceLoop
@@ -109,6 +110,7 @@ class Exporter:
         await self.close()
 
     async def start(self) -> None:
+        fix_mmap_threshold()  # the exporter is the process: its large buffers go back to the system when freed
         self.exposition.render_now()
         self.store.on_change(self.exposition.invalidate)
         app = build_app(self.store, self.exposition, self.web, self._addresses, reload=self._reload_request)

@@ -7,21 +7,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import json
 import math
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import httpx
 import pytest
 from aiohttp import web
 
+from exporter.config import RateLimit
 from exporter.exposition import Exposition
 from exporter.render import Family
 from exporter.scheduler import SourceLoop, spread
 from exporter.simulator.bitrix24 import PortalSimulator, SimUser, create_app, generate_portal
 from exporter.snapshot import CounterQuery, PortalSnapshot, SourceKey, Store
-from exporter.sources.bitrix24 import ROLES, Bitrix24Source, counters_command
+from exporter.sources.bitrix24 import EXTRA_PER_BATCH, ROLES, Bitrix24Source, counters_command
 from exporter.sources.bitrix24_client import command
 from tests.conftest import FAST_PAUSE, FAST_RETRY, PortalServer, eventually
 
@@ -185,6 +188,41 @@ async def test_a_portal_that_grows_past_a_page_lists_every_user(portal_factory, 
     assert sim.commands_by_method["user.get"] == 2
     assert sim.calls["user.get"] == 0
     assert sim.calls["batch"] == batches(2 + 52 * len(ROLES))
+
+
+class BatchLog(httpx.AsyncBaseTransport):
+    """Real HTTP to the fake portal, noting the methods of every `batch` sent."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self._inner = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/batch"):
+            commands = json.loads(request.content)["cmd"].values()
+            self.batches.append([c.partition("?")[0] for c in commands])
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def test_a_large_portals_listing_is_spread_over_the_wave_at_no_extra_call(portal_factory):
+    """A batch of 50 user.get pages is one answer of 2,500 full user records (~17 MB decoded at once)."""
+    server = await portal_factory(users=1000, hidden=0, latency=0.0, rate_limited=False)
+    sim, sent = server.sim, BatchLog()
+    source = server.source(transport=sent, rate_limit=RateLimit(1000.0, 1000))
+    await source.collect()
+    steady(sim)
+    sent.batches.clear()
+    data = (await source.collect()).data
+    pages = 1000 // PAGE
+    assert sim.calls["batch"] == batches(pages + 1000 * len(ROLES))  # as few calls as the commands need
+    assert sum(b.count("user.get") for b in sent.batches) == pages
+    assert max(b.count("user.get") for b in sent.batches) == EXTRA_PER_BATCH
+    assert all(len(b) == 50 for b in sent.batches[:-1])
+    assert len(data.users) == 1000
+    assert readings(data) == truth(sim)
 
 
 async def test_user_get_refused_inside_batch_lists_directly_alongside_the_wave(portal_factory, make_source):

@@ -58,6 +58,9 @@ PAGE_SIZE = 50
 # cycle then opens no connection (on a real network the TCP and TLS handshakes are two or three round trips
 # before the first answer, and CPU on both sides for each of its ~11 requests)
 KEEPALIVE_MARGIN = 15.0
+# user.get pages a pipelined wave puts in one batch (the rest of it carries counters): 50 pages of 18-field
+# records are one 1.2 MB answer that decodes to ~17 MB at once; 10 decode to ~3.5 MB, at no extra call
+EXTRA_PER_BATCH = 10
 log = structlog.get_logger()
 
 
@@ -117,6 +120,29 @@ def portal_user(uid: int, record: Mapping[str, Any], *, names: bool = True) -> P
     return PortalUser(uid, user_name(record) if names else "",
                       normalize_email(record.get("EMAIL")) if names else "",
                       parse_ids(record.get("UF_DEPARTMENT")))
+
+
+# One user.get record as read on arrival: None for a record without an id (or, in a listing, a dismissed user)
+Listed = PortalUser | None
+
+
+def read_page(page: Any, *, names: bool, employees: bool) -> Any:
+    """A user.get page (a list of records) read the moment it arrives, one entry per record, so that its records
+    (18 fields each with scope `user`: ~7 KB a user decoded, ~34 MB at 5,000 users) are not held until the last
+    page is in. `employees`: a dismissed user reads as None, as in a listing. Anything but a list is returned
+    as it is, for the caller to refuse as it would the raw answer."""
+    return read_records(page, names=names, employees=employees) if isinstance(page, list) else page
+
+
+def read_records(records: Iterable[Any], *, names: bool, employees: bool) -> list[Listed]:
+    listed: list[Listed] = []
+    for record in records:
+        uid = _user_id(record)
+        if uid is None or (employees and _is_inactive(record)):
+            listed.append(None)
+        else:
+            listed.append(portal_user(uid, record, names=names))
+    return listed
 
 
 def user_name(record: Mapping[str, Any]) -> str:
@@ -263,11 +289,12 @@ class Bitrix24Source:
     async def _pipelined(self, fold: CounterFold) -> tuple[list[PortalUser], Structure]:
         """The listing and the known users' counters in one wave, the structure refresh (when due) alongside."""
         listing = self._listing_commands()
+        read = self._listing_page if self.config.users is None else self._named_page
 
         async def listed() -> list[PortalUser]:
             # the wave is made here, in the task that awaits it: made outside, a cycle cancelled before this
             # task began would leave it to the garbage collector, never awaited
-            wave = self._wave(fold, self._queries, listing)
+            wave = self._wave(fold, self._queries, listing, read)
             if listing or self.config.users is not None:
                 return await self._users_from(await wave)
             # no `total` to plan pages by, or user.get refused inside batch: list directly, meanwhile
@@ -334,34 +361,31 @@ class Bitrix24Source:
         wanted = [s for s in starts if s not in pages]  # pages of users new since the last cycle, too
         for start, page in zip(wanted, await all_or_none(self._page(s) for s in wanted), strict=True):
             pages[start] = page
-        return self._employees(record for start in sorted(pages) for record in pages[start])
+        return _employees(user for start in sorted(pages) for user in pages[start])
 
-    async def _page(self, start: int) -> list[Any]:
-        return _records(await self._client.call("user.get", {**_ACTIVE, "start": start}))
+    async def _page(self, start: int) -> list[Listed]:
+        records = _records(await self._client.call("user.get", {**_ACTIVE, "start": start}))
+        return read_records(records, names=self.config.names, employees=True)
 
-    def _employees(self, records: Iterable[Any]) -> list[PortalUser]:
-        users: dict[int, PortalUser] = {}
-        for record in records:
-            uid = _user_id(record)
-            if uid is not None and not _is_inactive(record):
-                users[uid] = portal_user(uid, record, names=self.config.names)
-        return sorted(users.values(), key=lambda u: u.user_id)
+    def _listing_page(self, page: Any) -> Any:
+        return read_page(page, names=self.config.names, employees=True)
 
     async def _active_employees(self) -> list[PortalUser]:
         """Every active employee: the first page directly, the rest as batched `start` offsets."""
         params: dict[str, Any] = {**_ACTIVE, "start": 0}
         first = await self._client.call("user.get", params)
-        records = list(_records(first))
+        users = read_records(_records(first), names=self.config.names, employees=True)
         total, nxt = _total(first.get("total")), _count(first.get("next"))
+        del first
         self._listing.total = total
         if nxt is not None:
             if total is not None and total > nxt:
-                records.extend(await self._pages_batched(params, nxt, total))
+                users.extend(await self._pages_batched(params, nxt, total))
             else:
-                records.extend(await self._pages_following(params, nxt))
-        return self._employees(records)
+                users.extend(await self._pages_following(params, nxt))
+        return _employees(users)
 
-    async def _pages_batched(self, params: dict[str, Any], first: int, total: int) -> list[Any]:
+    async def _pages_batched(self, params: dict[str, Any], first: int, total: int) -> list[Listed]:
         """Pages after the first, 50 pages per batch call. A page the batch did not answer in full
         (a portal or proxy that refuses user.get inside batch, or reads the filter differently) is
         asked for directly, so no user is lost."""
@@ -370,7 +394,7 @@ class Bitrix24Source:
         if self._listing.in_batch:
             commands = {f"p{start}": command("user.get", {**params, "start": start}) for start in starts}
             try:
-                for result in await all_or_none(self._client.batch(call, pause_key="user.get")
+                for result in await all_or_none(self._read_batch(call, set(call.commands), self._listing_page)
                                                 for call in chunk(commands)):
                     answered.update(result.results)
                     if result.errors:  # refused command by command: list directly from now on
@@ -380,32 +404,32 @@ class Bitrix24Source:
                     raise
                 log.info("bitrix24_user_pages_batch_refused", portal=self.target, code=exc.code)
                 self._listing.in_batch = False
-        records: list[Any] = []
+        users: list[Listed] = []
         for start in starts:
             page = answered.get(f"p{start}")
             if not isinstance(page, list) or len(page) < min(PAGE_SIZE, total - start):
                 page = await self._page(start)
-            records.extend(page)
-        return records
+            users.extend(page)
+        return users
 
-    async def _pages_following(self, params: dict[str, Any], start: int) -> list[Any]:
-        records: list[Any] = []
+    async def _pages_following(self, params: dict[str, Any], start: int) -> list[Listed]:
+        users: list[Listed] = []
         seen: set[int] = set()
         while start not in seen:
             seen.add(start)
             page = await self._client.call("user.get", {**params, "start": start})
-            records.extend(_records(page))
+            users.extend(read_records(_records(page), names=self.config.names, employees=True))
             nxt = page.get("next")
             if not isinstance(nxt, int) or isinstance(nxt, bool) or nxt <= start:
                 break
             start = nxt
-        return records
+        return users
 
     async def _named(self, ids: tuple[int, ...]) -> list[PortalUser]:
         """An explicit user list: names come from user.get by ID; a failed lookup leaves the name empty."""
         merged = BatchResult()
         try:
-            for result in await all_or_none(self._client.batch(c, pause_key="user.get")
+            for result in await all_or_none(self._read_batch(c, set(c.commands), self._named_page)
                                             for c in chunk(_name_commands(ids))):
                 merged.results.update(result.results)
         except ApiError as exc:
@@ -415,13 +439,27 @@ class Bitrix24Source:
         return self._names_from(merged, ids)
 
     def _names_from(self, answers: BatchResult, ids: tuple[int, ...]) -> list[PortalUser]:
+        """`answers`: name lookups read by `_named_page`."""
         found: dict[int, PortalUser] = {}
         for uid in ids:
             page = answers.results.get(f"u{uid}")
-            for record in page if isinstance(page, list) else []:
-                if _user_id(record) == uid:
-                    found[uid] = portal_user(uid, record, names=self.config.names)
+            for user in page if isinstance(page, list) else []:
+                if user is not None and user.user_id == uid:
+                    found[uid] = user
         return [found.get(uid, PortalUser(uid, "")) for uid in ids]
+
+    def _named_page(self, page: Any) -> Any:
+        return read_page(page, names=self.config.names, employees=False)
+
+    async def _read_batch(self, call: BatchCall, keys: Iterable[str], read: Callable[[Any], Any],
+                          pause_key: str = "user.get") -> BatchResult:
+        """One batch whose answers to `keys` are read by `read` as soon as it is decoded, in the batch's own
+        task: batches that finish together never hold their raw answers at once."""
+        result = await self._client.batch(call, pause_key=pause_key)
+        for key in keys:
+            if key in result.results:
+                result.results[key] = read(result.results[key])
+        return result
 
     # --- counters -------------------------------------------------------------------------------
 
@@ -468,22 +506,26 @@ class Bitrix24Source:
             self._queries = plan_queries(ids, structure, self.config.roles, auto=self.config.groups is None)
         return self._queries
 
-    async def _wave(self, fold: CounterFold, queries: Sequence[CounterQuery], extra: Mapping[str, str]
-                    ) -> BatchResult:
-        """`extra` commands first, then a counters command per query, 50 to a batch, every batch at once (the
-        client's bucket and slots pace them); counters are folded in as each batch arrives, the answers to
-        `extra` are returned."""
+    async def _wave(self, fold: CounterFold, queries: Sequence[CounterQuery], extra: Mapping[str, str],
+                    read: Callable[[Any], Any] = lambda answer: answer) -> BatchResult:
+        """`extra` commands in the first batches, up to EXTRA_PER_BATCH each, the rest of every batch counters
+        commands, 50 to a batch (as few batches as the commands need), every batch at once (the client's bucket
+        and slots pace them); counters are folded in as each batch arrives, the answers to `extra` are
+        returned, each as `read` made of it on arrival."""
         keys = list(extra)
         parts: list[tuple[list[str], Sequence[CounterQuery]]] = []
-        taken = 0
-        for n in range(0, len(keys), BATCH_LIMIT):
-            names = keys[n:n + BATCH_LIMIT]
-            room = BATCH_LIMIT - len(names)  # only the last batch of `extra` has room for counters
-            parts.append((names, queries[taken:taken + room]))
-            taken += room
-        parts += [([], queries[n:n + BATCH_LIMIT]) for n in range(taken, len(queries), BATCH_LIMIT)]
+        named = taken = 0
+        while named < len(keys) or taken < len(queries):
+            names = keys[named:named + EXTRA_PER_BATCH]
+            part = queries[taken:taken + BATCH_LIMIT - len(names)]
+            taken += len(part)
+            more = BATCH_LIMIT - len(names) - len(part)  # the counters ran out: fill up with `extra`
+            names = keys[named:named + len(names) + more]
+            named += len(names)
+            parts.append((names, part))
         answers = BatchResult()
-        async with aclosing(as_they_finish(self._send(extra, names, part) for names, part in parts)) as batches:
+        sends = (self._send(extra, names, part, read) for names, part in parts)
+        async with aclosing(as_they_finish(sends)) as batches:
             async for sent, result in batches:
                 fold.add(sent, result)
                 for key in extra.keys() & result.results.keys():
@@ -495,14 +537,14 @@ class Bitrix24Source:
         fold.missing(queries)
         return answers
 
-    async def _send(self, extra: Mapping[str, str], names: Sequence[str], queries: Sequence[CounterQuery]
-                    ) -> tuple[dict[str, CounterQuery], BatchResult]:
+    async def _send(self, extra: Mapping[str, str], names: Sequence[str], queries: Sequence[CounterQuery],
+                    read: Callable[[Any], Any]) -> tuple[dict[str, CounterQuery], BatchResult]:
         """One batch; its counters command strings are made here, so only the batches in flight hold theirs."""
         sent = {f"c{i}": q for i, q in enumerate(queries)}
         commands = {name: extra[name] for name in names}
         commands.update((key, counters_command(q)) for key, q in sent.items())
         pause_key = COUNTERS_METHOD if queries else "user.get"
-        return sent, await self._client.batch(BatchCall(commands), pause_key=pause_key)
+        return sent, await self._read_batch(BatchCall(commands), names, read, pause_key)
 
 
 def _unchanged_kept(snapshot: PortalSnapshot, last: PortalSnapshot | None) -> PortalSnapshot:
@@ -542,6 +584,12 @@ def counters_command(query: CounterQuery) -> str:
 
 def _name_commands(ids: Iterable[int]) -> dict[str, str]:
     return {f"u{uid}": command("user.get", {"ID": uid}) for uid in ids}
+
+
+def _employees(users: Iterable[Listed]) -> list[PortalUser]:
+    """A listing's users by id (a later page's record of the same user wins), without the records read as None."""
+    found = {user.user_id: user for user in users if user is not None}
+    return sorted(found.values(), key=lambda u: u.user_id)
 
 
 def _count(raw: Any) -> int | None:
