@@ -59,7 +59,7 @@ FULL = Plan(quick=False, users=(100, 1000, 5000), naive_run=(100,), fast_run=(10
             portals_window_s=180.0)
 QUICK = Plan(quick=True, users=(10, 100), naive_run=(10,), fast_run=(10, 100), steady=((100, 2),),
              reminders=(1000,), series=(2500,), scrapes=300, scrape_budget_s=3.0, live_users=100,
-             memory=((100, 23),), portals=(5, 20), portals_interval=5.0, portals_window_s=6.0)
+             memory=((100, 23),), portals=(5, 20), portals_interval=2.0, portals_window_s=3.0)
 
 
 def progress(message: str) -> None:
