@@ -7,10 +7,13 @@
 One process serves both simulators: a Bitrix24 portal of `users` employees with its company structure
 (a team per dozen employees past the first hundred) and workgroups, and a Pachca workspace whose users are
 the same people (matched by e-mail). Another runs the whole exporter against them with `groups: auto` and
-a `people` section. Debian's Prometheus scrapes it and evaluates prometheus/alerts.yml. Once Prometheus
-holds a few scrapes of the full data, every query of every panel of grafana/tasks-exporter.json goes to
-Prometheus' HTTP API the way Grafana sends it (instant or range, variables at their defaults), round-robin
-over the queries and over several evaluation times, and the wall time of each answer is recorded.
+a `people` section. Debian's Prometheus scrapes it and evaluates the rule files prometheus/prometheus.yml lists:
+the recording rules (prometheus/rules.yml, whose series the heaviest panels read) and the alerts. Once
+Prometheus holds a few scrapes of the full data and the recording rules have run on it, every query of every
+panel of grafana/tasks-exporter.json goes to Prometheus' HTTP API the way Grafana sends it (instant or range,
+variables at their defaults), round-robin over the queries and over several evaluation times, and the wall
+time of each answer is recorded. The recording rules' own cost is reported beside it: their evaluation time
+as Prometheus reports it, and their expressions timed as queries.
 
 Neither the simulators nor the exporter's client bucket limit the request rate: a 5,000-user cycle at the
 portal's real 2 req/s takes about 4 minutes (bench/RESULTS.md, the Bitrix24 table), and what is measured
@@ -44,6 +47,7 @@ from scrape import percentile
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).with_name("RESULTS.md")
+CONFIG = ROOT / "prometheus" / "prometheus.yml"
 BEGIN, END = "<!-- dashboard_query.py: begin -->", "<!-- dashboard_query.py: end -->"
 TARGET_MS = 200.0
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -131,7 +135,7 @@ class Prometheus:
     scrape job and alert rules) but scraping `target` every `scrape_interval` seconds."""
 
     def __init__(self, binary: str, target: str, scrape_interval: int, workdir: Path) -> None:
-        config = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text(encoding="utf-8"))
+        config = yaml.safe_load(CONFIG.read_text(encoding="utf-8"))
         every = f"{scrape_interval}s"
         config["global"].update(scrape_interval=every, evaluation_interval=every)
         config["rule_files"] = [str(ROOT / "prometheus" / name) for name in config["rule_files"]]
@@ -242,6 +246,21 @@ def panel_queries(values: dict[str, str], rate_interval: str) -> list[PanelQuery
             for title, ref, expr in generator.panel_queries(board)]
 
 
+@dataclass(frozen=True, slots=True)
+class RecordingRule:
+    record: str
+    expr: str
+
+
+def recording_rules() -> list[RecordingRule]:
+    """The recording rules of the rule files prometheus/prometheus.yml loads."""
+    files = yaml.safe_load(CONFIG.read_text(encoding="utf-8"))["rule_files"]
+    groups = [group for name in files
+              for group in yaml.safe_load((CONFIG.parent / name).read_text(encoding="utf-8"))["groups"]]
+    return [RecordingRule(rule["record"], rule["expr"]) for group in groups for rule in group["rules"]
+            if "record" in rule]
+
+
 # What merely selecting series costs on this Prometheus: the floor under every panel query.
 REFERENCE = (('bitrix24_tasks{group_id="0", role="all"}', 'count(bitrix24_tasks{group_id="0", role="all"})'),
              ("bitrix24_user_department", "count(bitrix24_user_department)"),
@@ -274,6 +293,10 @@ def _run(plan: Plan, prometheus: Prometheus) -> dict[str, Any]:
     prometheus.wait_for('count(bitrix24_tasks{group_id="0"})', plan.users * 10, wait)
     prometheus.wait_for("count(tasks_exporter_person_info)", 1, wait)
     prometheus.wait_for("count(bitrix24_group_member)", 1, wait)
+    rules = recording_rules()
+    progress(f"waiting for {len(rules)} recording rules to run on it")
+    for rule in rules:  # as many series recorded as the expression yields now: the rule ran on the full data
+        prometheus.wait_for(f"count({rule.record}) - count({rule.expr})", 0, wait)
     start = time.time()
     progress(f"waiting for {plan.scrapes} scrapes of it")
     prometheus.wait_for("min(count_over_time(tasks_exporter_person_info[1h]))", plan.scrapes,
@@ -288,16 +311,17 @@ def _run(plan: Plan, prometheus: Prometheus) -> dict[str, Any]:
     top = prometheus.labels('bitrix24_department_info{parent_id=""}', "department_id")
     queries = panel_queries({"department": "|".join(top)}, rate_interval=f"{4 * plan.scrape_interval}s")
     references = [PanelQuery(name, "-", expr, True) for name, expr in REFERENCE]
+    rule_queries = [PanelQuery(rule.record, "-", rule.expr, True) for rule in rules]
     now = time.time()
     times = [now - k * plan.scrape_interval for k in range(plan.evaluations)]
     span = plan.scrapes * plan.scrape_interval  # of a range query: the last `scrapes` scrapes before its end
     progress(f"timing {len(queries)} queries x {plan.runs} runs")
-    timed = [*queries, *references]
+    timed = [*queries, *references, *rule_queries]
     walls: list[list[float]] = [[] for _ in timed]
     cpu = [0.0] * len(timed)
     series = [0] * len(timed)
     load = [os.getloadavg()[0]]
-    evaluations: dict[tuple[str, str], float] = {}
+    evaluations: dict[Evaluation, float] = {}
     for run in range(plan.runs):
         _rule_evaluations(prometheus, evaluations)
         at = times[run % len(times)]
@@ -310,25 +334,46 @@ def _run(plan: Plan, prometheus: Prometheus) -> dict[str, Any]:
     cpu_ms = [total * 1000 / plan.runs for total in cpu]
     load.append(os.getloadavg()[0])
     selected = [prometheus.value(q.expr) or 0.0 for q in references]
+    recorded = [prometheus.value(f"count({rule.record})") or 0.0 for rule in rules]
+    ends = len(queries), len(queries) + len(references)
     return {"plan": plan, "panels": list(zip(queries, walls, series, cpu_ms, strict=False)),
-            "references": list(zip(references, walls[len(queries):], selected, cpu_ms[len(queries):], strict=True)),
-            "stored": stored, "window_s": now - start, "span_s": span, "rules": _rule_times(evaluations), "top": top,
-            "load": load}
+            "references": list(zip(references, walls[ends[0]:ends[1]], selected, cpu_ms[ends[0]:ends[1]],
+                                   strict=True)),
+            "rule_queries": list(zip(rule_queries, walls[ends[1]:], recorded, cpu_ms[ends[1]:], strict=True)),
+            "stored": stored, "window_s": now - start, "span_s": span, "rules": _rule_times(evaluations, "rule"),
+            "groups": _rule_times(evaluations, "group"), "top": top, "load": load}
 
 
-def _rule_evaluations(prometheus: Prometheus, seen: dict[tuple[str, str], float]) -> None:
-    """Add each alert rule's last evaluation (name, when) -> seconds, as Prometheus reports it, to `seen`."""
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """One evaluation of a rule or a rule group, as /api/v1/rules reports it."""
+
+    level: str  # "group" or "rule"
+    name: str
+    kind: str  # "recording" or "alerting" (a group: "alerting" if any of its rules is)
+    when: str  # lastEvaluation
+
+
+def _rule_evaluations(prometheus: Prometheus, seen: dict[Evaluation, float]) -> None:
+    """Add the last evaluation of each rule group and each rule -> seconds, as Prometheus reports it (the same
+    figure as prometheus_rule_group_last_duration_seconds for a group), to `seen`."""
     groups = prometheus.client.get(f"{prometheus.api}/rules").json()["data"]["groups"]
-    for rule in (rule for group in groups for rule in group["rules"]):
-        seen[(rule["name"], rule["lastEvaluation"])] = float(rule["evaluationTime"])
+    for group in groups:
+        kinds = {rule["type"] for rule in group["rules"]}
+        kind = "alerting" if "alerting" in kinds else "recording"
+        seen[Evaluation("group", group["name"], kind, group["lastEvaluation"])] = float(group["evaluationTime"])
+        for rule in group["rules"]:
+            seen[Evaluation("rule", rule["name"], rule["type"], rule["lastEvaluation"])] = float(rule["evaluationTime"])
 
 
-def _rule_times(seen: dict[tuple[str, str], float]) -> list[tuple[str, list[float]]]:
-    """Each rule's evaluation times (seconds) seen during the timing."""
-    by_rule: dict[str, list[float]] = {}
-    for (name, _), seconds in seen.items():
-        by_rule.setdefault(name, []).append(seconds)
-    return sorted(by_rule.items(), key=lambda item: -percentile(item[1], 0.5))
+def _rule_times(seen: dict[Evaluation, float], level: str) -> list[tuple[str, str, list[float]]]:
+    """(name, kind, evaluation times in seconds) of each rule or group seen during the timing, slowest first."""
+    by_name: dict[tuple[str, str], list[float]] = {}
+    for evaluation, seconds in seen.items():
+        if evaluation.level == level and evaluation.when != "0001-01-01T00:00:00Z":  # not evaluated yet
+            by_name.setdefault((evaluation.name, evaluation.kind), []).append(seconds)
+    return sorted(((name, kind, times) for (name, kind), times in by_name.items()),
+                  key=lambda item: -percentile(item[2], 0.5))
 
 
 # --- the report -----------------------------------------------------------------------------------
@@ -353,9 +398,9 @@ def report(result: dict[str, Any], command: str) -> str:
         machine(), f"prometheus: {' '.join(version)}", f"command: {command}", "",
         f"Stored: {stored}. The exporter ran `groups: auto` with a `people` section against a {plan.users:,}-user "
         f"portal ({plan.workgroups} readable workgroups) and a workspace of the same people ({plan.reminders:,} "
-        f"reminders). Prometheus ran prometheus/prometheus.yml (the shipped job and alert rules), scraping and "
-        f"evaluating every {every}, and held {plan.scrapes}+ scrapes ({result['window_s']:.0f} s of data) "
-        "before the timing began.", "",
+        f"reminders). Prometheus ran prometheus/prometheus.yml (the shipped job, recording rules and alert rules), "
+        f"scraping and evaluating every {every}; before the timing began it held {plan.scrapes}+ scrapes "
+        f"({result['window_s']:.0f} s of data) and the recording rules had run on the full data.", "",
         f"**Heaviest panel query: {heaviest.title} [{heaviest.ref}], median {median:.1f} ms, p99 {p99:.1f} ms; "
         f"target under {TARGET_MS:.0f} ms: {verdict}.**", "",
         table("Panel queries, heaviest first",
@@ -370,7 +415,7 @@ def report(result: dict[str, Any], command: str) -> str:
                "query)",
                "Prometheus CPU: its user + system time (/proc/PID/stat) over each answer, the mean over the "
                "runs; it does not depend on what else the machine runs, but includes whatever scrape or rule "
-               "evaluation Prometheus did meanwhile (every 30 s)",
+               f"evaluation Prometheus did meanwhile (every {every})",
                "rate limits off in both simulators and in the exporter's client bucket, and one cycle of each "
                "source: this measures the queries, not the collection (at the real 2 req/s a 5,000-user cycle "
                "takes ~4 minutes, see the Bitrix24 table)",
@@ -382,11 +427,31 @@ def report(result: dict[str, Any], command: str) -> str:
               ["selector", "series", "median ms", "p99 ms", "max ms", "Prometheus CPU ms", "CPU µs per series"],
               references,
               ["count(selector), timed in the same round-robin as the panel queries"]),
-        table("Alert rules: evaluation time as Prometheus reports it", ["rule", "evaluations", "median ms", "max ms"],
-              [[name, str(len(times)), f"{percentile(times, 0.5) * 1000:.1f}", f"{max(times) * 1000:.1f}"]
-               for name, times in result["rules"]],
-              [f"every evaluation (every {every}) during the timing, read from /api/v1/rules; they ran while the "
-               "panel queries were being sent back to back, so they competed with them for Prometheus' CPU"])])
+        table("Recording rules: what one evaluation costs, timed as a query",
+              ["rule", "series recorded", "median ms", "p99 ms", "max ms", "Prometheus CPU ms"],
+              [[q.title, number(recorded), *_ms(walls), f"{cpu:.0f}"]
+               for q, walls, recorded, cpu in result["rule_queries"]],
+              ["each rule's expression sent as an instant query, in the same round-robin as the panel queries: "
+               f"Prometheus pays about this at every evaluation (every {every}) instead of at every dashboard "
+               "refresh and alert evaluation that needs the figures"]),
+        table("Rule groups: evaluation time as Prometheus reports it",
+              ["group", "kind", "evaluations", "median ms", "max ms", "median per minute ms"],
+              [[name, kind, str(len(times)), *_evaluation_ms(times),
+                f"{percentile(times, 0.5) * 1000 * 60 / plan.scrape_interval:.0f}"]
+               for name, kind, times in result["groups"]],
+              [f"every evaluation (every {every}) during the timing, read from /api/v1/rules (a group's "
+               "evaluationTime, the figure prometheus_rule_group_last_duration_seconds exports); wall time, so it "
+               "grows with the machine's load, and the groups ran while the panel queries were being sent back to "
+               "back, so they competed with them for Prometheus' CPU",
+               "per minute: the median times the evaluations a minute holds, what the group costs Prometheus "
+               "whether anyone looks at the dashboard or not"]),
+        table("Rules: evaluation time as Prometheus reports it", ["rule", "kind", "evaluations", "median ms", "max ms"],
+              [[name, kind, str(len(times)), *_evaluation_ms(times)] for name, kind, times in result["rules"]],
+              [f"every evaluation (every {every}) during the timing, read from /api/v1/rules"])])
+
+
+def _evaluation_ms(times: list[float]) -> list[str]:
+    return [f"{percentile(times, 0.5) * 1000:.1f}", f"{max(times) * 1000:.1f}"]
 
 
 def _ms(walls: list[float]) -> list[str]:

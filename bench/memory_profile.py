@@ -50,7 +50,7 @@ async def profile(webhook: str) -> None:
     steps.end("imports (exporter, aiohttp, httpx, prometheus_client)")
 
     store = Store()
-    exposition = Exposition(SnapshotCollector(store).snapshot_families)
+    exposition = Exposition(SnapshotCollector(store).snapshot_sections)
     config = Bitrix24Config(name="profile", webhook_url=Secret(webhook), rate_limit=RateLimit(1e6, 10**6))
     source = Bitrix24Source(config)
     key = store.register(source)

@@ -3,8 +3,9 @@
 Simulated portals (each its own aiohttp app on its own port, so its own webhook and its own leaky bucket)
 run in simulator processes of their own; one exporter process (exporter.app.running, as deployed) watches
 all of them. Measured: RSS, CPU seconds per minute of operation (a Prometheus-like scrape every 15 s
-included), /metrics latency under 10 concurrent keep-alive scrapers while cycles run, the series count,
-and each portal's cycle against its own bound (the leaky-bucket bound plus one round trip).
+included; from the moment every portal has had its second cycle, so that each interval has one cycle of each
+portal), /metrics latency under 10 concurrent keep-alive scrapers while cycles run, the series count, and each
+portal's cycle against its own bound (the leaky-bucket bound plus one round trip).
 """
 
 from __future__ import annotations
@@ -104,6 +105,11 @@ async def _many(conn: Connection, run: ManyRun) -> None:
                 await until(lambda: cycles.done(1) == len(run.webhooks), step=0.05)
                 conn.send({"seconds": time.monotonic() - started, "rss_mb": memory_mb(),
                            "renders": exporter.exposition.renders})
+            elif message == "steady":
+                # every portal's second cycle waits its slot in the interval once (exporter/scheduler.py): until
+                # each has had it, fewer cycles run per interval than in steady operation
+                await until(lambda: cycles.done(2) == len(run.webhooks), step=0.05)
+                conn.send({"seconds": time.monotonic() - started})
             elif isinstance(message, tuple) and message[0] == "cpu":
                 conn.send(await _cpu_window(exporter, host, int(port), message[1]))
             elif message == "mark":
@@ -116,6 +122,7 @@ async def _many(conn: Connection, run: ManyRun) -> None:
 async def _cpu_window(exporter: Any, host: str, port: int, seconds: float) -> dict[str, Any]:
     """CPU and RSS over `seconds` of operation, with one gzip scrape every SCRAPE_EVERY_S."""
     cpu, renders = cpu_seconds(), exporter.exposition.renders
+    rendering = getattr(exporter.exposition, "render_seconds_total", float("nan"))
     began = time.monotonic()
     rss: list[float] = []
     next_scrape = began
@@ -128,4 +135,5 @@ async def _cpu_window(exporter: Any, host: str, port: int, seconds: float) -> di
     elapsed = time.monotonic() - began
     return {"cpu_s": cpu_seconds() - cpu, "seconds": elapsed, "rss_max_mb": max(rss), "rss_end_mb": memory_mb(),
             "renders": exporter.exposition.renders - renders,
-            "render_s": getattr(exporter.exposition, "render_seconds", float("nan"))}
+            "render_s": getattr(exporter.exposition, "render_seconds", float("nan")),
+            "render_cpu_s": getattr(exporter.exposition, "render_seconds_total", float("nan")) - rendering}

@@ -58,7 +58,7 @@ async def _exporter(conn: Connection, series: int) -> None:
     from exporter.snapshot import ApiTelemetry, Store
 
     store = Store()
-    exposition = Exposition(SnapshotCollector(store).snapshot_families)
+    exposition = Exposition(SnapshotCollector(store).snapshot_sections)
     key = store.register(SimpleNamespace(source="bitrix24", target="big", interval=60.0, telemetry=ApiTelemetry()))
     store.succeeded(key, big_snapshot(series), 1.0)
     started = time.perf_counter()

@@ -74,7 +74,7 @@ class Exporter:
         faults = ExporterFaults()
         self.reloads = ConfigReloads()
         self._collector = SnapshotCollector(self.store, faults, self.reloads, people=config.people)
-        self.exposition = Exposition(self._collector.snapshot_families, self._collector.live_families,
+        self.exposition = Exposition(self._collector.snapshot_sections, self._collector.live_families,
                                      faults=faults)
         self._addresses = _addresses(config)  # the landing page's list: changed in place by a reload
         self.reloader = Reloader((lambda: load_config(config_file)) if config_file else (lambda: self.config),

@@ -9,10 +9,11 @@ exporter/render.py writes them as text.
 
 from __future__ import annotations
 
+import functools
 import platform
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, get_args
 
@@ -23,10 +24,9 @@ from prometheus_client.registry import Collector
 from exporter import __version__
 from exporter.config import PeopleConfig
 from exporter.errors import FailureReason
-from exporter.org import StructureStatus
 from exporter.people import PeopleMatch, match_by_email
-from exporter.render import Family, Row
-from exporter.snapshot import PortalSnapshot, ReminderTally, SourceKey, SourceState, Store
+from exporter.render import Family, Row, Section, Shard, Sharded, flatten
+from exporter.snapshot import PortalSnapshot, ReminderTally, SourceState, Store
 
 log = structlog.get_logger()
 
@@ -69,18 +69,27 @@ class SnapshotCollector(Collector):
         yield from self.live_families()
 
     def snapshot_families(self) -> Iterator[Family]:
-        """What changes only when a cycle ends: rendered once per change. Besides the sources' families:
+        """What changes only when a cycle ends, as whole families (see snapshot_sections)."""
+        return flatten(self.snapshot_sections())
+
+    def snapshot_sections(self) -> Iterator[Section]:
+        """What changes only when a cycle ends: rendered once per change, each source's rows of a family apart
+        from the others' (a render re-makes only what changed; exporter/incremental.py). Families that change at
+        every cycle come last: a render's work over the whole text (its CRC) starts at the first change. Besides
+        the sources' families:
 
         tasks_exporter_build_info{version="0.1.0",python_version="3.11.7"} 1.0
         """
         states = sorted(self._store.states(), key=lambda s: (s.key.source, s.key.target))
-        yield from _bitrix24([s for s in states if isinstance(s.data, PortalSnapshot)])
-        yield from _bitrix24_org([s for s in states if isinstance(s.data, PortalSnapshot)])
-        yield from _pachca([s for s in states if isinstance(s.data, ReminderTally)])
+        portals = [s for s in states if isinstance(s.data, PortalSnapshot)]
+        yield _sharded("bitrix24", _bitrix24, portals, _bitrix24_versions)
+        yield _sharded("bitrix24_org", _bitrix24_org, portals, lambda s: (_portal(s).org,) * 4)
+        yield _sharded("pachca", _pachca, [s for s in states if isinstance(s.data, ReminderTally)])
         yield from self._people.families(states)
-        yield from _source_health(states)
-        yield from _structure_health([(s.key, s.data.structure) for s in states
-                                      if isinstance(s.data, PortalSnapshot) and s.data.structure is not None])
+        yield _sharded("bitrix24_budget", _bitrix24_budget, portals)
+        yield _sharded("source_health", _source_health, states)
+        yield _sharded("structure_health", _structure_health,
+                       [s for s in portals if isinstance(s.data, PortalSnapshot) and s.data.structure is not None])
         info = Family.gauge("tasks_exporter_build_info", "Version of tasks-exporter, value 1.",
                             labels=["version", "python_version"])
         info.add_metric([__version__, platform.python_version()], 1)
@@ -106,6 +115,29 @@ class SnapshotCollector(Collector):
             yield _client_metric(family, ())
 
 
+def _sharded(name: str, produce: Callable[[list[SourceState]], Iterator[Family]], states: list[SourceState],
+             versions: Callable[[SourceState], tuple[object, ...]] | None = None) -> Sharded:
+    """`produce`'s families for `states`, one shard per state: every producer adds each state's rows in turn,
+    so its families for all states are the shards' rows one after the other. `versions` says what each family's
+    rows of a state are made from; by default the whole state (its version: every change of it)."""
+    families = list(produce([]))
+    return Sharded(name, families, [
+        Shard(s.key, versions(s) if versions else (s.version,) * len(families), functools.partial(produce, [s]))
+        for s in states])
+
+
+def _portal(state: SourceState) -> PortalSnapshot:
+    assert isinstance(state.data, PortalSnapshot)
+    return state.data
+
+
+def _bitrix24_versions(state: SourceState) -> tuple[object, ...]:
+    """What _bitrix24's families of a portal are made from: the parts of the snapshot that a cycle hands over
+    as the same objects when nothing in them changed (counters, users; small numbers are the same int)."""
+    data = _portal(state)
+    return data.counters, data.users, data.users, data.hidden_users, data.failed_commands
+
+
 def _client_metric(family: Family, rows: Iterable[Row]) -> Metric:
     kind = CounterMetricFamily if family.kind == "counter" else GaugeMetricFamily
     metric = kind(family.name, family.help, labels=list(family.labels))
@@ -115,11 +147,10 @@ def _client_metric(family: Family, rows: Iterable[Row]) -> Metric:
 
 
 def _bitrix24(states: list[SourceState]) -> Iterator[Family]:
-    """Each portal's task counters, users and REST budget, e.g.
+    """Each portal's task counters and users, e.g.
 
     bitrix24_tasks{portal="acme",user_id="1",group_id="0",role="all",counter="expired"} 3.0
     bitrix24_user_info{portal="acme",user_id="1",name="Anna Petrova"} 1.0
-    bitrix24_method_operating_seconds{portal="acme",method="tasks.task.counters.get"} 1.5
     """
     tasks = Family(
         "bitrix24_tasks", "Bitrix24 task counter (tasks.task.counters.get) per user, workgroup and role; "
@@ -134,10 +165,6 @@ def _bitrix24(states: list[SourceState]) -> Iterator[Family]:
     failed = Family.gauge("bitrix24_commands_failed",
                           "Batch commands that failed in the last good cycle (their last values are kept).",
                           labels=["portal"])
-    operating = Family.gauge(
-        "bitrix24_method_operating_seconds", "Execution time the portal has accounted to a REST method "
-        "in its 10-minute window (time.operating); calls are blocked above the portal's limit.",
-        labels=["portal", "method"])
     for state in states:
         data = state.data
         assert isinstance(data, PortalSnapshot)
@@ -145,9 +172,22 @@ def _bitrix24(states: list[SourceState]) -> Iterator[Family]:
         users.add_metric([portal], len(data.users))
         hidden.add_metric([portal], data.hidden_users)
         failed.add_metric([portal], data.failed_commands)
-        for method, seconds in sorted(data.operating_seconds.items()):
-            operating.add_metric([portal, method], seconds)
-    yield from (tasks, info, users, hidden, failed, operating)
+    yield from (tasks, info, users, hidden, failed)
+
+
+def _bitrix24_budget(states: list[SourceState]) -> Iterator[Family]:
+    """Each portal's REST budget, which moves at every cycle, e.g.
+
+    bitrix24_method_operating_seconds{portal="acme",method="tasks.task.counters.get"} 1.5
+    """
+    operating = Family.gauge(
+        "bitrix24_method_operating_seconds", "Execution time the portal has accounted to a REST method "
+        "in its 10-minute window (time.operating); calls are blocked above the portal's limit.",
+        labels=["portal", "method"])
+    for state in states:
+        for method, seconds in sorted(_portal(state).operating_seconds.items()):
+            operating.add_metric([state.key.target, method], seconds)
+    yield operating
 
 
 def _bitrix24_org(states: list[SourceState]) -> Iterator[Family]:
@@ -379,7 +419,7 @@ def _source_health(states: list[SourceState]) -> Iterator[Family]:
     yield from (up, last, duration, interval, bound, failures)
 
 
-def _structure_health(statuses: list[tuple[SourceKey, StructureStatus]]) -> Iterator[Family]:
+def _structure_health(states: list[SourceState]) -> Iterator[Family]:
     """Structure refreshes (departments, workgroups, members) run on their own interval; a failed one keeps
     the last good structure, so it is reported here rather than in tasks_exporter_source_up, e.g.
 
@@ -394,8 +434,10 @@ def _structure_health(statuses: list[tuple[SourceKey, StructureStatus]]) -> Iter
     failures = Family.counter("tasks_exporter_structure_failures",
                               "Failed structure refreshes by reason (the last good structure is kept).",
                               labels=[*labels, "reason"])
-    for key, status in statuses:
-        _add_health([key.source, key.target], status, up, last, failures)
+    for state in states:
+        assert isinstance(state.data, PortalSnapshot)
+        assert state.data.structure is not None
+        _add_health([state.key.source, state.key.target], state.data.structure, up, last, failures)
     yield from (up, last, failures)
 
 

@@ -9,8 +9,9 @@ version 1.0.0), so its text is not bound to the 0.0.4 that CONTENT_TYPE promises
 from __future__ import annotations
 
 import io
+import itertools
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -53,21 +54,109 @@ class Family:
         self.rows.append((values, value))
 
 
-def render(families: Iterable[Family]) -> bytes:
-    """The families as text format 0.0.4, e.g. `bitrix24_users{portal="acme"} 12.0`."""
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """One source's rows of a group of families: `families()` makes the group's families with only those rows.
+
+    `key` names the source across renders. `versions` has an object per family: what the source's rows of that
+    family are made from (e.g. the snapshot's counters). While it is the same object, the rows are the same, so
+    a renderer may keep the text it made of them; a new object (even an equal one) means they are made again.
+    """
+
+    key: Hashable
+    versions: tuple[object, ...]
+    families: Callable[[], Iterable[Family]]
+
+
+@dataclass(frozen=True, slots=True)
+class Sharded:
+    """Families whose rows come source by source: family i has shard 1's rows of family i, then shard 2's, ...
+
+    `name` names the group (a renderer's cache key); `families` are the group's families without rows, in the
+    order every shard makes them.
+    """
+
+    name: str
+    families: Sequence[Family]
+    shards: Sequence[Shard]
+
+    def made(self, shard: Shard) -> list[Family]:
+        """The shard's families, checked against the group's (a producer that skips one is a bug)."""
+        made = list(shard.families())
+        if [f.name for f in made] != [f.name for f in self.families]:
+            raise ValueError(f"{self.name}: shard {shard.key} made {[f.name for f in made]}, "
+                             f"not {[f.name for f in self.families]}")
+        return made
+
+    def merged(self) -> Iterator[Family]:
+        """The group as whole families, every shard's rows in turn."""
+        made = [self.made(shard) for shard in self.shards]
+        for i, family in enumerate(self.families):
+            yield Family(family.name, family.help, family.labels, family.kind,
+                         itertools.chain.from_iterable(m[i].rows for m in made))
+
+
+Section = Family | Sharded
+
+
+def flatten(sections: Iterable[Section]) -> Iterator[Family]:
+    """Sections as the families they stand for."""
+    for section in sections:
+        if isinstance(section, Sharded):
+            yield from section.merged()
+        else:
+            yield section
+
+
+def render(sections: Iterable[Section]) -> bytes:
+    """The families as text format 0.0.4, e.g. `bitrix24_users{portal="acme"} 12.0`, all rendered afresh."""
     out = io.BytesIO()
-    for family in families:
-        name = family.exposed_name
-        help_text = family.help.replace("\\", "\\\\").replace("\n", "\\n")
-        out.write(f"# HELP {name} {help_text}\n# TYPE {name} {family.kind}\n".encode())
-        labels = family.labels
-        for values, value in family.rows:
-            if labels:
-                pairs = ",".join(f'{k}="{_escape(v)}"' for k, v in zip(labels, values, strict=True))
-                out.write(f"{name}{{{pairs}}} {_number(value)}\n".encode())
-            else:
-                out.write(f"{name} {_number(value)}\n".encode())
+    for family in flatten(sections):
+        out.write(header(family))
+        out.write(samples(family))
     return out.getvalue()
+
+
+def header(family: Family) -> bytes:
+    """The HELP and TYPE lines of a family, which come once before all its samples."""
+    name = family.exposed_name
+    help_text = family.help.replace("\\", "\\\\").replace("\n", "\\n")
+    return f"# HELP {name} {help_text}\n# TYPE {name} {family.kind}\n".encode()
+
+
+def samples(family: Family) -> bytes:
+    """The sample lines of a family, without its header: the rows are read once.
+
+    Each line is one str.format of a per-family template; a line is checked for characters that need
+    escaping (rare in label values) and made again with escaped values only when it has some. Lines are
+    encoded a batch at a time, so a big family costs its text once more at most, not its lines as objects.
+    """
+    name = family.exposed_name.replace("{", "{{").replace("}", "}}")
+    labels = family.labels
+    out = io.BytesIO()
+    lines: list[str] = []
+    if labels:
+        width = len(labels)
+        pairs = ",".join(f'{k}="{{}}"' for k in labels)
+        line = f"{name}{{{{{pairs}}}}} {{}}\n".format
+        quotes = 2 * width
+        for values, value in family.rows:
+            if len(values) != width:
+                raise ValueError(f"{family.name}: {len(values)} label values for {width} label names")
+            text = line(*values, _number(value))
+            if text.count('"') != quotes or "\\" in text or text.count("\n") != 1:
+                text = line(*map(_escape, values), _number(value))
+            lines.append(text)
+            if len(lines) == _BATCH:
+                out.write("".join(lines).encode())
+                lines.clear()
+    else:
+        lines.extend(f"{name} {_number(value)}\n" for _, value in family.rows)
+    out.write("".join(lines).encode())
+    return out.getvalue()
+
+
+_BATCH = 1024  # lines encoded at a time
 
 
 def from_prometheus_client(metrics: Iterable[Metric]) -> Iterator[Family]:
@@ -80,12 +169,12 @@ def from_prometheus_client(metrics: Iterable[Metric]) -> Iterator[Family]:
             raise ValueError(f"{metric.name}: a {metric.type} has no place in this writer")
         kind: Kind = "counter" if metric.type == "counter" else "gauge"
         exposed = metric.name + "_total" if kind == "counter" else metric.name
-        samples = [s for s in metric.samples if s.name == exposed]  # drops OpenMetrics-only _created
-        labels = sorted(samples[0].labels) if samples else []
-        if any(sorted(s.labels) != labels for s in samples):
+        kept = [s for s in metric.samples if s.name == exposed]  # drops OpenMetrics-only _created
+        labels = sorted(kept[0].labels) if kept else []
+        if any(sorted(s.labels) != labels for s in kept):
             raise ValueError(f"{metric.name}: samples with different label names")
         yield Family(metric.name, metric.documentation, labels, kind,
-                     [([s.labels[k] for k in labels], s.value) for s in samples])
+                     [([s.labels[k] for k in labels], s.value) for s in kept])
 
 
 def _escape(value: str) -> str:

@@ -5,6 +5,7 @@ Sources produce these values; the collector reads them. Neither side holds Prome
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import Counter
@@ -158,6 +159,8 @@ class SourceState:
     cycle_bound: float = 0.0  # the least time the API's rate limit allows for one cycle
     last_error: str = ""
     failures: Mapping[FailureReason, int] = field(default_factory=dict)  # reason -> count
+    # unique among the states of every store: what a render made from one version can be reused while it stays
+    version: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +215,9 @@ class Registrant(Protocol):
     def telemetry(self) -> ApiTelemetry: ...
 
 
+_VERSIONS = itertools.count(1)
+
+
 class Store:
     """Holds the current SourceState of every source; replacing a state notifies the listeners."""
 
@@ -228,8 +234,8 @@ class Store:
         key = SourceKey(source.source, source.target)
         with self._lock:
             state = self._states.get(key)
-            self._states[key] = SourceState(key=key, interval=source.interval) if state is None else replace(
-                state, interval=source.interval)
+            self._states[key] = replace(SourceState(key=key, interval=source.interval) if state is None else state,
+                                        interval=source.interval, version=next(_VERSIONS))
             self._telemetry[key] = source.telemetry
         self._notify()
         return key
@@ -271,7 +277,7 @@ class Store:
 
     def _update(self, key: SourceKey, change: Callable[[SourceState], SourceState]) -> None:
         with self._lock:
-            self._states[key] = change(self._states[key])
+            self._states[key] = replace(change(self._states[key]), version=next(_VERSIONS))
         self._notify()
 
     def _notify(self) -> None:

@@ -4,7 +4,8 @@ Regenerate the committed JSON after any change (tests/test_dashboard.py compares
 
     python grafana/dashboard.py --write        # or: python grafana/dashboard.py > grafana/tasks-exporter.json
 
-Every query must return at least one series while the exporter runs healthy against its demo simulator.
+Every query must return at least one series while the exporter runs healthy against its demo simulator and
+Prometheus evaluates prometheus/rules.yml (some panels read the series those recording rules write).
 Queries over series that exist only after a fault (errors, rate-limit answers, failed cycles) therefore end
 in `or on(...) (0 * <a series that always exists>)`, which draws a zero line instead of "No data".
 """
@@ -40,7 +41,6 @@ DAY = 86400.0
 
 B24 = 'portal=~"$portal", user_id=~"$user", group_id=~"$workgroup"'
 TASKS = f'bitrix24_tasks{{{B24}, role=~"$role"}}'
-TASKS_ALL_ROLES = f"bitrix24_tasks{{{B24}}}"
 EXPIRED = f'bitrix24_tasks{{{B24}, role=~"$role", counter="expired"}}'
 # Appended to a vector labelled (portal, user_id): adds the user's display name as label `name`.
 WITH_B24_NAME = (' * on(portal, user_id) group_left(name) '
@@ -66,8 +66,10 @@ REQUESTS = "tasks_exporter_api_requests_total"
 PORTAL = 'portal=~"$portal"'
 USER_EXPIRED = (f'sum by (portal, user_id) (bitrix24_tasks{{{PORTAL}, group_id="0", role=~"$role", '
                 'counter="expired"})')
-SUBTREE_EXPIRED = (f"sum by (portal, department_id) (bitrix24_user_department{{{PORTAL}}} "
-                   f"* on(portal, user_id) group_left {USER_EXPIRED})")
+# Series recorded by prometheus/rules.yml: a panel reading them reads a few hundred sums, not every user's series
+# (bench/RESULTS.md, issue 12). The rules file must be loaded with the alerts.
+SUBTREE_RESPONSIBLE_EXPIRED = f"sum by (portal, department_id) (department:bitrix24_tasks:sum{{{PORTAL}}})"
+PORTAL_TOTALS = 'portal:bitrix24_tasks:sum{portal=~"$portal", group_id=~"$workgroup"}'
 WITH_DEPARTMENT_NAME = (" * on(portal, department_id) group_left(name) "
                         f"max by (portal, department_id, name) (bitrix24_department_info{{{PORTAL}}})")
 # The users of the selected departments and of those below them; `and` keeps a user in two of them once.
@@ -239,23 +241,27 @@ def variables() -> list[Builder[dash_m.VariableModel]]:
 
 
 def organisation_panels() -> list[Builder[Any]]:
-    departments = (bars("Departments by overdue tasks", "The 15 Bitrix24 departments whose people have most "
-                        "expired tasks, every department below included (all groups, the chosen role): "
-                        "bitrix24_tasks joined with bitrix24_user_department, named via bitrix24_department_info. "
-                        "Role `responsible` counts each task once; `all` counts a task for each person on it.",
+    departments = (bars("Departments by overdue tasks", "The 15 Bitrix24 departments whose people are "
+                        "responsible for most expired tasks (all groups), every department below included; each "
+                        "task counts once, for its responsible person, and the role variable is not applied. "
+                        "Reads department:bitrix24_tasks:sum, which prometheus/rules.yml records (bitrix24_tasks "
+                        "joined with bitrix24_user_department), named via bitrix24_department_info.",
                         "short", w=8, h=9)
                    .thresholds(steps((None, "green"), (10, "yellow"), (50, "red")))
-                   .with_target(query(f"topk(15, {SUBTREE_EXPIRED}{WITH_DEPARTMENT_NAME})", "{{name}}",
+                   .with_target(query(f"topk(15, {SUBTREE_RESPONSIBLE_EXPIRED}{WITH_DEPARTMENT_NAME})", "{{name}}",
                                       instant=True)))
+    # The department filter is applied to the names (one series per user), not to the counters (one per user
+    # and counter): the same rows for less work (bench/RESULTS.md, issue 12).
+    in_department_names = (f" * on(portal, user_id) group_left(name) (max by (portal, user_id, name) "
+                           f"(bitrix24_user_info{{{PORTAL}}}) and on(portal, user_id) {IN_DEPARTMENT})")
     people = (matrix("People of the department", "Each Bitrix24 counter (columns) for every person (rows) in "
                      "the selected departments and the departments below them (all groups, the chosen role).",
                      "name", "Person", w=8, h=9)
               .thresholds(steps((None, "text"), (1, "yellow"), (10, "red")))
               .cell_options(common_m.TableColorTextCellOptions())
               .sort_by([common_b.TableSortByFieldState().display_name("expired").desc(True)])
-              .with_target(query(f'(sum by (portal, user_id, counter) (bitrix24_tasks{{{PORTAL}, group_id="0", '
-                                 f'role=~"$role"}}) and on(portal, user_id) {IN_DEPARTMENT}){WITH_B24_NAME}',
-                                 instant=True, as_table=True)))
+              .with_target(query(f'sum by (portal, user_id, counter) (bitrix24_tasks{{{PORTAL}, group_id="0", '
+                                 f'role=~"$role"}}){in_department_names}', instant=True, as_table=True)))
     workgroups = (bars("Workgroups by overdue tasks", "The 15 Bitrix24 workgroups and projects with most expired "
                        "tasks summed over their monitored members (the chosen role), named via "
                        "bitrix24_group_info. With `groups: auto` only members' counters are read.",
@@ -333,10 +339,12 @@ def bitrix24_panels() -> list[Builder[Any]]:
     over_time = (graph("Counters over time", "Each Bitrix24 counter summed over the selected users, for the "
                        "chosen role and group.", "short", w=10)
                  .with_target(query(f"sum by (counter) ({TASKS})", "{{counter}}")))
-    per_role = (matrix("Totals per role", "Each counter summed over the selected users, one row per role (the "
-                       "role variable is not applied). `all` is what Bitrix24 reports for all roles at once, "
-                       "not the sum of the other rows.", "role", "Role", w=8, h=8)
-                .with_target(query(f"sum by (role, counter) ({TASKS_ALL_ROLES})", instant=True, as_table=True)))
+    per_role = (matrix("Totals per role", "Each counter summed over every user of the selected portals, for "
+                       "the chosen workgroup, one row per role (the user and role variables are not applied; "
+                       "per-user figures are in Task counters per user). Reads portal:bitrix24_tasks:sum, which "
+                       "prometheus/rules.yml records. `all` is what Bitrix24 reports for all roles at once, not "
+                       "the sum of the other rows.", "role", "Role", w=8, h=8)
+                .with_target(query(f"sum by (role, counter) ({PORTAL_TOTALS})", instant=True, as_table=True)))
     coverage = (single("Portal coverage", "Users monitored per portal; users whose counters the webhook could "
                        "not see (reading other users' counters needs an administrator's webhook); batch "
                        "commands that failed in the last good cycle.", "short", w=6, h=8)

@@ -321,14 +321,22 @@ async def check_metrics(text: str) -> None:
 
 
 EXPORTER_PREFIXES = ("bitrix24_", "pachca_", "tasks_exporter_")
+RECORDING_RULES = ROOT / "prometheus" / "rules.yml"
 
 
 def metric_names(expr: str) -> set[str]:
-    """Exporter metric names in a PromQL expression: strings, label matchers and label lists left out."""
+    """Exporter metric names and recorded names (level:metric:operations, they have a colon) in a PromQL
+    expression: strings, label matchers, label lists and range or subquery brackets left out."""
     text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
     text = re.sub(r"\b(?:on|ignoring|by|without|group_left|group_right)\s*\([^)]*\)", " ", text)
-    text = re.sub(r"\{[^}]*\}", " ", text)
-    return {n for n in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", text) if n.startswith(EXPORTER_PREFIXES)}
+    text = re.sub(r"\{[^}]*\}|\[[^]]*\]", " ", text)
+    return {n for n in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", text) if n.startswith(EXPORTER_PREFIXES) or ":" in n}
+
+
+def recorded_metric_names() -> set[str]:
+    """The series prometheus/rules.yml records (its `record:` names)."""
+    groups = yaml.safe_load(RECORDING_RULES.read_text(encoding="utf-8"))["groups"]
+    return {rule["record"] for group in groups for rule in group["rules"]}
 
 
 def run_script(script: Path, *args: str, timeout: float) -> tuple[int, str, str]:

@@ -589,7 +589,7 @@ async def test_command_errors_fail_that_users_commands(portal: Portal) -> None:
 @pytest.mark.parametrize("status", [503, 429])
 async def test_leaky_bucket_rejects_past_the_burst_then_drains(start: Callable[..., Awaitable[Portal]],
                                                                status: int) -> None:
-    portal = await start(users=3, rate_limited=True, rate=20.0, burst=3, status_for_rate_limit=status)
+    portal = await start(users=3, rate_limited=True, rate=2.0, burst=3, status_for_rate_limit=status)
     answers = [await portal.call("user.get") for _ in range(4)]
     assert [a[0] for a in answers[:3]] == [200, 200, 200]
     assert answers[3] == (status, {"error": "QUERY_LIMIT_EXCEEDED", "error_description": "Too many requests"})

@@ -11,7 +11,15 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import ROOT, contract_metric_names, load_dashboard_generator, metric_names, promtool
+from tests.conftest import (
+    RECORDING_RULES,
+    ROOT,
+    contract_metric_names,
+    load_dashboard_generator,
+    metric_names,
+    promtool,
+    recorded_metric_names,
+)
 
 pytest.importorskip("grafana_foundation_sdk", reason="grafana-foundation-sdk is in the test/dashboard extras")
 
@@ -149,13 +157,21 @@ def test_variables_are_used_only_as_simple_regex_matchers(board: dict[str, Any])
             assert f'=~"${name}"' in expr, f"{title}/{ref}: ${name} not used as =~\"${name}\""
 
 
-def test_every_metric_in_the_queries_is_in_the_collector_contract(board: dict[str, Any]) -> None:
-    contract = contract_metric_names()
+def test_every_metric_in_the_queries_is_in_the_collector_contract_or_recorded(board: dict[str, Any]) -> None:
+    contract = contract_metric_names() | recorded_metric_names()
     assert "bitrix24_tasks" in contract
     assert "tasks_exporter_api_requests_total" in contract
     for title, ref, expr in generator.panel_queries(board):
         unknown = metric_names(expr) - contract
-        assert not unknown, f"{title}/{ref} uses metrics the collector does not expose: {sorted(unknown)}"
+        assert not unknown, f"{title}/{ref} uses metrics neither exposed nor recorded: {sorted(unknown)}"
+
+
+def test_the_heaviest_panels_read_recorded_series(board: dict[str, Any]) -> None:
+    # Each of these read 28,000-50,000 series at 5,000 users (bench/RESULTS.md, issue 12).
+    for title in ("Departments by overdue tasks", "Totals per role"):
+        (expr,) = [expr for t, _, expr in generator.panel_queries(board) if t == title]
+        assert metric_names(expr) & recorded_metric_names(), title
+        assert "bitrix24_tasks" not in metric_names(expr), title
 
 
 def test_concrete_substitutes_variables_and_keeps_capture_groups() -> None:
@@ -181,20 +197,23 @@ def test_every_query_parses_with_promtool(board: dict[str, Any], tmp_path: Path)
 # --- what the organisation queries compute, evaluated by promtool on a small company ---------------------
 
 # Company (1) > Sales (2) > Sales Moscow (5); Company > Engineering (3). User 4 works in Sales Moscow and
-# Engineering. (user_id, expired tasks for role all in group 0, direct departments, all departments)
-STAFF = ((1, 1, "1", "1"), (2, 3, "2", "2 1"), (3, 5, "5", "5 2 1"), (4, 7, "5 3", "5 3 2 1"))
+# Engineering. (user_id, expired tasks in group 0 for role all and for role responsible, direct departments,
+# all departments)
+STAFF = ((1, 1, 1, "1", "1"), (2, 3, 2, "2", "2 1"), (3, 5, 4, "5", "5 2 1"), (4, 7, 6, "5 3", "5 3 2 1"))
 DEPARTMENTS = {"1": ("Company", ""), "2": ("Sales", "1"), "5": ("Sales Moscow", "2"), "3": ("Engineering", "1")}
 
 
 def _company_series() -> list[dict[str, str]]:
     job = 'job="tasks-exporter", instance="x:9866", portal="main"'
     series = []
-    for user_id, expired, direct, every in STAFF:
+    for user_id, expired, responsible, direct, every in STAFF:
         series.append({"series": f'bitrix24_user_info{{{job}, user_id="{user_id}", name="User {user_id}"}}',
                        "values": "1x5"})
         for counter, value in (("expired", expired), ("new_comments", 10 * user_id)):
             series.append({"series": f'bitrix24_tasks{{{job}, user_id="{user_id}", group_id="0", role="all", '
                                      f'counter="{counter}"}}', "values": f"{value}x5"})
+        series.append({"series": f'bitrix24_tasks{{{job}, user_id="{user_id}", group_id="0", role="responsible", '
+                                 f'counter="expired"}}', "values": f"{responsible}x5"})
         # other roles and groups must not leak into the group-0 figures
         series.append({"series": f'bitrix24_tasks{{{job}, user_id="{user_id}", group_id="0", role="auditor", '
                                  'counter="expired"}', "values": "100x5"})
@@ -252,11 +271,18 @@ def _expect(board: dict[str, Any], title: str, values: dict[str, str],
 def test_organisation_queries_count_subtrees_teams_and_people(board: dict[str, Any], tmp_path: Path) -> None:
     main = {"portal": "main"}
     tests = [
-        _expect(board, "Departments by overdue tasks", {}, [
-            ({**main, "department_id": "1", "name": "Company"}, 16),
-            ({**main, "department_id": "2", "name": "Sales"}, 15),
-            ({**main, "department_id": "5", "name": "Sales Moscow"}, 12),
-            ({**main, "department_id": "3", "name": "Engineering"}, 7)]),
+        # role responsible whatever the role variable: recorded by department:bitrix24_tasks:sum
+        *(_expect(board, "Departments by overdue tasks", {"role": role}, [
+            ({**main, "department_id": "1", "name": "Company"}, 13),
+            ({**main, "department_id": "2", "name": "Sales"}, 12),
+            ({**main, "department_id": "5", "name": "Sales Moscow"}, 10),
+            ({**main, "department_id": "3", "name": "Engineering"}, 6)]) for role in ("all", "auditor")),
+        # every user of the portal whatever the user variable, for the chosen workgroup: portal:bitrix24_tasks:sum
+        *(_expect(board, "Totals per role", {"user": user}, [
+            ({"role": "all", "counter": "expired"}, 16), ({"role": "all", "counter": "new_comments"}, 100),
+            ({"role": "responsible", "counter": "expired"}, 13), ({"role": "auditor", "counter": "expired"}, 400)])
+          for user in (".*", "2")),
+        _expect(board, "Totals per role", {"workgroup": "1"}, [({"role": "all", "counter": "expired"}, 6)]),
         _expect(board, "People of the department", {"department": "5|3"}, [
             ({**main, "user_id": user, "name": f"User {user}", "counter": counter}, value)
             for user, expired in (("3", 5), ("4", 7))
@@ -286,7 +312,7 @@ def test_organisation_queries_count_subtrees_teams_and_people(board: dict[str, A
                                               ({"state": "bitrix24_only"}, 3)]),
     ]
     path = tmp_path / "organisation_test.yml"
-    path.write_text(yaml.safe_dump({"rule_files": [], "evaluation_interval": "1m", "tests": [
+    path.write_text(yaml.safe_dump({"rule_files": [str(RECORDING_RULES)], "evaluation_interval": "1m", "tests": [
         {"interval": "1m", "input_series": _company_series(), "promql_expr_test": tests}]}), encoding="utf-8")
     result = subprocess.run([promtool(), "test", "rules", str(path)], capture_output=True, text=True,
                             timeout=60, check=False)

@@ -35,6 +35,7 @@ COMPOSE_DIR = ROOT / "deploy" / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "compose.yaml"
 K8S_DIR = ROOT / "deploy" / "kubernetes"
 ALERTS = ROOT / "prometheus" / "alerts.yml"
+RECORDING_RULES = ROOT / "prometheus" / "rules.yml"
 DASHBOARD = ROOT / "grafana" / "tasks-exporter.json"
 DEPLOYMENT_DOC = ROOT / "docs" / "deployment.md"
 # Built-in Grafana data sources that need no provisioning.
@@ -308,9 +309,11 @@ def test_compose_build_context_and_every_bind_mount_exist() -> None:
             assert source.exists(), f"compose service {name}: {source} (mounted at {target}) does not exist"
 
 
-def test_compose_mounts_the_shared_alerts_and_dashboard() -> None:
+def test_compose_mounts_the_shared_rules_and_dashboard() -> None:
     services = compose()["services"]
-    assert ALERTS in [source for source, _ in bind_mounts(services["prometheus"])]
+    mounted = [source for source, _ in bind_mounts(services["prometheus"])]
+    assert RECORDING_RULES in mounted  # the dashboard and the department alert read the series they record
+    assert ALERTS in mounted
     assert DASHBOARD in [source for source, _ in bind_mounts(services["grafana"])]
 
 
@@ -344,7 +347,7 @@ def test_compose_prometheus_config_passes_promtool(tmp_path: Path) -> None:
                             timeout=120, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     rule_files = load_yaml(config).get("rule_files", [])
-    assert rule_files, "the compose Prometheus loads no alert rules"
+    assert rule_files == ["rules.yml", "alerts.yml"], "the compose Prometheus must load the recording and alert rules"
     assert "SUCCESS" in result.stdout + result.stderr
 
 
@@ -577,9 +580,9 @@ def test_secret_example_holds_placeholders_only() -> None:
         assert re.search(r"[A-Z_]{5,}", value), f"secret.example.yaml: {key} looks like a real value"
 
 
-def test_prometheusrule_groups_equal_alerts_yml() -> None:
+def test_prometheusrule_groups_equal_rules_yml_and_alerts_yml() -> None:
     rule = the("PrometheusRule")
-    assert rule["spec"]["groups"] == load_yaml(ALERTS)["groups"], (
+    assert rule["spec"]["groups"] == load_yaml(RECORDING_RULES)["groups"] + load_yaml(ALERTS)["groups"], (
         "deploy/kubernetes/prometheusrule.yaml is stale: run python deploy/kubernetes/make_prometheusrule.py")
 
 

@@ -112,7 +112,8 @@ class Engine:
                    "--containerd-namespace", "tasks-exporter-test",
                    "--containerd-plugins-namespace", "tasks-exporter-test-plugins"]
         with self.log.open("wb") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                            preexec_fn=_terminate_with_parent)
         process = self.process
 
         def answers() -> bool:
@@ -180,6 +181,15 @@ class Engine:
             if point == str(self.workdir) or point.startswith(f"{self.workdir}/"):
                 points.append(point)
         return sorted(points, key=len, reverse=True)
+
+
+def _terminate_with_parent() -> None:
+    """In the child before exec: SIGTERM when pytest dies, so an aborted run (killed, not failed: no teardown)
+    leaves no engine running (Linux prctl PR_SET_PDEATHSIG; dockerd then stops its containerd itself)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
 
 
 def docker_client(dockerd: str) -> str | None:

@@ -1,6 +1,7 @@
 """A real Prometheus (Debian's package) scrapes the exporter running on the simulators, on loopback.
 
-Every query of every dashboard panel must return at least one series, and the alert rules must load.
+Every query of every dashboard panel must return at least one series, and the recording and alert rules must load
+(some panels read the series the recording rules write, as they do on a real deployment).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import yaml
 
 from exporter.app import running
 from exporter.demo import demo_config
-from tests.conftest import eventually, free_port, load_dashboard_generator, require_tool
+from tests.conftest import eventually, free_port, load_dashboard_generator, recorded_metric_names, require_tool
 
 ROOT = Path(__file__).resolve().parents[1]
+RULE_FILES = [ROOT / "prometheus" / "rules.yml", ROOT / "prometheus" / "alerts.yml"]  # as prometheus/prometheus.yml
 pytestmark = pytest.mark.integration
 ORGANISATION_PANELS = {"Departments by overdue tasks", "People of the department", "Workgroups by overdue tasks",
                        "People across Bitrix24 and Pachca", "Pachca teams", "People matched"}
@@ -41,7 +43,7 @@ async def test_every_dashboard_panel_returns_data_and_rules_load(tmp_path, prome
         port = free_port()
         (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(ROOT / "prometheus" / "alerts.yml")],
+            "rule_files": [str(path) for path in RULE_FILES],
             "scrape_configs": [{"job_name": "tasks-exporter",
                                 "static_configs": [{"targets": [exporter.url.removeprefix("http://")]}]}],
         }))
@@ -66,6 +68,12 @@ async def test_every_dashboard_panel_returns_data_and_rules_load(tmp_path, prome
                     body = (await client.get(f"{api}/query", params={"query": expr})).json()
                     assert body["status"] == "success", (expr, body)
                     return len(body["data"]["result"])
+
+                # The recorded series exist once the recording rules ran on scraped data.
+                async def recorded() -> bool:
+                    return all([await series(name) > 0 for name in sorted(recorded_metric_names())])
+
+                await eventually(recorded, timeout=30, interval=0.5)
 
                 empty: dict[str, str] = {}
                 deadline = time.monotonic() + 60
@@ -93,7 +101,7 @@ async def test_every_dashboard_panel_returns_data_and_rules_load(tmp_path, prome
                 assert matched
                 assert await series(generator.concrete(people_table)) == int(float(matched[0]["value"][1]))
 
-                shipped = [r for g in yaml.safe_load((ROOT / "prometheus" / "alerts.yml").read_text())["groups"]
+                shipped = [r for path in RULE_FILES for g in yaml.safe_load(path.read_text())["groups"]
                            for r in g["rules"]]
 
                 async def evaluated_rules() -> list[dict]:

@@ -7,7 +7,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import httpx
@@ -54,6 +54,10 @@ ROLES: dict[str, str] = {
     "originator": "view_role_originator",
 }
 PAGE_SIZE = 50
+# Idle connections outlive the interval by this much, so that each cycle reuses the last one's: a steady-state
+# cycle then opens no connection (on a real network the TCP and TLS handshakes are two or three round trips
+# before the first answer, and CPU on both sides for each of its ~11 requests)
+KEEPALIVE_MARGIN = 15.0
 # user.get pages a pipelined wave puts in one batch (the rest of it carries counters): 50 pages of 18-field
 # records are one 1.2 MB answer that decodes to ~17 MB at once; 10 decode to ~3.5 MB, at no extra call
 EXTRA_PER_BATCH = 10
@@ -248,8 +252,10 @@ class Bitrix24Source:
         self._client = Bitrix24Client(
             config.webhook_url.reveal(), self.bucket, self.telemetry, timeout=config.timeout,
             max_concurrency=config.max_concurrency, retry=retry, pause=pause, transport=transport,
+            keepalive=config.interval + KEEPALIVE_MARGIN,
         )
         self._last: dict[CounterQuery, CounterSet] = {}
+        self._snapshot: PortalSnapshot | None = None  # the last one this source made
         self._query_users: list[int] = []
         self._query_structure: Structure | None = None
         self._queries: list[CounterQuery] = []
@@ -291,6 +297,7 @@ class Bitrix24Source:
             operating_seconds=dict(self._client.operating), org=self._org_view(users, structure),
             structure=self._structure.status,
         )
+        self._snapshot = snapshot = _unchanged_kept(snapshot, self._snapshot)
         return CycleResult(snapshot, self._client.calls - calls_before)
 
     def _org_view(self, users: list[PortalUser], structure: Structure) -> PortalOrg:
@@ -312,15 +319,14 @@ class Bitrix24Source:
         listing = self._listing_commands()
         read = self._listing_page if self.config.users is None else self._named_page
 
-        def wave() -> Awaitable[BatchResult]:  # made where it is awaited: a cycle cancelled first leaves none behind
-            return self._wave(fold, self._queries, listing, read)
-
-        if listing or self.config.users is not None:
-            async def listed() -> list[PortalUser]:
-                return await self._users_from(await wave())
-        else:  # no `total` to plan pages by, or user.get refused inside batch: list directly, meanwhile
-            async def listed() -> list[PortalUser]:
-                return (await both(self._active_employees(), wave()))[0]
+        async def listed() -> list[PortalUser]:
+            # the wave is made here, in the task that awaits it: made outside, a cycle cancelled before this
+            # task began would leave it to the garbage collector, never awaited
+            wave = self._wave(fold, self._queries, listing, read)
+            if listing or self.config.users is not None:
+                return await self._users_from(await wave)
+            # no `total` to plan pages by, or user.get refused inside batch: list directly, meanwhile
+            return (await both(self._active_employees(), wave))[0]
         return await both(listed(), self._structure.current())
 
     # --- users ----------------------------------------------------------------------------------
@@ -515,6 +521,8 @@ class Bitrix24Source:
                           description=description)
                 if query in self._last:
                     read[query] = self._last[query]
+        if read == self._last:
+            read = self._last  # the same object as the last snapshot's: see _unchanged_kept
         self._last = read  # in plan order, so /metrics lists series the same way every cycle
         planned = set(plan) if fold.hidden else set()  # 1 MB at 25,000 queries: only when there is a use for it
         hidden = len({q.user_id for q in fold.hidden if q in planned})
@@ -569,6 +577,19 @@ class Bitrix24Source:
         commands.update((key, counters_command(q)) for key, q in sent.items())
         pause_key = COUNTERS_METHOD if queries else "user.get"
         return sent, await self._read_batch(BatchCall(commands), names, read, pause_key)
+
+
+def _unchanged_kept(snapshot: PortalSnapshot, last: PortalSnapshot | None) -> PortalSnapshot:
+    """`snapshot` with the last snapshot's users and organisation objects where they are equal (counters are
+    kept by _read_counters): a render keeps the text it made of an object while the object is the same, so a
+    cycle that changed nothing there costs no render of them (exporter/incremental.py)."""
+    if last is None:
+        return snapshot
+    users = last.users if snapshot.users == last.users else snapshot.users
+    org = last.org if snapshot.org == last.org else snapshot.org
+    if users is snapshot.users and org is snapshot.org:
+        return snapshot
+    return replace(snapshot, users=users, org=org)
 
 
 _ACTIVE: dict[str, Any] = {"FILTER": {"ACTIVE": True}}

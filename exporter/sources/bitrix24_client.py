@@ -137,7 +137,7 @@ class Bitrix24Client:
 
     def __init__(self, webhook_url: str, bucket: LeakyBucket, telemetry: ApiTelemetry, *,
                  timeout: float, max_concurrency: int, retry: RetryPolicy = RETRY,
-                 pause: OperationPause = PAUSE,
+                 pause: OperationPause = PAUSE, keepalive: float = 5.0,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._base = webhook_url if webhook_url.endswith("/") else webhook_url + "/"
         self._bucket = bucket
@@ -146,7 +146,9 @@ class Bitrix24Client:
         self._operation_pause = pause
         self._timeout = timeout
         # one slot per call, held across its retries, and as many connections as slots: a request never
-        # queues for a connection, so httpx's pool timeout cannot fire because the cycle is long
+        # queues for a connection, so httpx's pool timeout cannot fire because the cycle is long. An idle
+        # connection is kept `keepalive` seconds (a source keeps them from one cycle to the next); one the
+        # server closed meanwhile is noticed before it is used, and a new one is opened
         self._slots = asyncio.Semaphore(max_concurrency)
         self._paused_until: dict[str, float] = {}
         self.operating: dict[str, float] = {}
@@ -154,7 +156,8 @@ class Bitrix24Client:
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout), transport=transport, follow_redirects=False, verify=shared_tls(),
             headers={"Accept": "application/json", "User-Agent": "tasks-exporter"},
-            limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency),
+            limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency,
+                                keepalive_expiry=keepalive),
         )
 
     async def aclose(self) -> None:
