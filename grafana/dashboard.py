@@ -64,12 +64,11 @@ REQUESTS = "tasks_exporter_api_requests_total"
 # of a user's own departments and for every department above them, so joining a per-user vector to it and
 # summing by department_id counts everyone below the department too.
 PORTAL = 'portal=~"$portal"'
-USER_EXPIRED = (f'sum by (portal, user_id) (bitrix24_tasks{{{PORTAL}, group_id="0", role=~"$role", '
-                'counter="expired"})')
 # Series recorded by prometheus/rules.yml: a panel reading them reads a few hundred sums, not every user's series
 # (bench/RESULTS.md, issue 12). The rules file must be loaded with the alerts.
 SUBTREE_RESPONSIBLE_EXPIRED = f"sum by (portal, department_id) (department:bitrix24_tasks:sum{{{PORTAL}}})"
 PORTAL_TOTALS = 'portal:bitrix24_tasks:sum{portal=~"$portal", group_id=~"$workgroup"}'
+TEAM_TOTALS = 'team:bitrix24_tasks:sum{workspace=~"$workspace", tag=~"$team"}'
 WITH_DEPARTMENT_NAME = (" * on(portal, department_id) group_left(name) "
                         f"max by (portal, department_id, name) (bitrix24_department_info{{{PORTAL}}})")
 # The users of the selected departments and of those below them; `and` keeps a user in two of them once.
@@ -86,9 +85,6 @@ PERSON_BY_B24_USER = (f'max by (portal, user_id, person) (label_replace({PERSON}
 PERSON_BY_PERFORMER = (f'max by (workspace, performer_id, person) (label_replace({PERSON}, "performer_id", "$1", '
                        '"pachca_user_id", "(.+)"))')
 ZERO_PER_PERSON = f"(0 * max by (person) ({PERSON}))"
-# Both keys at once, for the Bitrix24 figures of a Pachca user: one row per matched pair.
-PERSON_PAIRS = (f'label_replace(label_replace({PERSON}, "user_id", "$1", "bitrix24_user_id", "(.+)"), '
-                '"performer_id", "$1", "pachca_user_id", "(.+)")')
 # Pachca employee tags (teams), keyed by performer_id for a join with the per-performer reminder counts.
 TEAM_TAGS = 'pachca_user_tag{workspace=~"$workspace", tag=~"$team"}'
 TEAM_MEMBERS = f'label_replace({TEAM_TAGS}, "performer_id", "$1", "user_id", "(.+)")'
@@ -296,18 +292,16 @@ def people_panels() -> list[Builder[Any]]:
                                   ref="C", instant=True, as_table=True)))
     team_overdue = (f"sum by (tag) ({PERFORMER_OVERDUE} * on(workspace, performer_id) group_right {TEAM_MEMBERS}) "
                     f"or on(tag) (0 * count by (tag) ({TEAM_TAGS}))")
-    # Bitrix24 expired tasks of each matched Pachca user, keyed like TEAM_MEMBERS.
-    b24_by_performer = (f"sum by (workspace, performer_id) ({PERSON_PAIRS} * on(portal, user_id) group_left "
-                        f"{USER_EXPIRED})")
     teams = (joined_table("Pachca teams", "Each Pachca employee tag (list_tags, pachca_user_tag): how many "
-                          "people carry it, their overdue Pachca reminders, and the Bitrix24 expired tasks of "
-                          "those of them the `people` section matched (blank: nobody matched).", "tag",
+                          "people carry it, their overdue Pachca reminders, and the Bitrix24 expired tasks "
+                          "(role responsible: a task counts once however many of the team take part) of those "
+                          "of them the `people` section matched (blank: nobody matched). The Bitrix24 column "
+                          "reads team:bitrix24_tasks:sum, which prometheus/rules.yml records.", "tag",
                           {"A": "People", "B": "Pachca overdue", "C": "Bitrix24 overdue"}, w=9, h=9)
              .sort_by([common_b.TableSortByFieldState().display_name("Pachca overdue").desc(True)])
              .with_target(query(f"count by (tag) ({TEAM_TAGS})", instant=True, as_table=True))
              .with_target(query(team_overdue, ref="B", instant=True, as_table=True))
-             .with_target(query(f"sum by (tag) ({b24_by_performer} * on(workspace, performer_id) group_right "
-                                f"{TEAM_MEMBERS})", ref="C", instant=True, as_table=True)))
+             .with_target(query(f"sum by (tag) ({TEAM_TOTALS})", ref="C", instant=True, as_table=True)))
     matched = (single("People matched", "Users of each portal and workspace pair by match state "
                       "(tasks_exporter_people): matched, bitrix24_only, pachca_only, and ambiguous (an e-mail "
                       "several users share). Many unmatched users mean differing e-mails in the two tools.",
