@@ -15,6 +15,7 @@ from exporter.config import Bitrix24Config, Config, load_config
 from exporter.errors import ExporterError
 from exporter.exposition import Exposition
 from exporter.heap import fix_mmap_threshold
+from exporter.limits import open_files_needed, raise_open_files_limit
 from exporter.log import mask, register_secrets
 from exporter.reload import Reloader, SourceFleet, SourceSettings
 from exporter.scheduler import SourceLoop
@@ -101,6 +102,7 @@ class Exporter:
         self.config = config
         self._collector.use_people(config.people)
         self._addresses[:] = _addresses(config)
+        raise_open_files_limit(open_files_needed(config))  # more portals may need more connections
 
     async def __aenter__(self) -> Exporter:
         await self.start()
@@ -111,6 +113,7 @@ class Exporter:
 
     async def start(self) -> None:
         fix_mmap_threshold()  # the exporter is the process: its large buffers go back to the system when freed
+        raise_open_files_limit(open_files_needed(self.config))
         self.exposition.render_now()
         self.store.on_change(self.exposition.invalidate)
         app = build_app(self.store, self.exposition, self.web, self._addresses, reload=self._reload_request)
