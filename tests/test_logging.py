@@ -44,7 +44,7 @@ async def test_json_run_prints_only_json_lines_including_aiohttp_asyncio_and_htt
     assert (bad["level"], bad["logger"]) == ("warning", "aiohttp.server")
     assert "exception" not in bad
     assert "Got more than" in bad["detail"]
-    requests = [e for e in events if e.get("logger") == "httpx"]
+    requests = [e for e in events if e.get("logger") == "httpx" or e["event"] == "api_request"]
     assert all((e["source"], e["target"]) in {("bitrix24", "demo-portal"), ("pachca", "demo-workspace")}
                for e in requests)
     assert {e["level"] for e in events} <= {"debug", "info", "warning"}
@@ -118,7 +118,7 @@ async def test_every_event_of_a_cycle_names_its_source_and_target(portal_factory
     loop = SourceLoop(source, store)
     assert await loop.run_once() is False
     logged = json_log()
-    assert any(e.get("logger") == "httpx" for e in logged)  # the client's requests, logged by httpx
+    assert any(e["event"] == "api_request" for e in logged)  # the client's requests, at debug level
     assert all((e.get("source"), e.get("target")) == ("bitrix24", "acme") for e in logged), logged
     (failed,) = [e for e in logged if e["event"] == "cycle_failed"]
     assert failed["reason"] == "server_error"
