@@ -171,56 +171,21 @@ MakePachcaSource = Callable[..., PachcaSource]
 
 @pytest.fixture
 async def pachca_source(pachca_url: str) -> AsyncIterator[MakePachcaSource]:
-    """Builds PachcaSources (workspace "team") against `pachca_url`, or `transport=` a MockTransport, with
+    """Builds PachcaSources (workspace "team") against `pachca_url` (or `base_url=`, an AnswerServer's), with
     FAST_RETRY and a fixed Clock; `config` overrides the PachcaConfig. Closes them after the test."""
     made: list[PachcaSource] = []
 
-    def make(*, token: str = DEMO_TOKEN, telemetry: ApiTelemetry | None = None,
-             transport: httpx.AsyncBaseTransport | None = None, retry: RetryPolicy = FAST_RETRY,
+    def make(*, token: str = DEMO_TOKEN, telemetry: ApiTelemetry | None = None, retry: RetryPolicy = FAST_RETRY,
              clock: Callable[[], float] | None = None, **config: Any) -> PachcaSource:
         settings = {"name": "team", "token": Secret(token), "base_url": pachca_url, "timeout": 2.0, **config}
         source = PachcaSource(PachcaConfig(**settings), telemetry, retry=retry,
-                              max_retry_after=PACHCA_MAX_RETRY_AFTER, transport=transport, clock=clock or Clock())
+                              max_retry_after=PACHCA_MAX_RETRY_AFTER, clock=clock or Clock())
         made.append(source)
         return source
 
     yield make
     for source in made:
         await source.aclose()
-
-
-class ReplayTransport(httpx.MockTransport):
-    """Answers every request with the next of `answers` (JSON values, or raw bytes) and `status`."""
-
-    def __init__(self, answers: list[Any], status: int, headers: dict[str, str] | None = None) -> None:
-        self.calls: list[httpx.Request] = []
-
-        def handler(request: httpx.Request) -> httpx.Response:
-            body = answers[len(self.calls) % len(answers)]
-            self.calls.append(request)
-            content = body if isinstance(body, bytes) else json.dumps(body).encode()
-            return httpx.Response(status, content=content, headers=headers)
-
-        super().__init__(handler)
-
-
-def run_source_cycle(source: Any, produces: type) -> None:
-    """One collect() to completion: it must give a `produces` value or a SourceFailure, nothing else."""
-    from exporter.errors import SourceFailure
-
-    async def cycle() -> Any:
-        try:
-            return (await source.collect()).data
-        except SourceFailure as failure:
-            return failure
-        finally:
-            await source.aclose()
-
-    outcome = asyncio.run(cycle())
-    if isinstance(outcome, SourceFailure):
-        assert outcome.reason
-    else:
-        assert isinstance(outcome, produces)
 
 
 # --- answers of a test's choosing, over loopback ----------------------------------------------------------

@@ -1,7 +1,6 @@
 """How both API clients send one request: wait for the client-side rate limit, send within a timeout, read the
 whole answer, and count what came back. A missing answer and a redirect become ApiErrors here, before any
-decoding. The HTTP stack of exporter/sources (aiohttp's client) is set up here too; the Pachca client is still
-on httpx (`timed_send`) until it moves to `Sender`."""
+decoding. The one HTTP stack of exporter/sources (aiohttp's client) is set up here too."""
 
 from __future__ import annotations
 
@@ -9,13 +8,12 @@ import asyncio
 import functools
 import os
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import certifi
-import httpx
 import orjson
 import structlog
 from aiohttp.helpers import get_env_proxy_for_url
@@ -141,24 +139,6 @@ class _Target:
     url: URL
     proxy: URL | None
     proxy_auth: aiohttp.BasicAuth | None
-
-
-async def timed_send(telemetry: ApiTelemetry, method: str, send: Callable[[], Awaitable[httpx.Response]],
-                     timeout: float) -> httpx.Response:  # noqa: ASYNC109 (the timeout becomes a counted ApiError here)
-    """`Sender.send` for the Pachca client's httpx: the same timeout over the whole exchange, the same errors."""
-    try:
-        async with asyncio.timeout(timeout):
-            response = await send()
-    except (httpx.TimeoutException, TimeoutError):
-        telemetry.request(method, "timeout")
-        raise ApiError("timeout", f"no answer within {timeout:g}s", retryable=True) from None
-    except httpx.HTTPError as exc:
-        telemetry.request(method, "network_error")
-        raise ApiError("network_error", type(exc).__name__, retryable=True) from None
-    if 300 <= response.status_code < 400:
-        raise refused(telemetry, method, redirected(response.status_code, URL(str(response.request.url)),
-                                                    response.headers.get("location")))
-    return response
 
 
 def refused(telemetry: ApiTelemetry, method: str, error: ApiError) -> ApiError:
