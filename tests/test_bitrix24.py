@@ -300,6 +300,20 @@ async def test_redirect_is_not_followed_and_fails_naming_the_new_host(
     assert (requests, errors) == ({("user.get", "api_error"): 1}, {"http_302": 1})
 
 
+@pytest.mark.parametrize(("location", "named"), [
+    (f"/rest/1/{SECRET}/user.get", "redirect to 127.0.0.1,"),  # relative: resolved against the request's URL
+    ("http://[::1", "redirect without a usable Location,"),
+])
+async def test_redirect_names_the_host_a_relative_or_broken_location_leads_to(replay: Replay, location: str,
+                                                                               named: str) -> None:
+    source, server = await replay(b"", 301, {"Location": location})
+    with pytest.raises(SourceFailure) as failure:
+        await source.collect()
+    assert named in failure.value.detail
+    assert SECRET not in failure.value.detail
+    assert len(server.requests) == 1
+
+
 @pytest.mark.parametrize(("code", "status", "reason", "tries"), [
     ("expired_token", 401, "auth", 1),  # recorded in lower case
     ("Insufficient_Scope", 403, "auth", 1),
