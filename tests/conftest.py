@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import itertools
 import json
 import os
 import re
@@ -16,7 +17,8 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -24,6 +26,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from aiohttp import web
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
@@ -118,11 +121,10 @@ class PortalServer:
         return Bitrix24Config(**values)
 
     def source(self, *, retry: RetryPolicy = FAST_RETRY, pause: OperationPause = FAST_PAUSE,
-               clock: Callable[[], float] = time.monotonic, transport: httpx.AsyncBaseTransport | None = None,
-               **overrides: Any) -> Bitrix24Source:
+               clock: Callable[[], float] = time.monotonic, **overrides: Any) -> Bitrix24Source:
         """A source for this portal with fast retries and pauses, closed with the portal; `overrides` change
         its config."""
-        source = Bitrix24Source(self.config(**overrides), retry=retry, pause=pause, clock=clock, transport=transport)
+        source = Bitrix24Source(self.config(**overrides), retry=retry, pause=pause, clock=clock)
         self._sources.append(source)
         return source
 
@@ -133,15 +135,19 @@ class PortalServer:
 
 @pytest.fixture
 async def portal_factory() -> AsyncIterator[Callable[..., Awaitable[PortalServer]]]:
-    """Start fake portals: `server = await portal_factory(users=10, latency=0.01)`."""
+    """Start fake portals: `server = await portal_factory(users=10, latency=0.01)`; `middlewares` (aiohttp's)
+    see every request before the portal does, to note it or answer in its place (one that reads the body lets
+    the portal read it first: the portal reads a body only while it is unread)."""
     stack = contextlib.AsyncExitStack()
     servers: list[PortalServer] = []
 
-    async def start(users: int = 10, **kwargs: Any) -> PortalServer:
+    async def start(users: int = 10, *, middlewares: Sequence[Any] = (), **kwargs: Any) -> PortalServer:
         kwargs.setdefault("inactive", 1)
         kwargs.setdefault("hidden", 0)
         sim = b24sim.generate_portal(users, **kwargs)
-        url = await stack.enter_async_context(serve(b24sim.create_app(sim)))
+        app = b24sim.create_app(sim)
+        app.middlewares.extend(middlewares)
+        url = await stack.enter_async_context(serve(app))
         server = PortalServer(sim, url)
         servers.append(server)
         return server
@@ -165,16 +171,15 @@ MakePachcaSource = Callable[..., PachcaSource]
 
 @pytest.fixture
 async def pachca_source(pachca_url: str) -> AsyncIterator[MakePachcaSource]:
-    """Builds PachcaSources (workspace "team") against `pachca_url`, or `transport=` a MockTransport, with
+    """Builds PachcaSources (workspace "team") against `pachca_url` (or `base_url=`, an AnswerServer's), with
     FAST_RETRY and a fixed Clock; `config` overrides the PachcaConfig. Closes them after the test."""
     made: list[PachcaSource] = []
 
-    def make(*, token: str = DEMO_TOKEN, telemetry: ApiTelemetry | None = None,
-             transport: httpx.AsyncBaseTransport | None = None, retry: RetryPolicy = FAST_RETRY,
+    def make(*, token: str = DEMO_TOKEN, telemetry: ApiTelemetry | None = None, retry: RetryPolicy = FAST_RETRY,
              clock: Callable[[], float] | None = None, **config: Any) -> PachcaSource:
         settings = {"name": "team", "token": Secret(token), "base_url": pachca_url, "timeout": 2.0, **config}
         source = PachcaSource(PachcaConfig(**settings), telemetry, retry=retry,
-                              max_retry_after=PACHCA_MAX_RETRY_AFTER, transport=transport, clock=clock or Clock())
+                              max_retry_after=PACHCA_MAX_RETRY_AFTER, clock=clock or Clock())
         made.append(source)
         return source
 
@@ -183,38 +188,98 @@ async def pachca_source(pachca_url: str) -> AsyncIterator[MakePachcaSource]:
         await source.aclose()
 
 
-class ReplayTransport(httpx.MockTransport):
-    """Answers every request with the next of `answers` (JSON values, or raw bytes) and `status`."""
-
-    def __init__(self, answers: list[Any], status: int, headers: dict[str, str] | None = None) -> None:
-        self.calls: list[httpx.Request] = []
-
-        def handler(request: httpx.Request) -> httpx.Response:
-            body = answers[len(self.calls) % len(answers)]
-            self.calls.append(request)
-            content = body if isinstance(body, bytes) else json.dumps(body).encode()
-            return httpx.Response(status, content=content, headers=headers)
-
-        super().__init__(handler)
+# --- answers of a test's choosing, over loopback ----------------------------------------------------------
 
 
-def run_cycle(source: Any, produces: type) -> None:
-    """One collect() to completion: it must give a `produces` value or a SourceFailure, nothing else."""
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A request an AnswerServer received, as it came over the wire."""
+
+    method: str
+    path: str
+    query: Mapping[str, str]
+    headers: Mapping[str, str]  # case-insensitive
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body or b"{}")
+
+
+Respond = Callable[[Received], web.StreamResponse]
+
+
+class AnswerServer:
+    """A loopback HTTP server that answers every request (any method, any path) with what `respond` makes of
+    it, and records the requests in `requests`: for the odd answers the simulators do not give."""
+
+    def __init__(self, respond: Respond) -> None:
+        self.respond = respond
+        self.requests: list[Received] = []
+        self.url = ""  # http://127.0.0.1:PORT, once serving
+        self.app = web.Application()
+        self.app.router.add_route("*", "/{path:.*}", self._handle)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        received = Received(request.method, request.path, dict(request.query), request.headers, await request.read())
+        self.requests.append(received)
+        return self.respond(received)
+
+
+@contextlib.asynccontextmanager
+async def answering(respond: Respond) -> AsyncIterator[AnswerServer]:
+    """An AnswerServer serving for the duration of the block."""
+    server = AnswerServer(respond)
+    async with serve(server.app) as url:
+        server.url = url
+        yield server
+
+
+AnswerServers = Callable[[Respond], Awaitable[AnswerServer]]
+
+
+@pytest.fixture
+async def answer_server() -> AsyncIterator[AnswerServers]:
+    """Start AnswerServers: `server = await answer_server(replaying([body], 503))`; stopped after the test."""
+    async with contextlib.AsyncExitStack() as stack:
+        async def start(respond: Respond) -> AnswerServer:
+            return await stack.enter_async_context(answering(respond))
+
+        yield start
+
+
+def replaying(answers: Sequence[Any], status: int = 200, headers: Mapping[str, str] | None = None) -> Respond:
+    """Answer the n-th request with `answers[n % len(answers)]` (a JSON value, or raw bytes) and `status`."""
+    sent = itertools.count()
+
+    def respond(_: Received) -> web.Response:
+        body = answers[next(sent) % len(answers)]
+        return web.Response(status=status, body=body if isinstance(body, bytes) else json.dumps(body).encode(),
+                            headers=headers)
+
+    return respond
+
+
+def run_cycle(make_source: Callable[[str], Any], respond: Respond, produces: type) -> AnswerServer:
+    """One collect() to completion by the source `make_source(url)` makes for an AnswerServer that answers with
+    `respond`: it must give a `produces` value or a SourceFailure, nothing else. Returns the server."""
     from exporter.errors import SourceFailure
 
-    async def cycle() -> Any:
-        try:
-            return (await source.collect()).data
-        except SourceFailure as failure:
-            return failure
-        finally:
-            await source.aclose()
+    async def cycle() -> tuple[Any, AnswerServer]:
+        async with answering(respond) as server:
+            source = make_source(server.url)
+            try:
+                return (await source.collect()).data, server
+            except SourceFailure as failure:
+                return failure, server
+            finally:
+                await source.aclose()
 
-    outcome = asyncio.run(cycle())
+    outcome, server = asyncio.run(cycle())
     if isinstance(outcome, SourceFailure):
         assert outcome.reason
     else:
         assert isinstance(outcome, produces)
+    return server
 
 
 # scalars, lists and objects nested a few levels: what a JSON body may hold, for property-based tests

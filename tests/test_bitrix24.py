@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -14,7 +14,7 @@ from exporter.simulator.bitrix24 import LEGACY_KEYS
 from exporter.snapshot import PortalSnapshot
 from exporter.sources.bitrix24 import Bitrix24Source
 from exporter.sources.retries import RetryPolicy
-from tests.conftest import NO_PAUSE, NO_WAIT, ReplayTransport, eventually
+from tests.conftest import NO_PAUSE, NO_WAIT, AnswerServer, AnswerServers, eventually, replaying
 
 # rate-limit answers retried until the portal's one-request-per-100-ms bucket lets every batch through
 PATIENT = RetryPolicy(attempts=3, rate_limit_attempts=200, base_delay=0.01, max_delay=0.05)
@@ -262,39 +262,56 @@ async def test_a_cycle_past_its_deadline_leaves_no_request_running(portal_factor
     assert server.sim.received == received  # and no request went out after the deadline
 
 
-# --- single odd answers (replayed by a MockTransport) -------------------------------------------------
+# --- single odd answers (replayed by an AnswerServer) -------------------------------------------------
 
-Replay = Callable[..., tuple[Bitrix24Source, ReplayTransport]]
+Replay = Callable[..., Awaitable[tuple[Bitrix24Source, AnswerServer]]]
 
 
 @pytest.fixture
-async def replay() -> AsyncIterator[Replay]:
-    """A source whose every request gets the same answer: `source, transport = replay(body, status)`."""
+async def replay(answer_server: AnswerServers) -> AsyncIterator[Replay]:
+    """A source whose every request gets the same answer: `source, server = await replay(body, status)`."""
     made: list[Bitrix24Source] = []
 
-    def make(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> tuple[Bitrix24Source,
-                                                                                              ReplayTransport]:
-        transport = ReplayTransport([body], status, headers)
-        config = Bitrix24Config(name="p", webhook_url=Secret(f"https://portal.example/rest/1/{SECRET}/"))
-        made.append(Bitrix24Source(config, retry=NO_WAIT, pause=NO_PAUSE, transport=transport))
-        return made[-1], transport
+    async def make(body: Any, status: int = 200,
+                   headers: dict[str, str] | None = None) -> tuple[Bitrix24Source, AnswerServer]:
+        server = await answer_server(replaying([body], status, headers))
+        config = Bitrix24Config(name="p", webhook_url=Secret(f"{server.url}/rest/1/{SECRET}/"))
+        made.append(Bitrix24Source(config, retry=NO_WAIT, pause=NO_PAUSE))
+        return made[-1], server
 
     yield make
     for source in made:
         await source.aclose()
 
 
-async def test_redirect_is_not_followed_and_fails_naming_the_new_host(replay: Replay) -> None:
-    source, transport = replay(b"", 302, {"Location": f"https://moved.example/rest/1/{SECRET}/user.get"})
+async def test_redirect_is_not_followed_and_fails_naming_the_new_host(
+        replay: Replay, answer_server: AnswerServers) -> None:
+    elsewhere = await answer_server(replaying([{"result": []}]))
+    moved = elsewhere.url.replace("127.0.0.1", "localhost")  # the same loopback, by another name
+    source, server = await replay(b"", 302, {"Location": f"{moved}/rest/1/{SECRET}/user.get"})
     with pytest.raises(SourceFailure) as failure:
         await source.collect()
     assert failure.value.reason == "api_error"
-    assert "moved.example" in failure.value.detail
+    assert "to localhost" in failure.value.detail
     assert SECRET not in failure.value.detail
-    assert [r.url.host for r in transport.calls] == ["portal.example"]  # tried once, never followed
+    assert (len(server.requests), elsewhere.requests) == (1, [])  # tried once, never followed
     counts = source.telemetry.counts()
     requests, errors = counts.requests, counts.errors
     assert (requests, errors) == ({("user.get", "api_error"): 1}, {"http_302": 1})
+
+
+@pytest.mark.parametrize(("location", "named"), [
+    (f"/rest/1/{SECRET}/user.get", "redirect to 127.0.0.1,"),  # relative: resolved against the request's URL
+    ("http://[::1", "redirect without a usable Location,"),
+])
+async def test_redirect_names_the_host_a_relative_or_broken_location_leads_to(replay: Replay, location: str,
+                                                                               named: str) -> None:
+    source, server = await replay(b"", 301, {"Location": location})
+    with pytest.raises(SourceFailure) as failure:
+        await source.collect()
+    assert named in failure.value.detail
+    assert SECRET not in failure.value.detail
+    assert len(server.requests) == 1
 
 
 @pytest.mark.parametrize(("code", "status", "reason", "tries"), [
@@ -305,11 +322,11 @@ async def test_redirect_is_not_followed_and_fails_naming_the_new_host(replay: Re
 ])
 async def test_error_codes_are_matched_in_any_case(replay: Replay, code: str, status: int, reason: str,
                                                    tries: int) -> None:
-    source, transport = replay({"error": code, "error_description": "x"}, status)
+    source, server = await replay({"error": code, "error_description": "x"}, status)
     with pytest.raises(SourceFailure) as failure:
         await source.collect()
     assert failure.value.reason == reason
-    assert len(transport.calls) == tries
+    assert len(server.requests) == tries
     assert source.telemetry.counts().requests == {("user.get", reason): tries}
 
 
@@ -321,11 +338,11 @@ async def test_error_codes_are_matched_in_any_case(replay: Replay, code: str, st
     ({"error": {"code": "", "message": "Access denied"}}, 200, "http_200: Access denied"),  # REST 3.0 shape
 ])
 async def test_empty_and_zero_error_codes_are_errors(replay: Replay, body: Any, status: int, detail: str) -> None:
-    source, transport = replay(body, status)
+    source, server = await replay(body, status)
     with pytest.raises(SourceFailure) as failure:
         await source.collect()
     assert (failure.value.reason, failure.value.detail) == ("api_error", detail)
-    assert len(transport.calls) == 1  # an error the API stated is not retried like an unreadable answer
+    assert len(server.requests) == 1  # an error the API stated is not retried like an unreadable answer
 
 
 async def test_command_error_codes_are_matched_in_any_case(portal_factory):

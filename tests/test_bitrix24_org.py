@@ -3,8 +3,9 @@ their members, the scope and privacy keys, and the structure's own refresh inter
 
 from __future__ import annotations
 
-import httpx
 import pytest
+from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from exporter.simulator.bitrix24 import PortalSimulator, SimDepartment, special_group_ids
 from exporter.simulator.bitrix24_org import MEMBER_ROLES, can_view_tasks, visible_to
@@ -93,10 +94,10 @@ async def test_structure_is_read_on_its_own_interval(portal_factory):
 
 
 async def test_failed_structure_refresh_keeps_the_last_good_one_and_is_reported(portal_factory):
-    server = await portal_factory(users=6)
     broken = MethodFails("department.get")
+    server = await portal_factory(users=6, middlewares=[broken.middleware])
     clock = Clock()
-    source = server.source(clock=clock, transport=broken)
+    source = server.source(clock=clock)
     good = exposition((await source.collect()).data)
     broken.failing = True
     clock.now += 3600
@@ -114,21 +115,21 @@ async def test_failed_structure_refresh_keeps_the_last_good_one_and_is_reported(
     assert set(samples(again, "tasks_exporter_structure_up").values()) == {1.0}
 
 
-class MethodFails(httpx.AsyncBaseTransport):
-    """Real HTTP to the fake portal, except that one method answers 500 while `failing` is set."""
+class MethodFails:
+    """A middleware for the fake portal: one method answers 500 while `failing` is set."""
 
     def __init__(self, method: str) -> None:
         self.method = method
         self.failing = False
-        self._inner = httpx.AsyncHTTPTransport()
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if self.failing and request.url.path.endswith("/" + self.method):
-            return httpx.Response(500, json={"error": "INTERNAL_SERVER_ERROR", "error_description": "down"})
-        return await self._inner.handle_async_request(request)
+        @web.middleware
+        async def fail(request: web.Request, handler: Handler) -> web.StreamResponse:
+            if self.failing and request.path.endswith("/" + self.method):
+                return web.json_response({"error": "INTERNAL_SERVER_ERROR", "error_description": "down"},
+                                         status=500)
+            return await handler(request)
 
-    async def aclose(self) -> None:
-        await self._inner.aclose()
+        self.middleware = fail
 
 
 # --- workgroups ----------------------------------------------------------------------------------

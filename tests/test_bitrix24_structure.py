@@ -4,23 +4,24 @@ error codes in either case. Plus the pure parts: ancestors, subtrees, the comman
 
 from __future__ import annotations
 
-import json
+import contextlib
+import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
-import httpx
 import pytest
+from aiohttp import web
 
 from exporter.config import Bitrix24Config, Secret
 from exporter.org import Department, ancestors, memberships, subtree
 from exporter.snapshot import ApiTelemetry, CounterQuery
 from exporter.sources.bitrix24 import Bitrix24Source
 from exporter.sources.bitrix24_structure import Structure, parse_ids, plan_queries
-from tests.conftest import FAST_RETRY, Clock
+from tests.conftest import FAST_RETRY, Clock, Received, answering
 
-WEBHOOK = "https://acme.bitrix24.ru/rest/1/s3cr3t/"
+WEBHOOK_PATH = "/rest/1/s3cr3t/"
 COUNTERS = {"expired": {"counter": 1, "code": 6291456}, "new_comments": {"counter": "2", "code": 12582912}}
 Answer = tuple[int, Any, dict[str, Any]]  # status, result or error body, extra top-level keys (total, next)
 
@@ -34,19 +35,17 @@ class RecordedPortal:
         self.requests: list[tuple[str, dict[str, Any]]] = []  # direct calls: method, JSON body
         self.commands: Counter[str] = Counter()
 
-    def transport(self) -> httpx.MockTransport:
-        return httpx.MockTransport(self._handle)
-
-    def _handle(self, request: httpx.Request) -> httpx.Response:
-        method = request.url.path.rsplit("/", 1)[-1]
-        body = json.loads(request.content or b"{}")
+    def respond(self, request: Received) -> web.Response:
+        """An AnswerServer's `respond`."""
+        method = request.path.rsplit("/", 1)[-1]
+        body = request.json()
         self.requests.append((method, body))
         if method == "batch":
-            return httpx.Response(200, json={"result": self._batch(body["cmd"]), "time": {"start": 1}})
+            return web.json_response({"result": self._batch(body["cmd"]), "time": {"start": 1}})
         status, result, extra = self._run(method, body)
         if status != 200:
-            return httpx.Response(status, json=result)
-        return httpx.Response(200, json={"result": result, **extra, "time": {"start": 1}})
+            return web.json_response(result, status=status)
+        return web.json_response({"result": result, **extra, "time": {"start": 1}})
 
     def _run(self, method: str, params: dict[str, Any]) -> Answer:
         self.commands[method] += 1
@@ -93,17 +92,22 @@ def counters(_params: dict[str, Any]) -> Answer:
     return ok(COUNTERS, total=1)
 
 
-def source(portal: RecordedPortal, **config: Any) -> Bitrix24Source:
-    return Bitrix24Source(Bitrix24Config(name="acme", webhook_url=Secret(WEBHOOK), **config), ApiTelemetry(),
-                          retry=FAST_RETRY, transport=portal.transport())
+@contextlib.asynccontextmanager
+async def source(portal: RecordedPortal, *, clock: Callable[[], float] = time.monotonic,
+                 **config: Any) -> AsyncIterator[Bitrix24Source]:
+    """A source for `portal`, which answers on loopback for the duration of the block."""
+    async with answering(portal.respond) as server:
+        src = Bitrix24Source(Bitrix24Config(name="acme", webhook_url=Secret(server.url + WEBHOOK_PATH), **config),
+                             ApiTelemetry(), retry=FAST_RETRY, clock=clock)
+        try:
+            yield src
+        finally:
+            await src.aclose()
 
 
 async def collect(portal: RecordedPortal, **config: Any) -> Any:
-    src = source(portal, **config)
-    try:
+    async with source(portal, **config) as src:
         return (await src.collect()).data
-    finally:
-        await src.aclose()
 
 
 # --- departments ---------------------------------------------------------------------------------
@@ -270,15 +274,11 @@ async def test_listed_groups_gain_names_and_skip_the_ones_the_webhook_cannot_rea
 async def test_a_transient_error_in_a_member_list_keeps_the_last_good_structure():
     portal = org_portal()
     clock = Clock()
-    src = Bitrix24Source(Bitrix24Config(name="acme", webhook_url=Secret(WEBHOOK), groups=None, roles=("all",)),
-                         ApiTelemetry(), retry=FAST_RETRY, transport=portal.transport(), clock=clock)
-    try:
+    async with source(portal, groups=None, roles=("all",), clock=clock) as src:
         first = (await src.collect()).data
         portal.handlers["sonet_group.user.get"] = lambda _: error(503, "QUERY_LIMIT_EXCEEDED", "Too many requests")
         clock.now += 7200
         second = (await src.collect()).data
-    finally:
-        await src.aclose()
     assert second.org.groups == first.org.groups
     assert second.org.members == first.org.members
     assert second.structure is not None

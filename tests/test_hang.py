@@ -215,7 +215,7 @@ async def failed_call(api: SilentServer, *, request_timeout: float, retry: Retry
 
 
 async def test_timeout_covers_the_whole_request_even_when_bytes_trickle() -> None:
-    """httpx's read timeout restarts with every byte; the request's own timeout does not."""
+    """A per-read timeout (aiohttp's sock_read) restarts with every byte; the request's own timeout does not."""
     async with silent_server(trickle=0.05) as api:
         error, elapsed = await failed_call(api, request_timeout=0.3, retry=RetryPolicy(attempts=1))
     assert error.code == "timeout"

@@ -7,8 +7,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 import pytest
+from aiohttp import web
 
 from exporter.app import running
 from exporter.collector import SnapshotCollector
@@ -22,9 +22,11 @@ from exporter.snapshot import ApiTelemetry, PachcaUser, PortalSnapshot, PortalUs
 from tests.conftest import (
     FAST_RETRY,
     NOW,
+    AnswerServers,
     Clock,
     Events,
     MakePachcaSource,
+    Received,
     check_metrics,
     exposition,
     labels,
@@ -40,8 +42,8 @@ def sim() -> PachcaSimulator:
     return generate_workspace(60, seed=7, now=NOW)
 
 
-def users_page(users: list[dict[str, Any]], cursor: str = "end", has_next: bool = False) -> httpx.Response:
-    return httpx.Response(200, json={"data": users, "meta": {"paginate": {
+def users_page(users: list[dict[str, Any]], cursor: str = "end", has_next: bool = False) -> web.Response:
+    return web.json_response({"data": users, "meta": {"paginate": {
         "next_page": cursor, "prev_page": "p", "has_next": has_next, "has_prev": False}}})
 
 
@@ -57,13 +59,15 @@ def user(uid: int, **fields: Any) -> dict[str, Any]:
     return {k: v for k, v in record.items() if v is not ...}
 
 
-def routed(tasks: Callable[[], httpx.Response], users: Callable[[], httpx.Response]) -> httpx.MockTransport:
-    def answer(request: httpx.Request) -> httpx.Response:
-        return users() if request.url.path.endswith("/users") else tasks()
-    return httpx.MockTransport(answer)
+async def routed(answer_server: AnswerServers, tasks: Callable[[], web.Response],
+                 users: Callable[[], web.Response]) -> str:
+    """The base URL of a workspace on loopback whose GET /users answers `users()`, and the rest `tasks()`."""
+    def answer(request: Received) -> web.Response:
+        return users() if request.path.endswith("/users") else tasks()
+    return (await answer_server(answer)).url + PREFIX
 
 
-def no_tasks() -> httpx.Response:
+def no_tasks() -> web.Response:
     return users_page([])
 
 
@@ -90,7 +94,8 @@ async def test_departments_tags_and_emails_come_from_users_with_nulls_as_empty(s
     assert tally.users_read_at == NOW
 
 
-async def test_odd_user_records_cost_only_their_own_fields(pachca_source: MakePachcaSource) -> None:
+async def test_odd_user_records_cost_only_their_own_fields(pachca_source: MakePachcaSource,
+                                                           answer_server: AnswerServers) -> None:
     records = [
         user(1, first_name=None, last_name=None, department=None, list_tags=None, email=None),
         user(2, last_name="", department="  Backend  ", list_tags=["Design", "", 7, "Design", " On-call "],
@@ -99,7 +104,7 @@ async def test_odd_user_records_cost_only_their_own_fields(pachca_source: MakePa
         user(4, department=12, title=""),
         {"id": "5", "first_name": "string id"}, "not a user", {"first_name": "no id"},
     ]
-    source = pachca_source(transport=routed(no_tasks, lambda: users_page(records)))
+    source = pachca_source(base_url=await routed(answer_server, no_tasks, lambda: users_page(records)))
     tally = (await source.collect()).data
     assert tally.users == (
         PachcaUser(1, "user1", "", (), ""),
@@ -126,12 +131,13 @@ async def test_users_are_walked_by_cursor_and_end_on_has_next_false(pachca_sourc
         assert len(user_requests) > 3
 
 
-async def test_429_on_users_waits_retry_after_and_reads_them(pachca_source: MakePachcaSource) -> None:
-    answers = iter([httpx.Response(429, headers={"Retry-After": "0.05"}, json={"errors": [
-        {"key": "token", "value": None, "message": "Too many requests", "code": "rate_limit", "payload": None}]}),
-        users_page([user(1, list_tags=["Design"])])])
+async def test_429_on_users_waits_retry_after_and_reads_them(pachca_source: MakePachcaSource,
+                                                             answer_server: AnswerServers) -> None:
+    answers = iter([web.json_response({"errors": [
+        {"key": "token", "value": None, "message": "Too many requests", "code": "rate_limit", "payload": None}]},
+        status=429, headers={"Retry-After": "0.05"}), users_page([user(1, list_tags=["Design"])])])
     telemetry = ApiTelemetry()
-    source = pachca_source(telemetry=telemetry, transport=routed(no_tasks, lambda: next(answers)))
+    source = pachca_source(telemetry=telemetry, base_url=await routed(answer_server, no_tasks, lambda: next(answers)))
     tally = (await source.collect()).data
     assert [(u.user_id, u.tags) for u in tally.users] == [(1, ("Design",))]
     counts = telemetry.counts()
@@ -201,13 +207,15 @@ async def test_users_are_reread_on_the_structure_interval_not_every_cycle(sim: P
 
 
 async def test_failing_refresh_keeps_the_last_good_users_and_never_fails_the_counts(pachca_source: MakePachcaSource,
+                                                                                    answer_server: AnswerServers,
                                                                                     logs: Events) -> None:
-    users: list[Callable[[], httpx.Response]] = [lambda: users_page([user(1, department="Sales")])]
+    users: list[Callable[[], web.Response]] = [lambda: users_page([user(1, department="Sales")])]
     clock = Clock()
     telemetry = ApiTelemetry()
-    source = pachca_source(clock=clock, telemetry=telemetry, transport=routed(no_tasks, lambda: users[0]()))
+    source = pachca_source(clock=clock, telemetry=telemetry,
+                           base_url=await routed(answer_server, no_tasks, lambda: users[0]()))
     good = (await source.collect()).data
-    users[0] = lambda: httpx.Response(502, text="<html>bad gateway</html>", headers={"content-type": "text/html"})
+    users[0] = lambda: web.Response(status=502, text="<html>bad gateway</html>", content_type="text/html")
     clock.now += 3600
     later = (await source.collect()).data
     assert later.users == good.users

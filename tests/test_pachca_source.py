@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-import httpx
 import pytest
+from aiohttp import web
 
 from exporter.errors import SourceFailure
 from exporter.simulator.pachca import DEMO_TOKEN, PREFIX, PachcaSimulator, generate_workspace
 from exporter.snapshot import ApiTelemetry, PachcaUser, ReminderTally
-from tests.conftest import FAST_RETRY, NOW, Clock, Events, MakePachcaSource, named
+from exporter.sources.pachca import PachcaSource
+from tests.conftest import FAST_RETRY, NOW, AnswerServers, Clock, Events, MakePachcaSource, Received, Respond, named
 
 DAY = 86400.0
 
@@ -23,15 +24,22 @@ def sim() -> PachcaSimulator:
     return generate_workspace(180, seed=7, now=NOW)
 
 
-def mock(answer: Callable[[httpx.Request], httpx.Response]) -> httpx.MockTransport:
-    return httpx.MockTransport(answer)
+Answered = Callable[..., Awaitable[PachcaSource]]
 
 
-def page(data: list[Any], *, next_page: str | None = "c1", has_next: bool | None = None) -> httpx.Response:
+@pytest.fixture
+def answered(pachca_source: MakePachcaSource, answer_server: AnswerServers) -> Answered:
+    """`await answered(respond, **options)`: a source for a workspace on loopback that answers with `respond`."""
+    async def make(respond: Respond, **options: Any) -> PachcaSource:
+        return pachca_source(base_url=(await answer_server(respond)).url + PREFIX, **options)
+    return make
+
+
+def page(data: list[Any], *, next_page: str | None = "c1", has_next: bool | None = None) -> web.Response:
     paginate: dict[str, Any] = {"next_page": next_page}
     if has_next is not None:
         paginate["has_next"] = has_next
-    return httpx.Response(200, json={"data": data, "meta": {"paginate": paginate}})
+    return web.json_response({"data": data, "meta": {"paginate": paginate}})
 
 
 def reminder(rid: int = 1, *, status: str = "undone", kind: str = "call", priority: Any = 1,
@@ -242,17 +250,16 @@ async def test_cursor_that_never_ends_stops_at_max_pages(sim: PachcaSimulator, p
     assert named(logs, "pachca_page_cap_reached")[0]["max_pages"] == 7
 
 
-async def test_empty_page_ends_the_walk_even_if_has_next_says_more(pachca_source: MakePachcaSource) -> None:
+async def test_empty_page_ends_the_walk_even_if_has_next_says_more(answered: Answered) -> None:
     answers = iter([page([reminder(1)], next_page="a", has_next=True),
                     page([], next_page="b", has_next=True), page([reminder(2)], next_page="c")])
-    source = pachca_source(transport=mock(lambda _: next(answers)), performer_names=False)
+    source = await answered(lambda _: next(answers), performer_names=False)
     cycle = await source.collect()
     assert (cycle.data.total, cycle.data.pages, cycle.calls) == (1, 2, 2)
 
 
-async def test_null_cursor_of_the_older_api_ends_the_walk(pachca_source: MakePachcaSource) -> None:
-    source = pachca_source(transport=mock(lambda _: page([reminder(1)], next_page=None)),
-                         performer_names=False)
+async def test_null_cursor_of_the_older_api_ends_the_walk(answered: Answered) -> None:
+    source = await answered(lambda _: page([reminder(1)], next_page=None), performer_names=False)
     assert (await source.collect()).data.pages == 1
 
 
@@ -292,15 +299,15 @@ async def test_retry_after_beyond_the_cap_fails_and_pauses_requests(sim: PachcaS
     assert (await source.collect()).data.total == 180
 
 
-async def test_429_without_retry_after_backs_off_and_gives_up(pachca_source: MakePachcaSource) -> None:
-    sent: list[httpx.Request] = []
+async def test_429_without_retry_after_backs_off_and_gives_up(answered: Answered) -> None:
+    sent: list[Received] = []
 
-    def refuse(request: httpx.Request) -> httpx.Response:
+    def refuse(request: Received) -> web.Response:
         sent.append(request)
-        return httpx.Response(429, json={"errors": []})
+        return web.json_response({"errors": []}, status=429)
 
     with pytest.raises(SourceFailure) as failure:
-        await pachca_source(transport=mock(refuse)).collect()
+        await (await answered(refuse)).collect()
     assert failure.value.reason == "rate_limited"
     assert len(sent) == FAST_RETRY.rate_limit_attempts
 
@@ -356,8 +363,8 @@ async def test_unreadable_body_is_invalid_response_after_retries(sim: PachcaSimu
 
 
 @pytest.mark.parametrize("body", [{"data": {"id": 1}}, {"result": []}, [1, 2], "data"])
-async def test_body_not_of_the_documented_shape_is_invalid_response(pachca_source: MakePachcaSource, body: Any) -> None:
-    source = pachca_source(transport=mock(lambda _: httpx.Response(200, json=body)))
+async def test_body_not_of_the_documented_shape_is_invalid_response(answered: Answered, body: Any) -> None:
+    source = await answered(lambda _: web.json_response(body))
     with pytest.raises(SourceFailure) as failure:
         await source.collect()
     assert failure.value.reason == "invalid_response"
@@ -398,28 +405,31 @@ async def test_bad_request_is_an_api_error_without_retries(sim: PachcaSimulator,
     assert telemetry.counts().requests == {("GET /tasks", "api_error"): 1}
 
 
-async def test_redirect_is_not_followed_and_fails_naming_the_new_host(pachca_source: MakePachcaSource) -> None:
-    sent: list[httpx.Request] = []
+async def test_redirect_is_not_followed_and_fails_naming_the_new_host(answered: Answered,
+                                                                     answer_server: AnswerServers) -> None:
+    elsewhere = await answer_server(lambda _: page([]))
+    sent: list[Received] = []
 
-    def moved(request: httpx.Request) -> httpx.Response:
+    def moved(request: Received) -> web.Response:
         sent.append(request)
-        return httpx.Response(301, headers={"Location": "https://elsewhere.example/api/shared/v1/tasks"})
+        location = elsewhere.url.replace("127.0.0.1", "localhost") + PREFIX + "/tasks"  # loopback, by another name
+        return web.Response(status=301, headers={"Location": location})
 
     with pytest.raises(SourceFailure) as failure:
-        await pachca_source(transport=mock(moved)).collect()
+        await (await answered(moved)).collect()
     assert failure.value.reason == "api_error"
-    assert "elsewhere.example" in failure.value.detail
-    assert [r.url.host for r in sent] == ["127.0.0.1"]  # the token never went to the other host
+    assert "to localhost" in failure.value.detail
+    assert (len(sent), elsewhere.requests) == (1, [])  # the token never went to the other host
 
 
-async def test_bearer_token_is_sent(pachca_source: MakePachcaSource) -> None:
+async def test_bearer_token_is_sent(answered: Answered) -> None:
     seen: list[str] = []
 
-    def answer(request: httpx.Request) -> httpx.Response:
+    def answer(request: Received) -> web.Response:
         seen.append(request.headers["Authorization"])
         return page([], next_page="x")
 
-    await pachca_source(token="tok-1", transport=mock(answer), performer_names=False).collect()
+    await (await answered(answer, token="tok-1", performer_names=False)).collect()
     assert seen == ["Bearer tok-1"]
 
 
@@ -475,12 +485,12 @@ async def test_names_true_keeps_trying_and_keeps_the_last_good_names(sim: Pachca
     assert named(logs, "pachca_user_names_failed")
 
 
-async def test_users_server_error_never_fails_the_counts(pachca_source: MakePachcaSource) -> None:
-    answers: dict[str, Callable[[], httpx.Response]] = {
+async def test_users_server_error_never_fails_the_counts(answered: Answered) -> None:
+    answers: dict[str, Callable[[], web.Response]] = {
         "/tasks": lambda: page([reminder(1, performers=[11])], has_next=False),
-        "/users": lambda: httpx.Response(503, text="<html>busy</html>"),
+        "/users": lambda: web.Response(status=503, text="<html>busy</html>"),
     }
-    source = pachca_source(transport=mock(lambda request: answers[request.url.path.removeprefix(PREFIX)]()))
+    source = await answered(lambda request: answers[request.path.removeprefix(PREFIX)]())
     cycle = await source.collect()
     tally = cycle.data
     assert tally.total == 1

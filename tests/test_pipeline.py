@@ -14,9 +14,9 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import httpx
 import pytest
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from exporter.config import RateLimit
 from exporter.exposition import Exposition
@@ -190,28 +190,32 @@ async def test_a_portal_that_grows_past_a_page_lists_every_user(portal_factory, 
     assert sim.calls["batch"] == batches(2 + 52 * len(ROLES))
 
 
-class BatchLog(httpx.AsyncBaseTransport):
-    """Real HTTP to the fake portal, noting the methods of every `batch` sent."""
+class BatchLog:
+    """A middleware for the fake portal, noting the methods of every `batch` it receives, in arrival order."""
 
     def __init__(self) -> None:
         self.batches: list[list[str]] = []
-        self._inner = httpx.AsyncHTTPTransport()
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("/batch"):
-            commands = json.loads(request.content)["cmd"].values()
-            self.batches.append([c.partition("?")[0] for c in commands])
-        return await self._inner.handle_async_request(request)
+        @web.middleware
+        async def note(request: web.Request, handler: Handler) -> web.StreamResponse:
+            if not request.path.endswith("/batch"):
+                return await handler(request)
+            arrived = len(self.batches)
+            self.batches.append([])
+            response = await handler(request)  # the portal reads the body first (it must find it unread)
+            commands = json.loads(await request.read())["cmd"].values()
+            self.batches[arrived] = [c.partition("?")[0] for c in commands]
+            return response
 
-    async def aclose(self) -> None:
-        await self._inner.aclose()
+        self.middleware = note
 
 
 async def test_a_large_portals_listing_is_spread_over_the_wave_at_no_extra_call(portal_factory):
     """A batch of 50 user.get pages is one answer of 2,500 full user records (~17 MB decoded at once)."""
-    server = await portal_factory(users=1000, hidden=0, latency=0.0, rate_limited=False)
-    sim, sent = server.sim, BatchLog()
-    source = server.source(transport=sent, rate_limit=RateLimit(1000.0, 1000))
+    sent = BatchLog()
+    server = await portal_factory(users=1000, hidden=0, latency=0.0, rate_limited=False, middlewares=[sent.middleware])
+    sim = server.sim
+    source = server.source(rate_limit=RateLimit(1000.0, 1000))
     await source.collect()
     steady(sim)
     sent.batches.clear()
@@ -341,7 +345,7 @@ async def portal_counting_connections(sim: PortalSimulator, *, idle_close: float
 
 
 async def test_a_cycle_an_interval_after_the_last_reuses_its_connections(make_source):
-    """11 requests at once need 11 connections; kept from one cycle to the next (past httpx's default of 5 s
+    """11 requests at once need 11 connections; kept from one cycle to the next (past the client's default of 5 s
     idle), a steady-state cycle opens none: no handshakes before its one round trip."""
     async with portal_counting_connections(generate_portal(100, inactive=1, hidden=0)) as (server, peers):
         source = make_source(server, interval=6.0)

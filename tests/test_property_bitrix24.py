@@ -13,7 +13,7 @@ from exporter.errors import ApiError
 from exporter.snapshot import ApiTelemetry, PortalSnapshot
 from exporter.sources.bitrix24 import Bitrix24Source, parse_counters
 from exporter.sources.bitrix24_client import parse_batch
-from tests.conftest import NO_PAUSE, NO_WAIT, ReplayTransport, json_values, run_cycle
+from tests.conftest import NO_PAUSE, NO_WAIT, json_values, replaying, run_cycle
 
 # shapes close to the real ones, with any values inside, find more than noise does
 batch_like = st.fixed_dictionaries({"result": st.fixed_dictionaries({
@@ -57,7 +57,8 @@ def test_parse_counters_returns_numbers_none_or_a_typed_error(result):
 @given(st.lists(json_values | batch_like | user_page_like | st.binary(max_size=30), min_size=1, max_size=4),
        st.sampled_from([200, 302, 400, 401, 429, 500, 503]))
 def test_a_whole_cycle_over_any_answers_gives_a_snapshot_or_a_source_failure(answers, status):
-    config = Bitrix24Config(name="p", webhook_url=Secret("https://p.example/rest/1/abc/"), roles=("all",))
-    source = Bitrix24Source(config, ApiTelemetry(), retry=NO_WAIT, pause=NO_PAUSE,
-                            transport=ReplayTransport(answers, status))
-    run_cycle(source, PortalSnapshot)
+    def source(url: str) -> Bitrix24Source:
+        config = Bitrix24Config(name="p", webhook_url=Secret(f"{url}/rest/1/abc/"), roles=("all",))
+        return Bitrix24Source(config, ApiTelemetry(), retry=NO_WAIT, pause=NO_PAUSE)
+
+    run_cycle(source, replaying(answers, status), PortalSnapshot)

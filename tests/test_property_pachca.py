@@ -9,7 +9,7 @@ from exporter.config import PachcaConfig, Secret
 from exporter.snapshot import ApiTelemetry, ReminderTally
 from exporter.sources.pachca import PachcaSource, TallyBuilder
 from exporter.sources.pachca_client import parse_page
-from tests.conftest import NO_WAIT, ReplayTransport, json_values, run_cycle
+from tests.conftest import NO_WAIT, json_values, replaying, run_cycle
 
 reminder_like = st.fixed_dictionaries({
     "id": json_values | st.integers(1, 50), "kind": json_values | st.sampled_from(["call", "email"]),
@@ -45,9 +45,10 @@ def test_tally_builder_counts_any_records_without_crashing(records):
 @given(st.lists(page_like | json_values | st.binary(max_size=30), min_size=1, max_size=4),
        st.sampled_from([200, 400, 401, 403, 429, 500, 503]))
 def test_a_whole_cycle_over_any_answers_gives_a_tally_or_a_source_failure(answers, status):
-    transport = ReplayTransport(answers, status, headers={"Retry-After": "0"})
-    config = PachcaConfig(name="w", token=Secret("t0ken-xyz"), base_url="https://api.example/v1", max_pages=5)
-    source = PachcaSource(config, ApiTelemetry(), retry=NO_WAIT, transport=transport)
-    run_cycle(source, ReminderTally)
+    def source(url: str) -> PachcaSource:
+        config = PachcaConfig(name="w", token=Secret("t0ken-xyz"), base_url=f"{url}/v1", max_pages=5)
+        return PachcaSource(config, ApiTelemetry(), retry=NO_WAIT)
+
+    server = run_cycle(source, replaying(answers, status, headers={"Retry-After": "0"}), ReminderTally)
     # bounded: the page cap times the tries of each page, and a few pages of users
-    assert len(transport.calls) <= 5 * NO_WAIT.attempts * NO_WAIT.rate_limit_attempts + 10
+    assert len(server.requests) <= 5 * NO_WAIT.attempts * NO_WAIT.rate_limit_attempts + 10

@@ -61,7 +61,7 @@ class Limits:
     """What the exporter process may hold at any instant, each bound derived from a configured limit.
 
     - outbound: connections to the APIs. The Bitrix24 client's pool holds at most `max_concurrency`
-      (httpx.Limits(max_connections=...)). The Pachca client walks pages one request at a time, so its pool
+      (aiohttp's TCPConnector(limit=...)). The Pachca client walks pages one request at a time, so its pool
       never needs a second connection. A connection the peer has reset counts until the pool drops it, and
       a connection a pool gives up (a timeout or a reset) keeps its socket until asyncio's transport closes it
       on a later loop iteration, while its replacement may already be open: so each pool holds at most its

@@ -10,7 +10,6 @@ from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-import httpx
 import structlog
 
 from exporter.config import Bitrix24Config
@@ -240,7 +239,6 @@ class Bitrix24Source:
 
     def __init__(self, config: Bitrix24Config, telemetry: ApiTelemetry | None = None, *,
                  retry: RetryPolicy = RETRY, pause: OperationPause = PAUSE,
-                 transport: httpx.AsyncBaseTransport | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.target = config.name
@@ -251,7 +249,7 @@ class Bitrix24Source:
         self.bucket = LeakyBucket(config.rate_limit.requests_per_second, config.rate_limit.burst)
         self._client = Bitrix24Client(
             config.webhook_url.reveal(), self.bucket, self.telemetry, timeout=config.timeout,
-            max_concurrency=config.max_concurrency, retry=retry, pause=pause, transport=transport,
+            max_concurrency=config.max_concurrency, retry=retry, pause=pause,
             keepalive=config.interval + KEEPALIVE_MARGIN,
         )
         self._last: dict[CounterQuery, CounterSet] = {}

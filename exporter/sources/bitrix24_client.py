@@ -8,23 +8,19 @@ HTML). `_reason` classifies every answer that is an error, once.
 from __future__ import annotations
 
 import asyncio
-import functools
-import json
-import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-import httpx
 import structlog
 
 from exporter.errors import ApiError, ApiFailureReason
 from exporter.ratelimit import LeakyBucket
 from exporter.snapshot import ApiTelemetry
 from exporter.sources.retries import Retrier, RetryPolicy
-from exporter.sources.sending import pace, refused, timed_send
+from exporter.sources.sending import Answer, Sender, pace, refused
 
 BATCH_LIMIT = 50
 # Error codes, upper-cased: the API mixes cases (`expired_token`, `QUERY_LIMIT_EXCEEDED`), so every
@@ -137,28 +133,20 @@ class Bitrix24Client:
 
     def __init__(self, webhook_url: str, bucket: LeakyBucket, telemetry: ApiTelemetry, *,
                  timeout: float, max_concurrency: int, retry: RetryPolicy = RETRY,
-                 pause: OperationPause = PAUSE, keepalive: float = 5.0,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 pause: OperationPause = PAUSE, keepalive: float = 5.0) -> None:
         self._base = webhook_url if webhook_url.endswith("/") else webhook_url + "/"
         self._bucket = bucket
         self._telemetry = telemetry
         self._retries = Retrier(retry, timeout)
         self._operation_pause = pause
-        self._timeout = timeout
         # one slot per call, held across its retries, and as many connections as slots: a request never
-        # queues for a connection, so httpx's pool timeout cannot fire because the cycle is long. An idle
-        # connection is kept `keepalive` seconds (a source keeps them from one cycle to the next); one the
-        # server closed meanwhile is noticed before it is used, and a new one is opened
+        # queues for a connection, which would spend its timeout waiting because the cycle is long. An idle
+        # connection is kept `keepalive` seconds (a source keeps them from one cycle to the next)
         self._slots = asyncio.Semaphore(max_concurrency)
         self._paused_until: dict[str, float] = {}
         self.operating: dict[str, float] = {}
         self.calls = 0
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout), transport=transport, follow_redirects=False, verify=shared_tls(),
-            headers={"Accept": "application/json", "User-Agent": "tasks-exporter"},
-            limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency,
-                                keepalive_expiry=keepalive),
-        )
+        self._http = Sender(telemetry, timeout=timeout, connections=max_concurrency, keepalive=keepalive)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -217,16 +205,12 @@ class Bitrix24Client:
 
     async def _attempt(self, method: str, params: Mapping[str, Any]) -> Any:
         self.calls += 1
-        response = await timed_send(self._telemetry, method,
-                                    lambda: self._http.post(self._base + method, json=dict(params)), self._timeout)
-        return self._decode(method, response)
+        answer = await self._http.send(method, "POST", self._base + method, json=dict(params))
+        return self._decode(method, answer)
 
-    def _decode(self, method: str, response: httpx.Response) -> Any:
-        status = response.status_code
-        try:
-            body = json.loads(response.content)
-        except (ValueError, UnicodeDecodeError):
-            body = None
+    def _decode(self, method: str, answer: Answer) -> Any:
+        status = answer.status
+        body = answer.json()
         error = error_of(body)
         if error is not None:
             code, description = error
@@ -241,7 +225,7 @@ class Bitrix24Client:
             code = f"http_{status}" if status >= 400 else "invalid_response"
             reason = failure_reason("", status) if status >= 400 else "invalid_response"
             raise refused(self._telemetry, method, ApiError(
-                code, _content_hint(response), status=status, retryable=status >= 500 or status < 400,
+                code, _content_hint(answer), status=status, retryable=status >= 500 or status < 400,
                 reason=reason))
         self._telemetry.request(method, "success")
         if isinstance(body.get("time"), dict):
@@ -269,13 +253,6 @@ class Bitrix24Client:
         delay = min(max(retry_after if retry_after is not None else pause.default, pause.least), pause.most)
         self._paused_until[key] = time.time() + delay
         log.warning("bitrix24_operation_time_limit", method=key, pause_seconds=round(delay, 1))
-
-
-@functools.cache
-def shared_tls() -> ssl.SSLContext:
-    """One TLS context (system settings, httpx's CA bundle) for every portal's client: each client would
-    otherwise load the CA bundle into a context of its own, ~0.8 MB per portal."""
-    return httpx.create_ssl_context()
 
 
 def error_of(body: Any) -> tuple[str, str] | None:
@@ -315,8 +292,7 @@ def _reset_in(body: Any) -> float | None:
     return None
 
 
-def _content_hint(response: httpx.Response) -> str:
-    kind = response.headers.get("content-type", "unknown").split(";")[0]
-    return f"HTTP {response.status_code}, {kind}, not a JSON object"
+def _content_hint(answer: Answer) -> str:
+    return f"HTTP {answer.status}, {answer.content_type()}, not a JSON object"
 
 

@@ -19,7 +19,6 @@ from contextlib import aclosing
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import structlog
 
 from exporter.config import PachcaConfig
@@ -213,7 +212,6 @@ class PachcaSource:
 
     def __init__(self, config: PachcaConfig, telemetry: ApiTelemetry | None = None, *,
                  retry: RetryPolicy = RETRY, max_retry_after: float = MAX_RETRY_AFTER,
-                 transport: httpx.AsyncBaseTransport | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.target = config.name
@@ -222,7 +220,7 @@ class PachcaSource:
         self.telemetry = ApiTelemetry() if telemetry is None else telemetry
         self._clock = clock
         self._client = PachcaClient(config.base_url, config.token, self.telemetry, timeout=config.timeout,
-                                    retry=retry, max_retry_after=max_retry_after, transport=transport,
+                                    retry=retry, max_retry_after=max_retry_after,
                                     clock=clock)
         self.names_enabled = config.performer_names is not False  # whether GET /users is read at all
         self._users: dict[int, PachcaUser] = {}

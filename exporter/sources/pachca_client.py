@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import json
 import math
 import random
 import time
@@ -18,7 +17,6 @@ from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import structlog
 
 from exporter.config import Secret
@@ -26,7 +24,7 @@ from exporter.errors import ApiError, ApiFailureReason
 from exporter.ratelimit import LeakyBucket
 from exporter.snapshot import ApiTelemetry
 from exporter.sources.retries import Retrier, RetryPolicy
-from exporter.sources.sending import pace, refused, timed_send
+from exporter.sources.sending import Answer, Sender, pace, refused
 
 REQUESTS_PER_SECOND = 50  # "all other API methods", per token (docs/api-notes.md#pachca-rate-limit)
 RETRY = RetryPolicy(attempts=4, rate_limit_attempts=4, base_delay=1.0)
@@ -61,22 +59,16 @@ class PachcaClient:
 
     def __init__(self, base_url: str, token: Secret, telemetry: ApiTelemetry, *, timeout: float,
                  retry: RetryPolicy = RETRY, max_retry_after: float = MAX_RETRY_AFTER,
-                 transport: httpx.AsyncBaseTransport | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self._base = base_url.rstrip("/")
         self._telemetry = telemetry
         self._retries = Retrier(retry, timeout)
         self._max_retry_after = max_retry_after
-        self._timeout = timeout
         self._clock = clock
         self._bucket = LeakyBucket(REQUESTS_PER_SECOND, REQUESTS_PER_SECOND)
         self._paused_until = 0.0
         self.calls = 0
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout), transport=transport, follow_redirects=False,
-            headers={"Accept": "application/json", "User-Agent": "tasks-exporter",
-                     "Authorization": f"Bearer {token.reveal()}"},
-        )
+        self._http = Sender(telemetry, timeout=timeout, headers={"Authorization": f"Bearer {token.reveal()}"})
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -133,28 +125,24 @@ class PachcaClient:
 
     async def _attempt(self, method: str, path: str, params: Mapping[str, str]) -> dict[str, Any]:
         self.calls += 1
-        response = await timed_send(self._telemetry, method,
-                                    lambda: self._http.get(self._base + path, params=dict(params)), self._timeout)
-        return self._decode(method, response)
+        answer = await self._http.send(method, "GET", self._base + path, params=params)
+        return self._decode(method, answer)
 
-    def _decode(self, method: str, response: httpx.Response) -> dict[str, Any]:
-        status = response.status_code
-        try:
-            body = json.loads(response.content)
-        except (ValueError, UnicodeDecodeError):  # HTML from a proxy, a truncated answer
-            body = None
+    def _decode(self, method: str, answer: Answer) -> dict[str, Any]:
+        status = answer.status
+        body = answer.json()
         if 200 <= status < 300:
             if isinstance(body, dict) and isinstance(body.get("data"), list):
                 self._telemetry.request(method, "success")
                 return body
             raise refused(self._telemetry, method, ApiError(
-                "invalid_response", _shape_hint(response, body), status=status, retryable=True))
-        code, message = error_of(body, status, response)
+                "invalid_response", _shape_hint(answer, body), status=status, retryable=True))
+        code, message = error_of(body, status, answer)
         retry_after = None
         reason: ApiFailureReason
         if status == 429:
             reason, retryable = "rate_limited", True
-            retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+            retry_after = retry_after_seconds(answer.headers.get("Retry-After"))
         elif status in (401, 403):
             reason, retryable = "auth", False
         elif status >= 500:
@@ -189,7 +177,7 @@ class PachcaClient:
                            status=429, reason="rate_limited")
 
 
-def error_of(body: Any, status: int, response: httpx.Response) -> tuple[str, str]:
+def error_of(body: Any, status: int, answer: Answer) -> tuple[str, str]:
     """(code, message) of an error answer: OAuthError, ApiError (first item) or just the HTTP status."""
     if isinstance(body, dict):
         errors = body.get("errors")
@@ -200,7 +188,7 @@ def error_of(body: Any, status: int, response: httpx.Response) -> tuple[str, str
             code = first.get("code")
             if isinstance(code, str) and code:
                 return code, str(first.get("message") or "")[:200]
-    return f"http_{status}", _shape_hint(response, body)
+    return f"http_{status}", _shape_hint(answer, body)
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -218,8 +206,7 @@ def retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
-def _shape_hint(response: httpx.Response, body: Any) -> str:
-    kind = response.headers.get("content-type", "unknown").split(";")[0]
+def _shape_hint(answer: Answer, body: Any) -> str:
     if body is None:
-        return f"HTTP {response.status_code}, {kind}, not JSON ({len(response.content)} bytes)"
-    return f"HTTP {response.status_code}, JSON {type(body).__name__} without a data list"
+        return f"HTTP {answer.status}, {answer.content_type()}, not JSON ({len(answer.body)} bytes)"
+    return f"HTTP {answer.status}, JSON {type(body).__name__} without a data list"
