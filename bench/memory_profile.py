@@ -47,7 +47,7 @@ async def profile(webhook: str) -> None:
     from exporter.exposition import Exposition
     from exporter.snapshot import Store
     from exporter.sources.bitrix24 import Bitrix24Source
-    steps.end("imports (exporter, aiohttp, httpx, prometheus_client)")
+    steps.end("imports (exporter, aiohttp, orjson, prometheus_client)")
 
     store = Store()
     exposition = Exposition(SnapshotCollector(store).snapshot_sections)

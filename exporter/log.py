@@ -1,4 +1,4 @@
-"""One logging pipeline: structlog events and stdlib records (aiohttp, asyncio, httpx) come out alike.
+"""One logging pipeline: structlog events and stdlib records (aiohttp, asyncio, warnings) come out alike.
 
 Every record goes through the root logger's handler and structlog's ProcessorFormatter, so it keeps its
 level and traceback, is rendered in the chosen format (json | console), carries the context variables bound
@@ -23,8 +23,6 @@ _secrets: set[str] = set()
 
 # structlog's own events reach the handler through this stdlib logger; records of other names are foreign
 _NAME = "exporter"
-# libraries whose INFO is per request (httpx logs every call): shown only when debugging
-_CHATTY = ("httpx",)
 
 EventDict = MutableMapping[str, Any]
 
@@ -126,8 +124,6 @@ def configure(level: str = "info", fmt: str = "console", stream: Any = None) -> 
     for old_filter in [f for f in server.filters if isinstance(f, _ClientFaults)]:
         server.removeFilter(old_filter)
     server.addFilter(_ClientFaults())
-    for name in _CHATTY:
-        logging.getLogger(name).setLevel(logging.NOTSET if threshold <= logging.DEBUG else logging.WARNING)
 
 
 def log_loop_exception(_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:

@@ -91,10 +91,9 @@ def test_stdlib_records_keep_level_traceback_and_masking(json_log: LogLines):
     assert (debug["level"], debug["event"]) == ("debug", "detail 42")
 
 
-def test_level_applies_to_stdlib_records_and_httpx_requests_only_when_debugging():
+def test_level_applies_to_stdlib_records():
     events = rendered_log("info")
     logging.getLogger("some.library").debug("hidden")
-    logging.getLogger("httpx").info("HTTP Request: GET http://127.0.0.1/ 200")
     logging.getLogger("some.library").info("shown")
     assert [e["event"] for e in events()] == ["shown"]
 
