@@ -289,10 +289,10 @@ class _Portal:
             return user_get(sim.users, params, sim.scopes, module_admin=sim.sonet_admin,
                             group_mates=state.group_mates)
         if method == "tasks.task.counters.get":
-            operating, _ = sim.charge(method, 0.0)
-            if sim.operating_per_command and operating > sim.operating_limit:
-                raise MethodError(429, "OPERATION_TIME_LIMIT", "Method is blocked due to operation time limit.")
-            if sim.operating_per_command:
+            if sim.operating_per_command:  # else nothing is accounted, and nothing can be over the limit
+                operating, _ = sim.charge(method, 0.0)
+                if operating > sim.operating_limit:
+                    raise MethodError(429, "OPERATION_TIME_LIMIT", "Method is blocked due to operation time limit.")
                 sim.charge(method, sim.operating_per_command)
             return self.counters(params, state), {"total": 1}
         if method == "department.get":
