@@ -172,6 +172,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu-only", action="store_true")
     parser.add_argument("--latency", type=float, default=LATENCY)
+    parser.add_argument("--cycles", type=int, default=CYCLES)
+    parser.add_argument("--gap", type=float, default=GAP_S, help="seconds from one cycle's start to the next")
     args = parser.parse_args()
     print(f"load average: {os.getloadavg()[0]:.2f}", flush=True)
     from exporter import log
@@ -183,7 +185,7 @@ def main() -> None:
           f"the whole wave {cpu['wave'] * 1e3:.1f} ms", flush=True)
     if args.cpu_only:
         return
-    result = steady_cycles(USERS, args.latency, CYCLES, GAP_S)
+    result = steady_cycles(USERS, args.latency, args.cycles, args.gap)
     walls = result["walls"]
     print(f"{USERS}-user portal, {args.latency * 1e3:.0f} ms latency, {len(walls)} steady-state cycles "
           f"({set(result['calls'])} calls each): median {statistics.median(walls) * 1e3:.1f} ms, "
