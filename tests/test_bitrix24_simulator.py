@@ -700,3 +700,112 @@ def test_a_large_portal_grows_its_structure() -> None:
     assert len(sim.workgroups) == 104
     assert all(len(g.members) >= 3 for g in sim.workgroups[:100])
     assert sum(len(g.members) for g in sim.workgroups) < 5000 * 2  # groups hold a part of the company
+
+
+# --- answers follow the portal's state (the simulator keeps parsed commands and random draws) -------------
+
+
+def _php(params: dict[str, Any], prefix: str = "") -> str:
+    """A query string as PHP reads it: nested keys as FILTER[ACTIVE]=..."""
+    parts = []
+    for key, value in params.items():
+        name = f"{prefix}[{key}]" if prefix else key
+        parts.append(_php(value, name) if isinstance(value, dict) else f"{name}={value}")
+    return "&".join(parts)
+
+
+async def test_a_batch_answers_each_command_as_its_method_alone(portal: Portal) -> None:
+    group = portal.sim.workgroup(2)
+    assert group is not None
+    member = next(uid for uid, role in group.members.items() if role == "K")
+    outsider = next(u.user_id for u in portal.sim.users if u.active and u.user_id not in group.members)
+    commands: dict[str, tuple[str, dict[str, Any]]] = {
+        "all": ("tasks.task.counters.get", {"userId": "2", "groupId": "0", "type": "view_all"}),
+        "auditor": ("tasks.task.counters.get", {"userId": "7", "type": "view_role_auditor"}),
+        "member": ("tasks.task.counters.get", {"userId": str(member), "groupId": "2", "type": "view_all"}),
+        "outsider": ("tasks.task.counters.get", {"userId": str(outsider), "groupId": "2"}),
+        "hidden": ("tasks.task.counters.get", {"userId": "39"}),
+        "dismissed": ("tasks.task.counters.get", {"userId": "41"}),
+        "no_such_type": ("tasks.task.counters.get", {"userId": "2", "type": "view_nothing"}),
+        "secret": ("tasks.task.counters.get", {"userId": "2", "groupId": str(SPECIAL["secret"])}),
+        "not_a_number": ("tasks.task.counters.get", {"userId": "two"}),
+        "page": ("user.get", {"FILTER": {"ACTIVE": "true"}, "start": "0"}),
+        "depts": ("department.get", {"PARENT": "3"}),
+        "members": ("sonet_group.user.get", {"ID": "1"}),
+    }
+    batch = {"cmd": {key: f"{method}?{_php(params)}" for key, (method, params) in commands.items()}}
+    first = await portal.result("batch", batch)
+    for key, (method, params) in commands.items():
+        status, alone = await portal.call(method, params)
+        if status == 200:
+            assert first["result"][key] == alone["result"], key
+            assert first["result_total"].get(key) == alone.get("total"), key
+        else:
+            assert first["result_error"][key] == alone, key
+    assert first["result"]["all"]
+    assert first["result"]["hidden"] == []
+    again = await portal.result("batch", batch)
+    assert {k: v for k, v in again.items() if k != "result_time"} == {
+        k: v for k, v in first.items() if k != "result_time"}
+
+
+async def test_a_changed_portal_shows_in_the_next_batch(portal: Portal) -> None:
+    sim = portal.sim
+    group = sim.workgroup(2)
+    assert group is not None
+    member = next(uid for uid in group.members if uid != sim.user_id and any(sim.counters(uid, 2, "view_all").values()))
+    cmd = {"u2": "tasks.task.counters.get?userId=2&type=view_all",
+           "u3": "tasks.task.counters.get?userId=3&type=view_role_originator",
+           "member": f"tasks.task.counters.get?userId={member}&groupId=2&type=view_all",
+           "name": "user.get?ID=4"}
+
+    async def answer() -> dict[str, Any]:
+        result: dict[str, Any] = (await portal.result("batch", {"cmd": cmd}))["result"]
+        return result
+
+    def values(result: Any) -> dict[str, Any]:
+        return {key: entry["counter"] for key, entry in result.items()}
+
+    before = await answer()
+    assert values(before["member"]) == sim.counters(member, 2, "view_all") != {"expired": 0, "new_comments": 0}
+
+    sim.overrides[(2, 0, "view_all")] = {"expired": 99, "new_comments": 1}
+    del group.members[member]
+    sim.users[3].name = "Renamed"
+    changed = await answer()
+    assert values(changed["u2"]) == {"expired": 99, "new_comments": 1}
+    assert values(changed["member"]) == {"expired": 0, "new_comments": 0}  # no longer a member
+    assert changed["name"][0]["NAME"] == "Renamed"
+    assert changed["u3"] == before["u3"]
+
+    sim.seed += 1
+    reseeded = await answer()
+    assert values(reseeded["u3"]) == sim.counters(3, 0, "view_role_originator")
+    sim.legacy = sim.string_numbers = True
+    legacy = await answer()
+    assert list(legacy["u3"]) == LEGACY_KEYS["view_role_originator"]
+    assert values(legacy["u3"]) == {k: str(v) for k, v in sim.counters(3, 0, "view_role_originator").items()}
+
+    sim.users[2].active = False
+    sim.command_errors[2] = "ERROR_CORE"
+    status, last = await portal.call("batch", {"cmd": cmd})
+    assert status == 200
+    assert last["result"]["result"]["u3"] == []  # user 3 was dismissed
+    assert last["result"]["result_error"]["u2"]["error"] == "ERROR_CORE"
+
+
+async def test_drifting_counters_follow_the_clock(start: Callable[..., Awaitable[Portal]]) -> None:
+    portal = await start(users=10, hidden=0, drift=True)
+    cmd = {f"u{uid}": f"tasks.task.counters.get?userId={uid}" for uid in range(1, 11)}
+
+    async def read() -> dict[str, Any]:
+        expected = {f"u{uid}": portal.sim.counters(uid, 0, "view_all") for uid in range(1, 11)}
+        answer = await portal.result("batch", {"cmd": cmd})
+        got = {key: {k: v["counter"] for k, v in entry.items()} for key, entry in answer["result"].items()}
+        later = {f"u{uid}": portal.sim.counters(uid, 0, "view_all") for uid in range(1, 11)}
+        assert all(got[key] in (expected[key], later[key]) for key in cmd)  # a value may turn between the two
+        return got
+
+    now = await read()
+    portal.sim.started -= 150.0  # 150 s later: a quarter of the longest drift period or more
+    assert await read() != now

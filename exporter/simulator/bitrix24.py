@@ -11,11 +11,12 @@ counters that drift.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +31,14 @@ from exporter.simulator.bitrix24_org import (
     sonet_group_get,
     sonet_group_user_get,
 )
-from exporter.simulator.bitrix24_php import MethodError, php_array, php_query, php_truthy, upper_keys
+from exporter.simulator.bitrix24_php import (
+    MethodError,
+    parsed_command,
+    php_array,
+    php_query,
+    php_truthy,
+    upper_keys,
+)
 from exporter.simulator.bitrix24_users import FIRST, LAST, USER_SCOPES, SimUser, generate_people, user_get
 
 __all__ = ["FAULTS", "FIRST", "FULL_SCOPES", "LAST", "LEGACY_KEYS", "MethodError", "PortalSimulator",
@@ -48,6 +56,7 @@ LEGACY_KEYS = {
 CODES = {**MODERN_KEYS, "wo_deadline": 10485760, "expired_soon": 9437184, "not_viewed": 1048576,
          "wait_ctrl": 8388608}
 TYPES = tuple(LEGACY_KEYS)
+_BASES = (0, 0, 0, 1, 1, 2, 3, 5, 8, 13, 21)  # a counter's value without drift, drawn per user x group x role
 FAULTS = ("http_500", "http_502", "http_503", "html", "truncated_json", "wrong_types", "unauthorized",
           "insufficient_scope", "query_limit_storm", "operation_time_limit", "reset", "timeout")
 FULL_SCOPES = frozenset({"task", "user", "department", "sonet_group"})
@@ -111,7 +120,7 @@ class PortalSimulator:
     max_in_flight: int = 0
     _level: float = 0.0
     _updated: float = field(default_factory=time.monotonic)
-    _operating: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    _operating: dict[str, deque[tuple[float, float]]] = field(default_factory=dict)  # (when, seconds), oldest first
     started: float = field(default_factory=time.time)
 
     @property
@@ -147,19 +156,13 @@ class PortalSimulator:
         override = self.overrides.get((user_id, group_id, kind))
         if override is not None:
             return dict(override)
-        keys = LEGACY_KEYS[kind] if self.legacy else list(MODERN_KEYS)
         if group_id:
             group = self.workgroup(group_id)
             if group is None or not group.is_member(user_id):
-                return dict.fromkeys(keys, 0)
+                return dict.fromkeys(LEGACY_KEYS[kind] if self.legacy else MODERN_KEYS, 0)
         values: dict[str, int] = {}
-        for key in keys:
-            rnd = random.Random(f"{self.seed}:{user_id}:{group_id}:{kind}:{key}")
-            base = rnd.choice([0, 0, 0, 1, 1, 2, 3, 5, 8, 13, 21])
-            if group_id:
-                base //= 2
+        for key, base, phase, period in _draws(self.seed, user_id, group_id, kind, self.legacy):
             if self.drift:
-                phase, period = rnd.uniform(0, 6.3), rnd.uniform(60, 600)
                 base = max(0, round(base + 3 * math.sin((time.time() - self.started) / period * 6.28 + phase)))
             values[key] = base
         return values
@@ -180,12 +183,29 @@ class PortalSimulator:
     def charge(self, method: str, seconds: float) -> tuple[float, int]:
         """Account operating time to a method in a 10-minute window; returns (operating, reset_at)."""
         now = time.time()
-        window = [(t, s) for t, s in self._operating.get(method, []) if t > now - 600]
+        window = self._operating.setdefault(method, deque())
+        while window and window[0][0] <= now - 600:
+            window.popleft()
         if seconds:
             window.append((now, seconds))
-        self._operating[method] = window
-        reset_at = int((window[0][0] if window else now) + 600)
-        return sum(s for _, s in window), reset_at
+        if not window:
+            return 0, int(now + 600)
+        return sum(s for _, s in window), int(window[0][0] + 600)
+
+
+@functools.lru_cache(maxsize=65536)
+def _draws(seed: int, user_id: int, group_id: int, kind: str, legacy: bool
+           ) -> tuple[tuple[str, int, float, float], ...]:
+    """(key, base value, drift phase, drift period) of each counter of a query: a pure function of the seed and
+    the query, drawn once (seeding a Random from a string costs more than the rest of a command)."""
+    draws = []
+    for key in LEGACY_KEYS[kind] if legacy else MODERN_KEYS:
+        rnd = random.Random(f"{seed}:{user_id}:{group_id}:{kind}:{key}")
+        base = rnd.choice(_BASES)
+        if group_id:
+            base //= 2
+        draws.append((key, base, rnd.uniform(0, 6.3), rnd.uniform(60, 600)))
+    return tuple(draws)
 
 
 def generate_portal(users: int = 40, *, seed: int = 7, inactive: int = 3, hidden: int = 2,
@@ -211,13 +231,17 @@ def generate_portal(users: int = 40, *, seed: int = 7, inactive: int = 3, hidden
 def _time_block(started: float, operating: float | None = None, reset_at: int | None = None) -> dict[str, Any]:
     finish = time.time()
     block: dict[str, Any] = {"start": started, "finish": finish, "duration": finish - started,
-                             "processing": finish - started,
-                             "date_start": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(started)),
-                             "date_finish": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(finish))}
+                             "processing": finish - started, "date_start": _utc_text(int(started)),
+                             "date_finish": _utc_text(int(finish))}
     if operating is not None:
         block["operating"] = round(operating, 4)
         block["operating_reset_at"] = reset_at
     return block
+
+
+@functools.lru_cache(maxsize=64)
+def _utc_text(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(second))
 
 
 def _int(value: Any, name: str) -> int:
@@ -227,31 +251,50 @@ def _int(value: Any, name: str) -> int:
         raise MethodError(400, "0", f"Argument '{name}' must be integer (internal error)") from None
 
 
+class _RequestState:
+    """What a request's commands read of the portal's people and groups, computed once per request on first
+    use: nothing changes them while a request is answered (a batch's commands run without an await)."""
+
+    def __init__(self, sim: PortalSimulator) -> None:
+        self.sim = sim
+
+    @functools.cached_property
+    def active(self) -> set[int]:
+        return {u.user_id for u in self.sim.users if u.active}
+
+    @functools.cached_property
+    def group_mates(self) -> set[int]:
+        """Users who share a workgroup with the webhook's owner."""
+        sim = self.sim
+        return {uid for g in sim.workgroups if g.is_member(sim.user_id) for uid in g.members if g.is_member(uid)}
+
+
 class _Portal:
     def __init__(self, sim: PortalSimulator) -> None:
         self.sim = sim
 
-    def run(self, method: str, params: dict[str, Any], in_batch: bool) -> tuple[Any, dict[str, Any]]:
+    def run(self, method: str, params: dict[str, Any], in_batch: bool, state: _RequestState
+            ) -> tuple[Any, dict[str, Any]]:
         """Execute one method; returns (result, extra top-level fields like total/next)."""
         sim = self.sim
         sim.commands_by_method[method] += 1
         scopes = METHOD_SCOPES.get(method)
         if scopes is None:
             raise MethodError(404, "ERROR_METHOD_NOT_FOUND", "Method not found!")
-        if not sim.scopes.intersection(scopes):
+        if sim.scopes.isdisjoint(scopes):
             raise MethodError(sim.status_for_scope_error, "insufficient_scope", SCOPE_DENIED)
         if method == "user.get":
             if in_batch and not sim.user_get_in_batch:
                 raise MethodError(403, "ACCESS_DENIED", "Method is not allowed in batch")
-            mates = {uid for g in sim.workgroups if g.is_member(sim.user_id) for uid in g.members
-                     if g.is_member(uid)}
-            return user_get(sim.users, params, sim.scopes, module_admin=sim.sonet_admin, group_mates=mates)
+            return user_get(sim.users, params, sim.scopes, module_admin=sim.sonet_admin,
+                            group_mates=state.group_mates)
         if method == "tasks.task.counters.get":
-            operating, _ = sim.charge(method, 0.0)
-            if sim.operating_per_command and operating > sim.operating_limit:
-                raise MethodError(429, "OPERATION_TIME_LIMIT", "Method is blocked due to operation time limit.")
-            sim.charge(method, sim.operating_per_command)
-            return self.counters(params), {"total": 1}
+            if sim.operating_per_command:  # else nothing is accounted, and nothing can be over the limit
+                operating, _ = sim.charge(method, 0.0)
+                if operating > sim.operating_limit:
+                    raise MethodError(429, "OPERATION_TIME_LIMIT", "Method is blocked due to operation time limit.")
+                sim.charge(method, sim.operating_per_command)
+            return self.counters(params, state), {"total": 1}
         if method == "department.get":
             return department_get(sim.departments, params)
         if method == "department.fields":
@@ -259,11 +302,10 @@ class _Portal:
                     "UF_HEAD": "Supervisor"}, {}
         if method == "sonet_group.get":
             return sonet_group_get(sim.workgroups, params, caller=sim.user_id, module_admin=sim.sonet_admin)
-        active = {u.user_id for u in sim.users if u.active}
         return sonet_group_user_get(sim.workgroups, params, caller=sim.user_id, module_admin=sim.sonet_admin,
-                                    active_users=active), {}
+                                    active_users=state.active), {}
 
-    def counters(self, params: dict[str, Any]) -> Any:
+    def counters(self, params: dict[str, Any], state: _RequestState) -> Any:
         """Three checks in the portal's order: the caller's rights in the group, access to the user, values."""
         sim = self.sim
         user_id = _int(params.get("userId", sim.user_id), "userId")
@@ -277,8 +319,7 @@ class _Portal:
             group = sim.workgroup(group_id)
             if group is None or not can_view_tasks(group, sim.user_id, sim.sonet_admin):
                 raise MethodError(400, "0", GROUP_DENIED)
-        known = {u.user_id for u in sim.users if u.active}
-        if user_id not in known or user_id in sim.hidden or kind not in TYPES:
+        if user_id not in state.active or user_id in sim.hidden or kind not in TYPES:
             return []
         return {key: {"counter": str(v) if sim.string_numbers else v, "code": CODES[key]}
                 for key, v in sim.counters(user_id, group_id, kind).items()}
@@ -293,35 +334,41 @@ class _Portal:
             cmd = {}
         self.sim.max_batch = max(self.sim.max_batch, len(cmd))
         halt = php_truthy(query.get("HALT"))
-        sections: dict[str, dict[str, Any]] = {n: {} for n in
-                                               ("result", "result_error", "result_total", "result_next",
-                                                "result_time")}
+        state = _RequestState(self.sim)
+        results: dict[str, Any] = {}
+        errors: dict[str, Any] = {}
+        totals: dict[str, Any] = {}
+        nexts: dict[str, Any] = {}
+        times: dict[str, Any] = {}
         for index, (key, text) in enumerate(cmd.items()):
             if not isinstance(text, str):
                 continue  # the portal skips a command that is not a string
             started = time.time()
-            method, _, command_query = text.partition("?")
+            method, command_params = parsed_command(text)
+            name = str(key)
             self.sim.commands += 1
             try:
                 if index >= BATCH_LIMIT:
                     raise MethodError(400, "ERROR_BATCH_LENGTH_EXCEEDED", "Max batch length exceeded")
-                if method.lower() == "batch":
+                lower = method.lower()
+                if lower == "batch":
                     raise MethodError(405, "ERROR_BATCH_METHOD_NOT_ALLOWED", "Method is not allowed for batch usage")
-                result, extra = self.run(method.lower(), php_query(command_query), in_batch=True)
+                result, extra = self.run(lower, dict(command_params), in_batch=True, state=state)
             except MethodError as exc:
-                sections["result_error"][str(key)] = {"error": exc.code, "error_description": exc.description}
+                errors[name] = {"error": exc.code, "error_description": exc.description}
                 if halt:
                     break
                 continue
-            sections["result"][str(key)] = result
+            results[name] = result
             if "total" in extra:
-                sections["result_total"][str(key)] = extra["total"]
+                totals[name] = extra["total"]
             if "next" in extra:
-                sections["result_next"][str(key)] = extra["next"]
+                nexts[name] = extra["next"]
             operating, reset_at = self.sim.charge(method, 0.0)
-            sections["result_time"][str(key)] = _time_block(started, operating, reset_at)
+            times[name] = _time_block(started, operating, reset_at)
         # PHP writes an array keyed 0..n-1 (an empty one too) as a JSON list (docs/api-notes.md#b24-batch-empty-list)
-        return {name: php_array(section) for name, section in sections.items()}
+        return {"result": php_array(results), "result_error": php_array(errors), "result_total": php_array(totals),
+                "result_next": php_array(nexts), "result_time": php_array(times)}
 
 
 def create_app(sim: PortalSimulator) -> web.Application:
@@ -369,7 +416,7 @@ def create_app(sim: PortalSimulator) -> web.Application:
                 result: Any = portal.batch(params)
                 extra: dict[str, Any] = {}
             else:
-                result, extra = portal.run(method.lower(), params, in_batch=False)
+                result, extra = portal.run(method.lower(), params, in_batch=False, state=_RequestState(sim))
         except MethodError as exc:
             return _error(exc.status, exc.code, exc.description)
         if sim.fault == "wrong_types":

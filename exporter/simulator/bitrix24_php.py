@@ -8,6 +8,7 @@ a fair oracle (docs/api-notes.md).
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Sequence
@@ -40,6 +41,14 @@ def php_query(query: str) -> dict[str, Any]:
             node = child
         node[parts[-1]] = value
     return out
+
+
+@functools.lru_cache(maxsize=16384)
+def parsed_command(text: str) -> tuple[str, dict[str, Any]]:
+    """A batch command `method?query` split and parsed, once per distinct text: a client sends the same
+    commands every cycle. The params are shared between calls: read them, never change them."""
+    method, _, query = text.partition("?")
+    return method, php_query(query)
 
 
 _LEADING_INT = re.compile(r"\s*([+-]?\d+)")
