@@ -7,6 +7,7 @@ sonet_group.user.get, counters in a group).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -674,6 +675,25 @@ async def test_latency_delays_the_answer(start: Callable[..., Awaitable[Portal]]
     await portal.call("user.get")
     assert time.monotonic() - began >= 0.1
     assert portal.sim.max_in_flight == 1
+
+
+async def test_an_answer_is_made_on_arrival_and_sent_when_the_latency_is_up(
+        start: Callable[..., Awaitable[Portal]]) -> None:
+    # what a portal answers is its state when the request arrived; the latency is the round trip, so the
+    # time spent making answers overlaps it (concurrent batches are answered on many servers at once)
+    portal = await start(users=5, latency=1.0)
+    sim, user_id = portal.sim, 1
+    sim.overrides[(user_id, 0, "view_all")] = {"expired": 1, "new_comments": 0}
+    body = {"userId": user_id, "groupId": 0, "type": "view_all"}
+    began = time.monotonic()
+    asking = asyncio.ensure_future(portal.result("tasks.task.counters.get", body))
+    await eventually(lambda: sim.counter_reads[(user_id, 0)] == 1)  # the answer is made...
+    assert not asking.done() and time.monotonic() - began < 1.0  # ...before the latency is up
+    sim.overrides[(user_id, 0, "view_all")] = {"expired": 7, "new_comments": 0}  # changed while in flight
+    answer = await asking
+    assert time.monotonic() - began >= 1.0
+    assert answer["expired"]["counter"] == 1
+    assert (await portal.result("tasks.task.counters.get", body))["expired"]["counter"] == 7
 
 
 # --- the generated portal -------------------------------------------------------------------------------
