@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from exporter.config import Bitrix24Config, Secret
 from exporter.errors import ApiError
 from exporter.snapshot import ApiTelemetry, PortalSnapshot
-from exporter.sources.bitrix24 import Bitrix24Source, parse_counters
+from exporter.sources.bitrix24 import Bitrix24Source
+from exporter.sources.bitrix24_answers import parse_counters
 from exporter.sources.bitrix24_client import parse_batch
 from tests.conftest import NO_PAUSE, NO_WAIT, json_values, replaying, run_cycle
 

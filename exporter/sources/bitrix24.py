@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import structlog
@@ -15,15 +14,22 @@ import structlog
 from exporter.config import Bitrix24Config
 from exporter.errors import ApiError, SourceFailure
 from exporter.org import PortalOrg, subtree
-from exporter.people import normalize_email
 from exporter.ratelimit import LeakyBucket, cycle_bound
 from exporter.snapshot import ApiTelemetry, CounterQuery, CounterSet, PortalSnapshot, PortalUser
 from exporter.sources import CycleResult
+from exporter.sources.bitrix24_answers import (
+    CounterFold,
+    Listed,
+    distinct_users,
+    next_offset,
+    read_records,
+    total_of,
+    user_records,
+)
 from exporter.sources.bitrix24_client import (
     BATCH_LIMIT,
     PAUSE,
     RETRY,
-    RETRYABLE_COMMAND_CODES,
     BatchCall,
     BatchResult,
     Bitrix24Client,
@@ -37,8 +43,6 @@ from exporter.sources.bitrix24_structure import (
     StructureKeeper,
     StructureReader,
     org_view,
-    parse_id,
-    parse_ids,
     plan_queries,
 )
 from exporter.sources.concurrency import all_or_none, as_they_finish
@@ -61,150 +65,6 @@ KEEPALIVE_MARGIN = 15.0
 # records are one 1.2 MB answer that decodes to ~17 MB at once; 10 decode to ~3.5 MB, at no extra call
 EXTRA_PER_BATCH = 10
 log = structlog.get_logger()
-
-
-_PAIRS: dict[tuple[str, float], tuple[str, float]] = {}
-_PAIRS_LIMIT = 100_000
-
-
-def parse_counters(result: Any) -> CounterSet | None:
-    """Counters of one tasks.task.counters.get answer; None when the webhook may not see the user.
-
-    The key set is dynamic (current portals: expired, new_comments; older: wo_deadline, expired_soon,
-    not_viewed, wait_ctrl) and numbers may arrive as strings. `[]` means no access
-    (docs/api-notes.md#b24-counters-no-access).
-    """
-    if isinstance(result, list) and not result:
-        return None
-    if not isinstance(result, dict):
-        raise ApiError("invalid_response", f"counters answer is {type(result).__name__}, not an object")
-    if not result:
-        return None
-    counters: list[tuple[str, float]] = []
-    for name, entry in result.items():
-        raw = entry.get("counter") if isinstance(entry, dict) else entry
-        value = _number(raw)
-        if value is not None:
-            counters.append(_shared((str(name), value)))
-    return tuple(counters)
-
-
-def _shared(pair: tuple[str, float]) -> tuple[str, float]:
-    """One object per distinct (counter, value): most users share ("expired", 0.0) and friends."""
-    found = _PAIRS.get(pair)
-    if found is None:
-        found = pair
-        if len(_PAIRS) < _PAIRS_LIMIT:
-            _PAIRS[pair] = pair
-    return found
-
-
-def _number(raw: Any) -> float | None:
-    if isinstance(raw, bool):
-        return None
-    if isinstance(raw, int | float):
-        value = float(raw)
-    elif isinstance(raw, str):
-        try:
-            value = float(raw.strip())
-        except ValueError:
-            return None
-    else:
-        return None
-    return value if math.isfinite(value) else None
-
-
-def portal_user(uid: int, record: Mapping[str, Any], *, names: bool = True) -> PortalUser:
-    """A user.get record as the snapshot keeps it; with `names: false` neither name nor e-mail is kept."""
-    return PortalUser(uid, user_name(record) if names else "",
-                      normalize_email(record.get("EMAIL")) if names else "",
-                      parse_ids(record.get("UF_DEPARTMENT")))
-
-
-# One user.get record as read on arrival: None for a record without an id (or, in a listing, a dismissed user)
-Listed = PortalUser | None
-
-
-def read_records(records: Iterable[Any], *, names: bool, employees: bool,
-                 known: Mapping[int, PortalUser] | None = None) -> list[Listed]:
-    """user.get records as the snapshot keeps them, one entry per record, read the moment they arrive: with
-    scope `user` a record has 18 fields (~7 KB decoded; ~34 MB at 5,000 users, were they held until the last
-    page is in). `employees`: a dismissed user reads as None, as in a listing. A user unchanged since the last
-    cycle is that cycle's object (`known`), so the snapshot being served and the next one share it."""
-    listed: list[Listed] = []
-    for record in records:
-        uid = _user_id(record)
-        if uid is None or (employees and _is_inactive(record)):
-            listed.append(None)
-            continue
-        user = portal_user(uid, record, names=names)
-        before = known.get(uid) if known else None
-        listed.append(before if before == user else user)
-    return listed
-
-
-def user_name(record: Mapping[str, Any]) -> str:
-    parts = [record.get("NAME"), record.get("LAST_NAME")]
-    name = " ".join(str(p).strip() for p in parts if isinstance(p, str) and p.strip())
-    if not name:
-        email = record.get("EMAIL")
-        name = str(email) if isinstance(email, str) and email else ""
-    return name
-
-
-def _user_id(record: Any) -> int | None:
-    """A user.get record's ID, read like every other id (a string on live portals)."""
-    return parse_id(record.get("ID")) if isinstance(record, dict) else None
-
-
-def _is_inactive(record: Mapping[str, Any]) -> bool:
-    return record.get("ACTIVE") in (False, "N", "false", 0, "0")
-
-
-@dataclass(slots=True)
-class CounterFold:
-    """What the counters commands of one cycle have answered so far, folded in as each batch arrives, so raw
-    answers never pile up (at 5,000 users they would be ~30 MB). Keyed by query: a cycle may send the previous
-    cycle's queries first and its own plan's missing ones after, and keeps only what its plan asks."""
-
-    read: dict[CounterQuery, CounterSet] = field(default_factory=dict)
-    hidden: set[CounterQuery] = field(default_factory=set)  # answered [] (the webhook may not see the user)
-    errors: dict[CounterQuery, tuple[str, str]] = field(default_factory=dict)  # -> (code, description)
-    # one object per distinct counter set: 25,000 queries of a 5,000-user portal answer ~120 different ones
-    sets: dict[CounterSet, CounterSet] = field(default_factory=dict)
-
-    def add(self, sent: Mapping[str, CounterQuery], result: BatchResult) -> None:
-        """Fold in one batch answer; `sent` maps its counters command keys to their queries."""
-        for key, raw in result.results.items():
-            query = sent.get(key)
-            if query is None:
-                continue
-            try:
-                counters = parse_counters(raw)
-            except ApiError as exc:
-                self.errors[query] = (exc.code, exc.message)
-                continue
-            if counters is None:
-                self.hidden.add(query)
-            else:
-                self.read[query] = self.sets.setdefault(counters, counters)
-        self.errors.update((sent[k], e) for k, e in result.errors.items() if k in sent)
-
-    def settled(self, query: CounterQuery) -> bool:
-        return query in self.read or query in self.hidden or query in self.errors
-
-    def missing(self, queries: Iterable[CounterQuery]) -> None:
-        """Commands the batch answers said nothing about count as failed."""
-        for query in queries:
-            if not self.settled(query):
-                self.errors[query] = ("missing", "the batch answer has no entry for this command")
-
-    def take_retryable(self, among: Iterable[CounterQuery]) -> list[CounterQuery]:
-        """Those of `among` that failed with a code worth one more pass, forgotten so that pass decides them."""
-        again = [q for q in among if q in self.errors and self.errors[q][0].upper() in RETRYABLE_COMMAND_CODES]
-        for query in again:
-            del self.errors[query]
-        return again
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,7 +234,7 @@ class Bitrix24Source:
             log.info("bitrix24_user_pages_batch_refused", portal=self.target, code=code)
             self._listing.in_batch = False
             return await self._active_employees()
-        total = _total(answers.totals.get("p0"))
+        total = total_of(answers.totals.get("p0"))
         if total is None:  # no `total` to check the pages by: list the usual way
             return await self._active_employees()
         self._listing.total = total
@@ -387,10 +247,10 @@ class Bitrix24Source:
         wanted = [s for s in starts if s not in pages]  # pages of users new since the last cycle, too
         for start, page in zip(wanted, await all_or_none(self._page(s) for s in wanted), strict=True):
             pages[start] = page
-        return _employees(user for start in sorted(pages) for user in pages[start])
+        return distinct_users(user for start in sorted(pages) for user in pages[start])
 
     async def _page(self, start: int) -> list[Listed]:
-        records = _records(await self._client.call("user.get", {**_ACTIVE, "start": start}))
+        records = user_records(await self._client.call("user.get", {**_ACTIVE, "start": start}))
         return self._read(records)
 
     def _read(self, records: Iterable[Any], *, employees: bool = True) -> list[Listed]:
@@ -404,8 +264,8 @@ class Bitrix24Source:
         """Every active employee: the first page directly, the rest as batched `start` offsets."""
         params: dict[str, Any] = {**_ACTIVE, "start": 0}
         first = await self._client.call("user.get", params)
-        users = self._read(_records(first))
-        total, nxt = _total(first.get("total")), _count(first.get("next"))
+        users = self._read(user_records(first))
+        total, nxt = total_of(first.get("total")), next_offset(first.get("next"))
         del first
         self._listing.total = total
         if nxt is not None:
@@ -413,7 +273,7 @@ class Bitrix24Source:
                 users.extend(await self._pages_batched(params, nxt, total))
             else:
                 users.extend(await self._pages_following(params, nxt))
-        return _employees(users)
+        return distinct_users(users)
 
     async def _pages_batched(self, params: dict[str, Any], first: int, total: int) -> list[Listed]:
         """Pages after the first, 50 pages per batch call. A page the batch did not answer in full
@@ -448,7 +308,7 @@ class Bitrix24Source:
         while start not in seen:
             seen.add(start)
             page = await self._client.call("user.get", {**params, "start": start})
-            users.extend(self._read(_records(page)))
+            users.extend(self._read(user_records(page)))
             nxt = page.get("next")
             if not isinstance(nxt, int) or isinstance(nxt, bool) or nxt <= start:
                 break
@@ -614,24 +474,3 @@ def counters_command(query: CounterQuery) -> str:
 
 def _name_commands(ids: Iterable[int]) -> dict[str, str]:
     return {f"u{uid}": command("user.get", {"ID": uid}) for uid in ids}
-
-
-def _employees(users: Iterable[Listed]) -> list[PortalUser]:
-    """A listing's users by id (a later page's record of the same user wins), without the records read as None."""
-    found = {user.user_id: user for user in users if user is not None}
-    return sorted(found.values(), key=lambda u: u.user_id)
-
-
-def _count(raw: Any) -> int | None:
-    return raw if isinstance(raw, int) and not isinstance(raw, bool) and raw > 0 else None
-
-
-def _total(raw: Any) -> int | None:
-    return raw if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0 else None
-
-
-def _records(body: Any) -> list[Any]:
-    result = body.get("result") if isinstance(body, dict) else None
-    if not isinstance(result, list):
-        raise ApiError("invalid_response", "user.get result is not a list")
-    return result
