@@ -13,6 +13,7 @@ Skipped (failed under CI) only where the engine cannot start at all: not root, o
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -464,16 +465,36 @@ def test_healthcheck_names_flags_it_cannot_read(cmdline: list[str], named: str) 
     assert named in problem
 
 
-def test_healthcheck_passes_on_a_serving_exporter_and_names_the_url_when_nothing_listens() -> None:
-    port = free_port()
-    exporter = subprocess.Popen([sys.executable, "-m", "exporter", "--demo", "--web.listen-address",
-                                 f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = healthz_url(["tasks-exporter", "--web.listen-address", f"127.0.0.1:{port}"])
-    try:
-        wait_until(lambda: check(url, timeout=2) is None, 30, f"{url} healthy")
-    finally:
-        exporter.terminate()
-        exporter.wait(timeout=30)
+def _exited_or_healthy(process: subprocess.Popen[bytes], url: str) -> bool:
+    return process.poll() is not None or check(url, timeout=2) is None
+
+
+def _healthy_demo(tmp_path: Path, attempts: int = 3) -> str:
+    """Start `--demo` on a free port until it is healthy; the healthz URL. The port is free when chosen, not
+    when the exporter binds it (its own simulators and parallel test runs take ports meanwhile): an exporter
+    that says `cannot_listen` is started again on another port; any other exit fails with its log."""
+    for attempt in range(attempts):
+        port = free_port()
+        log = tmp_path / f"exporter-{attempt}.log"
+        with log.open("wb") as out:
+            exporter = subprocess.Popen([sys.executable, "-m", "exporter", "--demo", "--web.listen-address",
+                                         f"127.0.0.1:{port}"], stdout=out, stderr=subprocess.STDOUT)
+        url = healthz_url(["tasks-exporter", "--web.listen-address", f"127.0.0.1:{port}"])
+        try:
+            wait_until(functools.partial(_exited_or_healthy, exporter, url), 30, f"{url} healthy")
+            if exporter.poll() is None:
+                return url
+        finally:
+            exporter.terminate()
+            exporter.wait(timeout=30)
+        said = log.read_text(encoding="utf-8", errors="replace")
+        if "cannot_listen" not in said:
+            raise AssertionError(f"the exporter exited ({exporter.returncode}) before it was healthy:\n{said[-2000:]}")
+    raise AssertionError(f"no free port in {attempts} attempts")
+
+
+def test_healthcheck_passes_on_a_serving_exporter_and_names_the_url_when_nothing_listens(tmp_path: Path) -> None:
+    url = _healthy_demo(tmp_path)  # healthy while it served; stopped now
     problem = check(url, timeout=2)
     assert problem is not None
     assert problem.startswith(f"GET {url}: ")
