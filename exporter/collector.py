@@ -166,9 +166,7 @@ def _bitrix24(states: list[SourceState]) -> Iterator[Family]:
                           "Batch commands that failed in the last good cycle (their last values are kept).",
                           labels=["portal"])
     for state in states:
-        data = state.data
-        assert isinstance(data, PortalSnapshot)
-        portal = state.key.target
+        data, portal = _portal(state), state.key.target
         users.add_metric([portal], len(data.users))
         hidden.add_metric([portal], data.hidden_users)
         failed.add_metric([portal], data.failed_commands)
@@ -211,8 +209,7 @@ def _bitrix24_org(states: list[SourceState]) -> Iterator[Family]:
     members = Family("bitrix24_group_member", "A monitored user in a workgroup as owner, moderator or member, "
                      "value 1.", labels=["portal", "group_id", "user_id", "role"], rows=_member_rows(states))
     for state in states:
-        assert isinstance(state.data, PortalSnapshot)
-        org, portal = state.data.org, state.key.target
+        org, portal = _portal(state).org, state.key.target
         for d in org.departments:
             departments.add_metric([portal, str(d.dept_id), d.name, _id(d.parent_id), _id(d.head_user_id)], 1)
         for g in org.groups:
@@ -227,9 +224,8 @@ def _id(value: int | None) -> str:
 def _task_rows(states: list[SourceState]) -> Iterator[Row]:
     """bitrix24_tasks streams from the snapshots: the largest family is never held as rows."""
     for state in states:
-        assert isinstance(state.data, PortalSnapshot)
         portal = state.key.target
-        for q, values in state.data.counters.items():
+        for q, values in _portal(state).counters.items():
             user, group = str(q.user_id), str(q.group_id)
             for counter, value in values:
                 yield (portal, user, group, q.role, counter), value
@@ -240,25 +236,22 @@ def _task_rows(states: list[SourceState]) -> Iterator[Row]:
 
 def _user_rows(states: list[SourceState]) -> Iterator[Row]:
     for state in states:
-        assert isinstance(state.data, PortalSnapshot)
         portal = state.key.target
-        for u in state.data.users:
+        for u in _portal(state).users:
             yield (portal, str(u.user_id), u.name), 1
 
 
 def _user_department_rows(states: list[SourceState]) -> Iterator[Row]:
     for state in states:
-        assert isinstance(state.data, PortalSnapshot)
         portal = state.key.target
-        for ud in state.data.org.user_departments:
+        for ud in _portal(state).org.user_departments:
             yield (portal, str(ud.user_id), str(ud.dept_id), "true" if ud.direct else "false"), 1
 
 
 def _member_rows(states: list[SourceState]) -> Iterator[Row]:
     for state in states:
-        assert isinstance(state.data, PortalSnapshot)
         portal = state.key.target
-        for m in state.data.org.members:
+        for m in _portal(state).org.members:
             yield (portal, str(m.group_id), str(m.user_id), m.role), 1
 
 
@@ -435,9 +428,9 @@ def _structure_health(states: list[SourceState]) -> Iterator[Family]:
                               "Failed structure refreshes by reason (the last good structure is kept).",
                               labels=[*labels, "reason"])
     for state in states:
-        assert isinstance(state.data, PortalSnapshot)
-        assert state.data.structure is not None
-        _add_health([state.key.source, state.key.target], state.data.structure, up, last, failures)
+        structure = _portal(state).structure
+        assert structure is not None
+        _add_health([state.key.source, state.key.target], structure, up, last, failures)
     yield from (up, last, failures)
 
 
