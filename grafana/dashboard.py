@@ -16,7 +16,7 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -250,14 +250,11 @@ def organisation_panels() -> list[Builder[Any]]:
     # and counter): the same rows for less work (bench/RESULTS.md, issue 12).
     in_department_names = (f" * on(portal, user_id) group_left(name) (max by (portal, user_id, name) "
                            f"(bitrix24_user_info{{{PORTAL}}}) and on(portal, user_id) {IN_DEPARTMENT})")
-    people = (matrix("People of the department", "Each Bitrix24 counter (columns) for every person (rows) in "
-                     "the selected departments and the departments below them (all groups, the chosen role).",
-                     "name", "Person", w=8, h=9)
-              .thresholds(steps((None, "text"), (1, "yellow"), (10, "red")))
-              .cell_options(common_m.TableColorTextCellOptions())
-              .sort_by([common_b.TableSortByFieldState().display_name("expired").desc(True)])
-              .with_target(query(f'sum by (portal, user_id, counter) (bitrix24_tasks{{{PORTAL}, group_id="0", '
-                                 f'role=~"$role"}}){in_department_names}', instant=True, as_table=True)))
+    people = person_counters("People of the department", "Expired tasks and unread comments (all groups, the "
+                             "chosen role) of every person in the selected departments and the departments below "
+                             f"them. {PERSON_COLUMNS_NOTE}",
+                             lambda counter: f'bitrix24_tasks{{{PORTAL}, group_id="0", role=~"$role", '
+                                             f'counter="{counter}"}}', in_department_names, w=8)
     workgroups = (bars("Workgroups by overdue tasks", "The 15 Bitrix24 workgroups and projects with most expired "
                        "tasks summed over their monitored members (the chosen role), named via "
                        "bitrix24_group_info. With `groups: auto` only members' counters are read.",
@@ -266,6 +263,27 @@ def organisation_panels() -> list[Builder[Any]]:
                   .with_target(query(f"topk(15, {GROUP_EXPIRED}{WITH_GROUP_NAME})", "{{name}} ({{kind}})",
                                      instant=True)))
     return [dash_b.Row("Organisation"), departments, people, workgroups, *people_panels()]
+
+
+# The per-person tables read one query per column, each joined with the names by itself: one query for every
+# counter and name of a 5,000-user company answered in 220-266 ms, one counter with the names in ~85 ms
+# (bench/RESULTS.md, issue 12). The columns are the counters current portals report (docs/api-notes.md).
+PERSON_COLUMNS = {"A": "expired", "B": "new_comments"}
+PERSON_COLUMNS_NOTE = ("An older portal's other counters (wo_deadline, expired_soon, not_viewed, wait_ctrl) "
+                       "are in Counters over time.")
+
+
+def person_counters(title: str, description: str, selector: Callable[[str], str], names: str, *,
+                    w: int) -> table.Panel:
+    """One row per Bitrix24 user (portal, user_id, name), a column per counter of PERSON_COLUMNS."""
+    panel = (joined_table(title, description, "name", PERSON_COLUMNS, w=w, h=9)
+             .thresholds(steps((None, "text"), (1, "yellow"), (10, "red")))
+             .cell_options(common_m.TableColorTextCellOptions())
+             .sort_by([common_b.TableSortByFieldState().display_name("expired").desc(True)]))
+    for ref, counter in PERSON_COLUMNS.items():
+        panel = panel.with_target(query(f"sum by (portal, user_id) ({selector(counter)}){names}", ref=ref,
+                                        instant=True, as_table=True))
+    return panel
 
 
 def b24_per_person(counter: str) -> str:
@@ -322,14 +340,10 @@ def bitrix24_panels() -> list[Builder[Any]]:
            .thresholds(steps((None, "green"), (3, "yellow"), (10, "red")))
            .with_target(query(f"topk(10, sum by (portal, user_id) ({EXPIRED}){WITH_B24_NAME})", "{{name}}",
                               instant=True)))
-    per_user = (matrix("Task counters per user", "Each Bitrix24 counter (columns) per user (rows) for the "
-                       "chosen role and group. Current portals report expired and new_comments; older ones "
-                       "also wo_deadline, expired_soon, not_viewed and wait_ctrl.", "name", "User", w=16, h=9)
-                .thresholds(steps((None, "text"), (1, "yellow"), (10, "red")))
-                .cell_options(common_m.TableColorTextCellOptions())
-                .sort_by([common_b.TableSortByFieldState().display_name("expired").desc(True)])
-                .with_target(query(f"sum by (portal, user_id, counter) ({TASKS}){WITH_B24_NAME}",
-                                   instant=True, as_table=True)))
+    per_user = person_counters("Task counters per user", "Expired tasks and unread comments per user (rows) "
+                               f"for the chosen role and group. {PERSON_COLUMNS_NOTE}",
+                               lambda counter: f'bitrix24_tasks{{{B24}, role=~"$role", counter="{counter}"}}',
+                               WITH_B24_NAME, w=16)
     over_time = (graph("Counters over time", "Each Bitrix24 counter summed over the selected users, for the "
                        "chosen role and group.", "short", w=10)
                  .with_target(query(f"sum by (counter) ({TASKS})", "{{counter}}")))
