@@ -697,6 +697,40 @@ async def test_an_answer_is_made_on_arrival_and_sent_when_the_latency_is_up(
     assert (await portal.result("tasks.task.counters.get", body))["expired"]["counter"] == 7
 
 
+async def test_requests_that_arrive_together_are_each_answered_their_latency_after_arriving(
+        start: Callable[..., Awaitable[Portal]], monkeypatch: pytest.MonkeyPatch) -> None:
+    # one process makes the answers of concurrent requests one after another; a portal makes them on many
+    # servers at once, so making the first answer must not delay when the last one is sent
+    portal = await start(users=5, latency=1.0)
+    making = 0.2  # seconds each answer takes to make, the event loop blocked meanwhile
+    counters = portal.sim.counters
+
+    def slow_counters(user_id: int, group_id: int, kind: str) -> dict[str, int]:
+        time.sleep(making)
+        return counters(user_id, group_id, kind)
+
+    monkeypatch.setattr(portal.sim, "counters", slow_counters)
+    url = httpx.URL(portal.webhook + "tasks.task.counters.get")
+    streams = [await asyncio.open_connection(url.host, url.port) for _ in range(4)]
+    began = time.monotonic()
+    for user_id, (_, writer) in enumerate(streams, start=1):  # all four written before the server reads any
+        body = f'{{"userId": {user_id}, "groupId": 0, "type": "view_all"}}'.encode()
+        writer.write(f"POST {url.raw_path.decode()} HTTP/1.1\r\nHost: {url.host}\r\nConnection: close\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+
+    async def answered(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> float:
+        answer = await reader.read()
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        return time.monotonic() - began
+
+    times = await asyncio.gather(*(answered(reader, writer) for reader, writer in streams))
+    assert min(times) >= 1.0
+    # made one after another (4 x 0.2 s) but sent 1.0 s after arriving: the last one waited 0.6 s longer
+    # when its latency counted from when the answers before it were made
+    assert max(times) < 1.0 + making * 1.5, times
+
+
 # --- the generated portal -------------------------------------------------------------------------------
 
 

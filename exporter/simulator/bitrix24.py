@@ -380,6 +380,11 @@ def create_app(sim: PortalSimulator) -> web.Application:
         answers a client's concurrent batches on many servers at once, so the time this one process spends
         making answers overlaps the latency instead of adding to it, one answer after another."""
         started, arrived = time.time(), time.monotonic()
+        if sim.latency:
+            # Requests that arrived together are answered here one after another, where a portal makes them on
+            # many servers at once: let each of them note its arrival before any answer is made, so that each
+            # is sent `latency` after it arrived, not after the answers made before it.
+            await asyncio.sleep(0)
         sim.received += 1
         sim.in_flight += 1
         sim.max_in_flight = max(sim.max_in_flight, sim.in_flight)
