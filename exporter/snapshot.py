@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from exporter.errors import FailureReason, RequestOutcome
 from exporter.org import PortalOrg, StructureStatus
@@ -19,9 +19,11 @@ from exporter.org import PortalOrg, StructureStatus
 # --- Bitrix24 -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class CounterQuery:
-    """One tasks.task.counters.get command: whose counters, in which workgroup, for which role."""
+class CounterQuery(NamedTuple):
+    """One tasks.task.counters.get command: whose counters, in which workgroup, for which role.
+
+    A named tuple, not a dataclass: a cycle hashes each query about eight times (the fold, the plan, the
+    comparison with the last cycle), and a tuple hashes in C (a 100-user cycle's CPU, bench/RESULTS.md)."""
 
     user_id: int
     group_id: int

@@ -104,7 +104,7 @@ def _as_dict(section: Any) -> dict[str, Any]:
     if isinstance(section, list):
         return {str(i): v for i, v in enumerate(section)}
     if isinstance(section, dict):
-        return {str(k): v for k, v in section.items()}
+        return section  # decoded JSON: its keys are strings already, and nothing else holds it
     raise ApiError("invalid_response", f"batch section is {type(section).__name__}, not an object")
 
 
@@ -192,8 +192,8 @@ class Bitrix24Client:
             raise ValueError(f"a batch holds at most {BATCH_LIMIT} commands, got {len(call.commands)}")
         body = await self.call("batch", {"halt": 0, "cmd": dict(call.commands)}, pause_key=pause_key)
         result = parse_batch(body)
-        for block in result.times.values():
-            self._note_operating(pause_key, block)
+        operating = [o for o in map(_operating, result.times.values()) if o is not None]  # one per command
+        self._note_operating(pause_key, max(operating, default=None))
         for code, _ in result.errors.values():
             self._telemetry.error(code)
         if any(code.upper() == OPERATION_LIMIT for code, _ in result.errors.values()):
@@ -229,13 +229,12 @@ class Bitrix24Client:
                 reason=reason))
         self._telemetry.request(method, "success")
         if isinstance(body.get("time"), dict):
-            self._note_operating(method, body["time"])
+            self._note_operating(method, _operating(body["time"]))
         return body
 
-    def _note_operating(self, method: str, block: Mapping[str, Any]) -> None:
-        operating = block.get("operating")
-        if isinstance(operating, int | float) and not isinstance(operating, bool):
-            self.operating[method] = max(self.operating.get(method, 0.0), float(operating))
+    def _note_operating(self, method: str, operating: float | None) -> None:
+        if operating is not None:
+            self.operating[method] = max(self.operating.get(method, 0.0), operating)
 
     async def _wait_for_pause(self, key: str) -> None:
         until = self._paused_until.get(key)
@@ -253,6 +252,12 @@ class Bitrix24Client:
         delay = min(max(retry_after if retry_after is not None else pause.default, pause.least), pause.most)
         self._paused_until[key] = time.time() + delay
         log.warning("bitrix24_operation_time_limit", method=key, pause_seconds=round(delay, 1))
+
+
+def _operating(block: Mapping[str, Any]) -> float | None:
+    """A `time` block's `operating`: seconds the method has used of its window."""
+    value = block.get("operating")
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def error_of(body: Any) -> tuple[str, str] | None:
