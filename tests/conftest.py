@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -489,24 +489,129 @@ async def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: 
 
 
 def free_port() -> int:
+    """A port that was free a moment ago. Racy: anything may take it before the caller binds it, so only for
+    what must be told its port up front (a container's healthcheck reads the flags); a server that can bind
+    port 0 and say which port it got does that instead (exporter_process; Prometheus in
+    test_integration_prometheus)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
+T = TypeVar("T")
+MAX_LINE = 2**20  # a subprocess's log line may be long (a JSON traceback); asyncio's line limit is 64 KiB
+
+
+class ProcessOutput:
+    """What a subprocess writes to stdout and stderr, read line by line as it comes (decoded, line ends kept):
+    a test can wait for a line, such as the one that says where the process listens, and still read every
+    line. The process must be started with stdout and stderr piped."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, name: str) -> None:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        self.proc = proc
+        self.name = name
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self._news = asyncio.Event()
+        self._readers = (asyncio.create_task(self._read(proc.stdout, self.stdout)),
+                         asyncio.create_task(self._read(proc.stderr, self.stderr)))
+
+    async def _read(self, stream: asyncio.StreamReader, into: list[str]) -> None:
+        try:
+            async for line in stream:
+                into.append(line.decode("utf-8", "replace"))
+                self._news.set()
+        finally:
+            self._news.set()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.stdout) + "".join(self.stderr)
+
+    async def first(self, find: Callable[[str], T | None], what: str, *, within: float) -> T:
+        """What `find` finds in the first stderr line it finds something in (`what` names that line in a
+        failure). Fails at once, with the exit code and the output, when stderr ends (the process exited)
+        before such a line; and after `within` seconds without one."""
+        deadline = time.monotonic() + within
+        seen = 0
+        while True:
+            for line in self.stderr[seen:]:
+                found = find(line)
+                if found is not None:
+                    return found
+            seen = len(self.stderr)
+            if self._readers[1].done():
+                self._readers[1].result()  # a reader's own failure (a line over MAX_LINE) is the error
+                code = await asyncio.wait_for(self.proc.wait(), max(deadline - time.monotonic(), 1.0))
+                raise AssertionError(f"{self.name} exited ({code}) before {what}:\n{self.text[-4000:]}")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"{self.name}: {what} not within {within}s:\n{self.text[-4000:]}")
+            self._news.clear()  # no await since the lines were looked at: none came in between
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._news.wait(), remaining)
+
+    async def ended(self) -> None:
+        """Return once both streams are read to their end (the process closed them, as it does on exit)."""
+        await asyncio.gather(*self._readers)
+
+
+CONSOLE_LISTENING = re.compile(r"\[info\s*\] listening\s.*?\baddress=(\S+)")
+
+
+def listening_port(line: str) -> int | None:
+    """The port of the exporter's `listening` log event (JSON or console format), the one it bound; None for
+    any other line."""
+    if line.startswith("{"):
+        event = json.loads(line)
+        address = event.get("address") if event.get("event") == "listening" else None
+    else:
+        found = CONSOLE_LISTENING.search(line)
+        address = found[1] if found else None
+    return None if address is None else int(address.rpartition(":")[2])
+
+
+@dataclass(frozen=True, slots=True)
+class ExporterRun:
+    """A `python -m exporter` subprocess that listens: the process, its port and everything it writes."""
+
+    proc: asyncio.subprocess.Process
+    port: int
+    output: ProcessOutput
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def exited(self, within: float = 15.0) -> int:
+        """Its exit code, once it has exited and all it wrote has been read."""
+        code = await asyncio.wait_for(self.proc.wait(), within)
+        await asyncio.wait_for(self.output.ended(), within)
+        return code
+
+
 @contextlib.asynccontextmanager
-async def exporter_process(*args: str, **kwargs: Any) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
-    """`python -m exporter *args` listening on a free loopback port: the process and the URL it serves.
-    `kwargs` go to create_subprocess_exec (stdout=, stderr=, env=); a process left running is killed."""
-    port = free_port()
+async def exporter_process(*args: str, env: Mapping[str, str] | None = None,
+                           within: float = 30.0) -> AsyncIterator[ExporterRun]:
+    """`python -m exporter *args` on 127.0.0.1 port 0, once it listens: the port is the one its `listening`
+    log event names (so `--log.level` must be info or debug), bound by the exporter itself, so no other
+    process can take it between choosing and binding. stdout and stderr are read into `output`, every line;
+    a process left running is killed."""
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "exporter", *args,
-                                                "--web.listen-address", f"127.0.0.1:{port}", **kwargs)
+                                                "--web.listen-address", "127.0.0.1:0", env=env, limit=MAX_LINE,
+                                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    output = ProcessOutput(proc, "the exporter")
     try:
-        yield proc, f"http://127.0.0.1:{port}"
+        port = await output.first(listening_port, "its `listening` log event", within=within)
+        yield ExporterRun(proc, port, output)
     finally:
         if proc.returncode is None:
-            proc.kill()
-            await proc.communicate()
+            with contextlib.suppress(ProcessLookupError):  # it may have exited a moment ago
+                proc.kill()
+        await proc.wait()
+        await output.ended()
 
 
 def require_tool(name: str, how_to_install: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import errno
 import json
 import os
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from exporter.cli import parse_listen
-from tests.conftest import ROOT, both_sources_served, exporter_process, free_port, scrape_until
+from tests.conftest import ROOT, both_sources_served, exporter_process, scrape, scrape_until
 
 EXE = [sys.executable, "-m", "exporter"]
 
@@ -134,7 +133,7 @@ def test_a_bug_that_stops_the_exporter_is_logged_with_its_cause_and_exits_1(tmp_
     config = tmp_path / "c.yaml"
     config.write_text("{}\n")
     result = subprocess.run([sys.executable, "-c", BROKEN_START, "--config", str(config), "--log.format", "json",
-                             "--web.listen-address", f"127.0.0.1:{free_port()}"],
+                             "--web.listen-address", "127.0.0.1:0"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     events = [json.loads(line) for line in result.stderr.splitlines()]
@@ -146,13 +145,22 @@ def test_a_bug_that_stops_the_exporter_is_logged_with_its_cause_and_exits_1(tmp_
     assert "cannot_listen" not in result.stderr
 
 
+@pytest.mark.parametrize("fmt", ["console", "json"])
+async def test_port_0_serves_on_the_port_the_listening_event_names(tmp_path: Path, fmt: str):
+    config = tmp_path / "c.yaml"
+    config.write_text("{}\n")
+    async with exporter_process("--config", str(config), "--log.format", fmt) as exporter:
+        assert exporter.port != 0
+        assert "tasks_exporter_build_info" in await scrape(exporter.url)
+
+
 async def test_demo_serves_task_counters_within_seconds_and_stops_on_sigterm():
-    async with exporter_process("--demo", "--log.format", "json",
-                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE) as (proc, url):
-        await scrape_until(url, both_sources_served, timeout=20, interval=0.1, starting=True)
-        proc.send_signal(signal.SIGTERM)
-        _, err = await asyncio.wait_for(proc.communicate(), 15)
-    assert proc.returncode == 0
-    events = [json.loads(line) for line in err.decode().splitlines()]
-    assert "Traceback" not in err.decode()
+    async with exporter_process("--demo", "--log.format", "json") as exporter:
+        await scrape_until(exporter.url, both_sources_served, timeout=20, interval=0.1, starting=True)
+        exporter.proc.send_signal(signal.SIGTERM)
+        code = await exporter.exited(15)
+    assert code == 0
+    err = "".join(exporter.output.stderr)
+    events = [json.loads(line) for line in err.splitlines()]
+    assert "Traceback" not in err
     assert {"cycle_done", "stopped"} <= {e["event"] for e in events}

@@ -37,7 +37,7 @@ import pytest
 from exporter.app import DEFAULT_PORT
 from exporter.errors import ConfigError
 from exporter.healthcheck import check, healthz_url
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, listening_port
 
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
 IMAGE = "tasks-exporter:test"
@@ -305,15 +305,40 @@ def image(engine: Engine, base_image: str) -> BuiltImage:
 
 
 @contextlib.contextmanager
-def demo_container(engine: Engine, image: BuiltImage, port: int, *run_options: str) -> Iterator[str]:
-    """`docker run IMAGE --demo` on 127.0.0.1:`port` of the host's network; removed afterwards."""
-    name = f"tasks-exporter-test-{port}"
-    engine.docker("run", "--detach", "--name", name, "--network", "host", *run_options, image.name,
-                  "--demo", "--web.listen-address", f"127.0.0.1:{port}")
-    try:
-        yield name
-    finally:
-        engine.docker("rm", "--force", name, check=False)
+def demo_container(engine: Engine, image: BuiltImage, *run_options: str,
+                   attempts: int = 3) -> Iterator[tuple[str, int]]:
+    """`docker run IMAGE --demo` on a free port of the host's network (127.0.0.1), once it listens: the
+    container's name and the port; removed afterwards. The port is told up front (the healthcheck reads it from
+    the flags) and is free when chosen, not when bound (the container's own simulators and parallel runs take
+    ports meanwhile): a container that says `cannot_listen` is started again on another port; any other exit
+    before `listening` fails with its log."""
+    for _ in range(attempts):
+        port = free_port()
+        name = f"tasks-exporter-test-{port}"
+        engine.docker("run", "--detach", "--name", name, "--network", "host", *run_options, image.name,
+                      "--demo", "--web.listen-address", f"127.0.0.1:{port}")
+        try:
+            listened, said = wait_until(functools.partial(_listened_or_exited, engine, name), 60,
+                                        f"{name}: `listening` in its log")
+            if listened:
+                yield name, port
+                return
+        finally:
+            engine.docker("rm", "--force", name, check=False)
+        if "cannot_listen" not in said:
+            raise AssertionError(f"{name} exited before it listened:\n{said[-2000:]}")
+    raise AssertionError(f"no free port in {attempts} attempts")
+
+
+def _listened_or_exited(engine: Engine, name: str) -> tuple[bool, str] | None:
+    """(True, log) once the container's exporter logged `listening`; (False, log) when the container stopped
+    without; None while neither."""
+    running = engine.inspect("container", name)["State"]["Running"]  # before the log: a stopped one's is whole
+    logs = engine.docker("logs", name, check=False)
+    said = logs.stdout + logs.stderr
+    if any(listening_port(line) for line in said.splitlines()):
+        return True, said
+    return None if running else (False, said)
 
 
 def get(url: str) -> httpx.Response | None:
@@ -335,8 +360,7 @@ def test_offline_build_installs_this_version(engine: Engine, image: BuiltImage) 
 
 
 def test_demo_serves_both_sources_metrics_as_uid_10001(engine: Engine, image: BuiltImage) -> None:
-    port = free_port()
-    with demo_container(engine, image, port) as container:
+    with demo_container(engine, image) as (container, port):
         def both_sources() -> str | None:
             response = get(f"http://127.0.0.1:{port}/metrics")
             text = response.text if response is not None and response.status_code == 200 else ""
@@ -352,10 +376,9 @@ def test_demo_serves_both_sources_metrics_as_uid_10001(engine: Engine, image: Bu
 
 
 def test_healthcheck_follows_the_listen_address_and_turns_healthy(engine: Engine, image: BuiltImage) -> None:
-    port = free_port()
-    assert port != DEFAULT_PORT
     # Only the interval is shortened (the image's 30 s would make this test wait); the command is the image's.
-    with demo_container(engine, image, port, "--health-interval", "1s") as container:
+    with demo_container(engine, image, "--health-interval", "1s") as (container, port):
+        assert port != DEFAULT_PORT
         state = engine.inspect("container", container)
         assert state["Config"]["Healthcheck"]["Test"] == ["CMD", "python", "-m", "exporter.healthcheck"]
 
@@ -368,9 +391,8 @@ def test_healthcheck_follows_the_listen_address_and_turns_healthy(engine: Engine
 
 
 def test_docker_stop_ends_it_with_exit_0_within_the_grace_period(engine: Engine, image: BuiltImage) -> None:
-    port = free_port()
     grace = 10
-    with demo_container(engine, image, port) as container:
+    with demo_container(engine, image) as (container, port):
         wait_until(lambda: get(f"http://127.0.0.1:{port}/healthz"), 60, "/healthz answering")
         started = time.monotonic()
         engine.docker("stop", "--time", str(grace), container, timeout=grace + 30)

@@ -19,13 +19,30 @@ import yaml
 
 from exporter.app import running
 from exporter.demo import demo_config
-from tests.conftest import eventually, free_port, load_dashboard_generator, recorded_metric_names, require_tool
+from tests.conftest import (
+    MAX_LINE,
+    ProcessOutput,
+    eventually,
+    load_dashboard_generator,
+    recorded_metric_names,
+    require_tool,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RULE_FILES = [ROOT / "prometheus" / "rules.yml", ROOT / "prometheus" / "alerts.yml"]  # as prometheus/prometheus.yml
 pytestmark = pytest.mark.integration
 ORGANISATION_PANELS = {"Departments by overdue tasks", "People of the department", "Workgroups by overdue tasks",
                        "People across Bitrix24 and Pachca", "Pachca teams", "People matched"}
+
+
+# Prometheus says where it listens, the port it bound included, once it does (exporter-toolkit's line, logfmt
+# before 3.0, slog's text format since): `... msg="Listening on" address=127.0.0.1:39415`
+PROMETHEUS_LISTENING = re.compile(r'msg="Listening on".*?\baddress=\S+:(\d+)')
+
+
+def prometheus_port(line: str) -> int | None:
+    found = PROMETHEUS_LISTENING.search(line)
+    return int(found[1]) if found else None
 
 
 @pytest.fixture
@@ -40,20 +57,20 @@ async def test_every_dashboard_panel_returns_data_and_rules_load(tmp_path, prome
     assert len(queries) >= 20
     assert ORGANISATION_PANELS.issubset(title for title, _, _ in queries)
     async with demo_config(interval=1.0, users=15, reminders=120) as config, running(config) as exporter:
-        port = free_port()
         (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(path) for path in RULE_FILES],
             "scrape_configs": [{"job_name": "tasks-exporter",
                                 "static_configs": [{"targets": [exporter.url.removeprefix("http://")]}]}],
         }))
-        with (tmp_path / "prometheus.log").open("w") as prometheus_log:
-            proc = await asyncio.create_subprocess_exec(
-                prometheus_binary, f"--config.file={tmp_path / 'prometheus.yml'}",
-                f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
-                stdout=subprocess.DEVNULL, stderr=prometheus_log)
-        api = f"http://127.0.0.1:{port}/api/v1"
+        proc = await asyncio.create_subprocess_exec(
+            prometheus_binary, f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'data'}", "--web.listen-address=127.0.0.1:0",
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, limit=MAX_LINE)
+        output = ProcessOutput(proc, "prometheus")
         try:
+            port = await output.first(prometheus_port, 'its "Listening on" log line', within=30)
+            api = f"http://127.0.0.1:{port}/api/v1"
             async with httpx.AsyncClient(timeout=5) as client:
                 async def healthy_target() -> bool:
                     try:
@@ -113,9 +130,12 @@ async def test_every_dashboard_panel_returns_data_and_rules_load(tmp_path, prome
                 assert len(loaded) == len(shipped) > 0
                 assert all(r["health"] == "ok" for r in loaded), [(r["name"], r.get("lastError")) for r in loaded]
         finally:
-            proc.terminate()
+            if proc.returncode is None:
+                proc.terminate()
             try:
                 await asyncio.wait_for(proc.wait(), 15)
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+            await output.ended()
+            (tmp_path / "prometheus.log").write_text(output.text)  # for a failure's post-mortem

@@ -25,18 +25,17 @@ from tests.conftest import LogLines, both_sources_served, eventually, exporter_p
 
 
 async def test_json_run_prints_only_json_lines_including_aiohttp_asyncio_and_api_requests():
-    async with exporter_process("--demo", "--log.format", "json", "--log.level", "debug",
-                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE) as (proc, url):
-        await scrape_until(url, both_sources_served, timeout=20, interval=0.1, starting=True)
-        reader, writer = await asyncio.open_connection(*url.removeprefix("http://").split(":"))
+    async with exporter_process("--demo", "--log.format", "json", "--log.level", "debug") as exporter:
+        await scrape_until(exporter.url, both_sources_served, timeout=20, interval=0.1, starting=True)
+        reader, writer = await asyncio.open_connection("127.0.0.1", exporter.port)
         writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 100_000 + b"\r\n\r\n")
         await writer.drain()
         assert (await asyncio.wait_for(reader.read(100), 5)).split(b" ")[1].startswith(b"4")
         writer.close()
-        proc.send_signal(signal.SIGTERM)
-        out, err = await asyncio.wait_for(proc.communicate(), 15)
-    assert proc.returncode == 0
-    lines = out.decode().splitlines() + err.decode().splitlines()
+        exporter.proc.send_signal(signal.SIGTERM)
+        code = await exporter.exited(15)
+    assert code == 0
+    lines = "".join(exporter.output.stdout).splitlines() + "".join(exporter.output.stderr).splitlines()
     events = [json.loads(line) for line in lines]  # every line parses, or this raises
     loggers = {e.get("logger") for e in events}
     assert "asyncio" in loggers, loggers

@@ -8,7 +8,6 @@ import contextlib
 import io
 import json
 import signal
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from itertools import pairwise
@@ -29,7 +28,7 @@ from exporter.simulator import bitrix24 as b24sim
 from exporter.simulator import pachca as pachcasim
 from exporter.simulator import serve
 from exporter.snapshot import SourceKey
-from tests.conftest import der_of, eventually, free_port, make_certificate, served_certificate
+from tests.conftest import ExporterRun, der_of, eventually, exporter_process, make_certificate, served_certificate
 
 TRIGGERS = ["SIGHUP", "POST /-/reload"]
 SUCCESSFUL = "tasks_exporter_config_last_reload_successful"
@@ -65,43 +64,42 @@ def started_at(event: dict[str, Any]) -> float:
 
 
 class CliExporter:
-    """`python -m exporter --config FILE` in a subprocess; its JSON log events are collected as they come."""
+    """`python -m exporter --config FILE` in a subprocess (exporter_process); its JSON log events are collected
+    as they come."""
 
     def __init__(self, config: Path, web_config: Path | None = None, *, tls: bool = False,
                  auth: tuple[str, str] | None = None) -> None:
         self.config = config
         self.web_config = web_config
-        self.port = free_port()
-        self.events: list[dict[str, Any]] = []
+        self.port = 0  # the one the exporter binds, once started
         self.scheme = "https" if tls else "http"
         self.auth = auth
-        self._proc: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self._events: list[dict[str, Any]] = []
+        self._stack = contextlib.AsyncExitStack()
+        self._run: ExporterRun | None = None
 
     @property
     def url(self) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}"
 
+    @property
+    def proc(self) -> asyncio.subprocess.Process:
+        assert self._run is not None, "not started"
+        return self._run.proc
+
     async def start(self) -> None:
-        args = [sys.executable, "-m", "exporter", "--config", str(self.config), "--log.format", "json",
-                "--web.listen-address", f"127.0.0.1:{self.port}"]
+        args = ["--config", str(self.config), "--log.format", "json"]
         if self.web_config:
             args += ["--web.config.file", str(self.web_config)]
-        self._proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.DEVNULL,
-                                                          stderr=asyncio.subprocess.PIPE)
-        self._reader = asyncio.create_task(self._read(self._proc))
-        await eventually(lambda: self.named("listening") or self._exited(), timeout=20)
+        self._run = await self._stack.enter_async_context(exporter_process(*args, within=20))
+        self.port = self._run.port
 
-    async def _read(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stderr is not None
-        async for line in proc.stderr:
-            self.events.append(json.loads(line))
-
-    def _exited(self) -> bool:
-        assert self._proc is not None
-        if self._proc.returncode is not None:
-            raise AssertionError(f"exporter exited with {self._proc.returncode}: {self.events}")
-        return False
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """Every log event so far (one JSON line of stderr each), parsed once."""
+        lines = self._run.output.stderr if self._run is not None else []
+        self._events.extend(json.loads(line) for line in lines[len(self._events):])
+        return self._events
 
     def named(self, event: str, **fields: Any) -> list[dict[str, Any]]:
         return [e for e in self.events if e["event"] == event and all(e.get(k) == v for k, v in fields.items())]
@@ -116,18 +114,15 @@ class CliExporter:
         return response.text
 
     def send_signal(self, number: int) -> None:
-        assert self._proc is not None
-        self._proc.send_signal(number)
+        self.proc.send_signal(number)
 
     async def exited(self) -> int:
-        assert self._proc is not None
-        return await asyncio.wait_for(self._proc.wait(), 20)
+        return await asyncio.wait_for(self.proc.wait(), 20)
 
     async def reload(self, trigger: str) -> httpx.Response | None:
         """Ask for a reload; POST answers when it is done, a signal's outcome is in the log."""
-        assert self._proc is not None
         if trigger == "SIGHUP":
-            self._proc.send_signal(signal.SIGHUP)
+            self.proc.send_signal(signal.SIGHUP)
             return None
         async with self.client() as client:
             return await client.post(f"{self.url}/-/reload")
@@ -142,13 +137,13 @@ class CliExporter:
         return found[0]
 
     async def stop(self) -> int:
-        assert self._proc is not None
-        assert self._reader is not None
-        if self._proc.returncode is None:
-            self._proc.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(self._proc.wait(), 20)
-        await self._reader
-        return code
+        assert self._run is not None
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return await self._run.exited(20)
+        finally:
+            await self._stack.aclose()
 
 
 @pytest.fixture
@@ -157,8 +152,8 @@ async def cli() -> AsyncIterator[Callable[..., Awaitable[CliExporter]]]:
 
     async def start(config: Path, web_config: Path | None = None, **kwargs: Any) -> CliExporter:
         exporter = CliExporter(config, web_config, **kwargs)
+        await exporter.start()  # one that fails to start has stopped already
         started.append(exporter)
-        await exporter.start()
         return exporter
 
     yield start

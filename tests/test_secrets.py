@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import re
@@ -44,11 +43,6 @@ def targets_up(text: str) -> set[tuple[str, str]]:
             for key, up in samples(text, "tasks_exporter_source_up").items() if up == 1}
 
 
-async def read_lines(stream: asyncio.StreamReader, into: list[str]) -> None:
-    async for line in stream:
-        into.append(line.decode("utf-8", "replace"))
-
-
 async def test_secrets_are_masked_in_every_output(tmp_path: Path):
     portals = {name: b24sim.generate_portal(5, secret=WEBHOOK_SECRET) for name in (*FAULTS, ROTATED)}
     workspaces = {name: pachcasim.generate_workspace(40, tokens={PACHCA_TOKEN: pachcasim.FULL_SCOPES})
@@ -71,12 +65,9 @@ async def test_secrets_are_masked_in_every_output(tmp_path: Path):
                                   'interval: 0.2s, timeout: 1s}')
         config = tmp_path / "config.yaml"
         config.write_text("\n".join(["bitrix24:", *b24_entries, "pachca:", *pachca_entries, ""]))
-        proc, url = await stack.enter_async_context(exporter_process(
-            "--config", str(config), "--log.level", "debug", env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT))
-        assert proc.stdout is not None
-        lines: list[str] = []
-        reader = asyncio.create_task(read_lines(proc.stdout, lines))
+        exporter = await stack.enter_async_context(exporter_process("--config", str(config), "--log.level", "debug",
+                                                                    env=env))
+        url, lines = exporter.url, exporter.output.stderr  # the log, every line of it, as it comes
         pages = []
         try:
             every_target = {(s, t) for s, t, _ in expected}
@@ -97,10 +88,9 @@ async def test_secrets_are_masked_in_every_output(tmp_path: Path):
                 pages.append((await client.get(f"{url}/")).text)
             pages.append(await scrape(url))
         finally:
-            proc.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(proc.wait(), 20)
-            await reader
-    output = "".join(lines) + "".join(pages)
+            exporter.proc.send_signal(signal.SIGTERM)
+            await exporter.exited(20)
+    output = exporter.output.text + "".join(pages)
     assert WEBHOOK_SECRET not in output
     assert PACHCA_TOKEN not in output
     assert "/rest/1/***" in output
