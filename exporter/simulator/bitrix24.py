@@ -375,16 +375,22 @@ def create_app(sim: PortalSimulator) -> web.Application:
     portal = _Portal(sim)
     app = web.Application(client_max_size=4 * 1024 * 1024)
 
+    turn: list[float] = []  # when the requests the event loop is starting now arrived
+
+    def arrival() -> float:
+        """When a request arrived: the moment the event loop began starting the requests it read together.
+        This process answers them one after another, where a portal answers them on many servers at once: a
+        request's latency counts from its arrival, not from when the answers before it were made."""
+        if not turn:
+            turn.append(time.monotonic())
+            asyncio.get_running_loop().call_soon(turn.clear)  # runs after every request started in this turn
+        return turn[0]
+
     async def handle(request: web.Request) -> web.StreamResponse:
         """The answer is made when the request arrives and sent `latency` seconds after it arrived: a portal
         answers a client's concurrent batches on many servers at once, so the time this one process spends
         making answers overlaps the latency instead of adding to it, one answer after another."""
-        started, arrived = time.time(), time.monotonic()
-        if sim.latency:
-            # Requests that arrived together are answered here one after another, where a portal makes them on
-            # many servers at once: let each of them note its arrival before any answer is made, so that each
-            # is sent `latency` after it arrived, not after the answers made before it.
-            await asyncio.sleep(0)
+        started, arrived = time.time(), arrival()
         sim.received += 1
         sim.in_flight += 1
         sim.max_in_flight = max(sim.max_in_flight, sim.in_flight)
