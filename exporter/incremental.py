@@ -14,7 +14,7 @@ output, made by a compressor that forgets everything before it (Z_FULL_FLUSH), s
 stands in the stream; headers and tiny parts are compressed together in runs (alone they would compress badly),
 and a run the last render compressed is reused. The CRC-32 of the text (the gzip trailer) is carried over from
 the last render up to the first piece that differs, so the families that change at every cycle come last
-(exporter/collector.py).
+(exporter/collector/).
 """
 
 from __future__ import annotations
