@@ -130,6 +130,10 @@ async def _exporter(conn: Connection, endpoints: dict[str, Any]) -> None:
 # --- Prometheus -----------------------------------------------------------------------------------
 
 
+# Prometheus' log line once it listens (go-kit's logfmt before 3.0, slog's text format since)
+LISTENING = re.compile(r'msg="Listening on".*?\baddress=\S+:(\d+)')
+
+
 class Prometheus:
     """Debian's prometheus binary on a free loopback port, configured as prometheus/prometheus.yml (the shipped
     scrape job and alert rules) but scraping `target` every `scrape_interval` seconds."""
@@ -143,14 +147,31 @@ class Prometheus:
         job.update(scrape_interval=every, static_configs=[{"targets": [target]}])
         job["scrape_timeout"] = min(job["scrape_timeout"], every, key=lambda d: int(d.removesuffix("s")))
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
-        port = _free_port()
-        self.api = f"http://127.0.0.1:{port}/api/v1"
         self.log = workdir / "prometheus.log"
+        # port 0: Prometheus binds a free port itself and names it in its log (a port chosen here could be
+        # taken by another process before Prometheus binds it)
         self.process = subprocess.Popen(
             [binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}"],
+             "--web.listen-address=127.0.0.1:0"],
             stdout=subprocess.DEVNULL, stderr=self.log.open("w"))
+        try:
+            self.api = f"http://127.0.0.1:{self._port(timeout=60.0)}/api/v1"
+        except BenchError:
+            self.process.kill()
+            self.process.wait()
+            raise
         self.client = httpx.Client(timeout=60.0)
+
+    def _port(self, timeout: float) -> int:
+        """The port of Prometheus' `msg="Listening on" address=127.0.0.1:PORT` log line."""
+        deadline = time.monotonic() + timeout
+        while (found := LISTENING.search(self.log.read_text(encoding="utf-8", errors="replace"))) is None:
+            if self.process.poll() is not None:
+                raise BenchError(f"prometheus exited: {self.log.read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"prometheus did not say where it listens within {timeout:g} s")
+            time.sleep(0.1)
+        return int(found[1])
 
     def value(self, expr: str) -> float | None:
         """The single value of an instant query, None when it returns nothing (or Prometheus is not up yet)."""
@@ -204,12 +225,6 @@ class Prometheus:
             self.process.wait()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- the panels' queries --------------------------------------------------------------------------
