@@ -225,8 +225,6 @@ class Prometheus:
             self.process.wait()
 
 
-
-
 # --- the panels' queries --------------------------------------------------------------------------
 
 
