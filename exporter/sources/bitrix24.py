@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
@@ -17,15 +17,7 @@ from exporter.org import PortalOrg, subtree
 from exporter.ratelimit import LeakyBucket, cycle_bound
 from exporter.snapshot import ApiTelemetry, CounterQuery, CounterSet, PortalSnapshot, PortalUser
 from exporter.sources import CycleResult
-from exporter.sources.bitrix24_answers import (
-    CounterFold,
-    Listed,
-    distinct_users,
-    next_offset,
-    read_records,
-    total_of,
-    user_records,
-)
+from exporter.sources.bitrix24_answers import CounterFold
 from exporter.sources.bitrix24_client import (
     BATCH_LIMIT,
     PAUSE,
@@ -34,9 +26,9 @@ from exporter.sources.bitrix24_client import (
     BatchResult,
     Bitrix24Client,
     OperationPause,
-    chunk,
-    command,
 )
+from exporter.sources.bitrix24_listing import UserListing
+from exporter.sources.bitrix24_pages import read_batch
 from exporter.sources.bitrix24_structure import (
     COUNTERS_METHOD,
     Structure,
@@ -45,7 +37,7 @@ from exporter.sources.bitrix24_structure import (
     org_view,
     plan_queries,
 )
-from exporter.sources.concurrency import all_or_none, as_they_finish
+from exporter.sources.concurrency import as_they_finish
 from exporter.sources.retries import RetryPolicy
 
 # The `type` of tasks.task.counters.get for each role a config may list (config.ROLE_NAMES).
@@ -56,7 +48,6 @@ ROLES: dict[str, str] = {
     "auditor": "view_role_auditor",
     "originator": "view_role_originator",
 }
-PAGE_SIZE = 50
 # Idle connections outlive the interval by this much, so that each cycle reuses the last one's: a steady-state
 # cycle then opens no connection (on a real network the TCP and TLS handshakes are two or three round trips
 # before the first answer, and CPU on both sides for each of its ~11 requests)
@@ -75,14 +66,6 @@ class OrgOf:
     structure: Structure
     queries: list[CounterQuery]
     org: PortalOrg
-
-
-@dataclass(slots=True)
-class Listing:
-    """How the previous cycle listed the portal's users, so the next one can ask for every page at once."""
-
-    total: int | None = None  # user.get's `total` last time; None: unknown (list page by page)
-    in_batch: bool = True  # False once the portal refused user.get inside batch
 
 
 class Bitrix24Source:
@@ -119,11 +102,9 @@ class Bitrix24Source:
         self._queries: list[CounterQuery] = []
         self._structure = StructureKeeper(StructureReader(self._client, config), interval=config.structure_interval,
                                           clock=clock, portal=config.name)
-        self._listing = Listing()
+        self._users = UserListing(self._client, config)
         self._steady = False  # a cycle has succeeded: its users and queries are known
-        self._known: dict[int, PortalUser] = {}  # the last good cycle's users, by id
         self._org: OrgOf | None = None
-        self._emails_missing = False
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -141,15 +122,15 @@ class Bitrix24Source:
             if self._steady:
                 users, structure = await self._pipelined(fold)
             else:
-                users = await self._resolve_users()  # first: a portal that refuses the webhook costs one call
+                users = await self._users.every()  # first: a portal that refuses the webhook costs one call
                 structure = await self._structure.current()
-            self._check_emails(users)
+            self._users.check_emails(users)
             users = self._monitored(users, structure)
             counters, hidden, failed = await self._read_counters(fold, users, structure)
         except ApiError as exc:
             raise SourceFailure(exc.reason, str(exc)) from None
         self._steady = True
-        self._known = {u.user_id: u for u in users}
+        self._users.known = {u.user_id: u for u in users}
         snapshot = PortalSnapshot(
             users=tuple(users), counters=counters, hidden_users=hidden, failed_commands=failed,
             operating_seconds=dict(self._client.operating), org=self._org_view(users, structure),
@@ -174,25 +155,19 @@ class Bitrix24Source:
 
     async def _pipelined(self, fold: CounterFold) -> tuple[list[PortalUser], Structure]:
         """The listing and the known users' counters in one wave, the structure refresh (when due) alongside."""
-        listing = self._listing_commands()
-        read = self._listing_page if self.config.users is None else self._named_page
+        listing = self._users.commands()
 
         async def listed() -> list[PortalUser]:
             # the wave is made here, in the task that awaits it: made outside, a cycle cancelled before this
             # task began would leave it to the garbage collector, never awaited
-            wave = self._wave(fold, self._queries, listing, read)
-            if listing or self.config.users is not None:
-                return await self._users_from(await wave)
+            wave = self._wave(fold, self._queries, listing, self._users.on_arrival)
+            if listing:
+                return await self._users.from_wave(await wave)
             # no `total` to plan pages by, or user.get refused inside batch: list directly, meanwhile
-            return (await both(self._active_employees(), wave))[0]
+            return (await both(self._users.every(), wave))[0]
         return await both(listed(), self._structure.current())
 
     # --- users ----------------------------------------------------------------------------------
-
-    async def _resolve_users(self) -> list[PortalUser]:
-        if self.config.users is not None:
-            return await self._named(self.config.users)
-        return await self._active_employees()
 
     def _monitored(self, users: list[PortalUser], structure: Structure) -> list[PortalUser]:
         """`include_departments` (their subtrees, as far as the tree is known) and `exclude_users`."""
@@ -204,152 +179,6 @@ class Bitrix24Source:
             excluded = set(config.exclude_users)
             users = [u for u in users if u.user_id not in excluded]
         return users
-
-    def _check_emails(self, users: list[PortalUser]) -> None:
-        """user.get shows EMAIL only with scope user or user_basic (docs/api-notes.md#org-user-get-fields):
-        say so once when no user has one."""
-        missing = self.config.names and bool(users) and not any(u.email for u in users)
-        if missing and not self._emails_missing:
-            log.warning("bitrix24_feature_off", portal=self.target, feature="email", scope="user",
-                        hint="no user.get record has EMAIL; give the webhook the scope user or user_basic")
-        self._emails_missing = missing
-
-    def _listing_commands(self) -> dict[str, str]:
-        """The user.get commands of a pipelined cycle: a name lookup per explicit user, or every page the last
-        `total` implies (the first one too); none when the listing cannot go inside batch."""
-        if self.config.users is not None:
-            return _name_commands(self.config.users)
-        total = self._listing.total
-        if total is None or not self._listing.in_batch:
-            return {}
-        return {f"p{start}": command("user.get", {**_ACTIVE, "start": start})
-                for start in range(0, max(total, 1), PAGE_SIZE)}
-
-    async def _users_from(self, answers: BatchResult) -> list[PortalUser]:
-        """The users a pipelined wave's user.get answers show; pages it did not bring come directly."""
-        if self.config.users is not None:
-            return self._names_from(answers, self.config.users)
-        if "p0" not in answers.results:
-            code = answers.errors.get("p0", ("missing", ""))[0]
-            log.info("bitrix24_user_pages_batch_refused", portal=self.target, code=code)
-            self._listing.in_batch = False
-            return await self._active_employees()
-        total = total_of(answers.totals.get("p0"))
-        if total is None:  # no `total` to check the pages by: list the usual way
-            return await self._active_employees()
-        self._listing.total = total
-        pages: dict[int, Any] = {}
-        starts = range(0, max(total, 1), PAGE_SIZE)
-        for start in starts:
-            page = answers.results.get(f"p{start}")
-            if isinstance(page, list) and len(page) >= min(PAGE_SIZE, total - start):
-                pages[start] = page
-        wanted = [s for s in starts if s not in pages]  # pages of users new since the last cycle, too
-        for start, page in zip(wanted, await all_or_none(self._page(s) for s in wanted), strict=True):
-            pages[start] = page
-        return distinct_users(user for start in sorted(pages) for user in pages[start])
-
-    async def _page(self, start: int) -> list[Listed]:
-        records = user_records(await self._client.call("user.get", {**_ACTIVE, "start": start}))
-        return self._read(records)
-
-    def _read(self, records: Iterable[Any], *, employees: bool = True) -> list[Listed]:
-        return read_records(records, names=self.config.names, employees=employees, known=self._known)
-
-    def _listing_page(self, page: Any) -> Any:
-        """A batched user.get page, read on arrival; anything but a list is left for the caller to refuse."""
-        return self._read(page) if isinstance(page, list) else page
-
-    async def _active_employees(self) -> list[PortalUser]:
-        """Every active employee: the first page directly, the rest as batched `start` offsets."""
-        params: dict[str, Any] = {**_ACTIVE, "start": 0}
-        first = await self._client.call("user.get", params)
-        users = self._read(user_records(first))
-        total, nxt = total_of(first.get("total")), next_offset(first.get("next"))
-        del first
-        self._listing.total = total
-        if nxt is not None:
-            if total is not None and total > nxt:
-                users.extend(await self._pages_batched(params, nxt, total))
-            else:
-                users.extend(await self._pages_following(params, nxt))
-        return distinct_users(users)
-
-    async def _pages_batched(self, params: dict[str, Any], first: int, total: int) -> list[Listed]:
-        """Pages after the first, 50 pages per batch call. A page the batch did not answer in full
-        (a portal or proxy that refuses user.get inside batch, or reads the filter differently) is
-        asked for directly, so no user is lost."""
-        starts = list(range(first, total, PAGE_SIZE))
-        answered: dict[str, Any] = {}
-        if self._listing.in_batch:
-            commands = {f"p{start}": command("user.get", {**params, "start": start}) for start in starts}
-            try:
-                for result in await all_or_none(self._read_batch(call, set(call.commands), self._listing_page)
-                                                for call in chunk(commands)):
-                    answered.update(result.results)
-                    if result.errors:  # refused command by command: list directly from now on
-                        self._listing.in_batch = False
-            except ApiError as exc:
-                if exc.reason == "auth":
-                    raise
-                log.info("bitrix24_user_pages_batch_refused", portal=self.target, code=exc.code)
-                self._listing.in_batch = False
-        users: list[Listed] = []
-        for start in starts:
-            page = answered.get(f"p{start}")
-            if not isinstance(page, list) or len(page) < min(PAGE_SIZE, total - start):
-                page = await self._page(start)
-            users.extend(page)
-        return users
-
-    async def _pages_following(self, params: dict[str, Any], start: int) -> list[Listed]:
-        users: list[Listed] = []
-        seen: set[int] = set()
-        while start not in seen:
-            seen.add(start)
-            page = await self._client.call("user.get", {**params, "start": start})
-            users.extend(self._read(user_records(page)))
-            nxt = page.get("next")
-            if not isinstance(nxt, int) or isinstance(nxt, bool) or nxt <= start:
-                break
-            start = nxt
-        return users
-
-    async def _named(self, ids: tuple[int, ...]) -> list[PortalUser]:
-        """An explicit user list: names come from user.get by ID; a failed lookup leaves the name empty."""
-        merged = BatchResult()
-        try:
-            for result in await all_or_none(self._read_batch(c, set(c.commands), self._named_page)
-                                            for c in chunk(_name_commands(ids))):
-                merged.results.update(result.results)
-        except ApiError as exc:
-            if exc.reason == "auth":
-                raise
-            log.warning("bitrix24_user_names_failed", portal=self.target, code=exc.code)
-        return self._names_from(merged, ids)
-
-    def _names_from(self, answers: BatchResult, ids: tuple[int, ...]) -> list[PortalUser]:
-        """`answers`: name lookups read by `_named_page`."""
-        found: dict[int, PortalUser] = {}
-        for uid in ids:
-            page = answers.results.get(f"u{uid}")
-            for user in page if isinstance(page, list) else []:
-                if user is not None and user.user_id == uid:
-                    found[uid] = user
-        return [found.get(uid, PortalUser(uid, "")) for uid in ids]
-
-    def _named_page(self, page: Any) -> Any:
-        return self._read(page, employees=False) if isinstance(page, list) else page
-
-    async def _read_batch(self, call: BatchCall, keys: Iterable[str], read: Callable[[Any], Any],
-                          pause_key: str = "user.get") -> BatchResult:
-        """One batch whose answers to `keys` are read by `read` as soon as it is decoded, in the batch's own
-        task: batches that finish together never hold their raw answers at once."""
-        result = await self._client.batch(call, pause_key=pause_key)
-        for key in keys:
-            if key in result.results:
-                result.results[key] = read(result.results[key])
-        return result
 
     # --- counters -------------------------------------------------------------------------------
 
@@ -434,7 +263,7 @@ class Bitrix24Source:
         commands = {name: extra[name] for name in names}
         commands.update((key, counters_command(q)) for key, q in sent.items())
         pause_key = COUNTERS_METHOD if queries else "user.get"
-        return sent, await self._read_batch(BatchCall(commands), names, read, pause_key)
+        return sent, await read_batch(self._client, BatchCall(commands), names, read, pause_key)
 
 
 def _unchanged_kept(snapshot: PortalSnapshot, last: PortalSnapshot | None) -> PortalSnapshot:
@@ -450,7 +279,6 @@ def _unchanged_kept(snapshot: PortalSnapshot, last: PortalSnapshot | None) -> Po
     return replace(snapshot, users=users, org=org)
 
 
-_ACTIVE: dict[str, Any] = {"FILTER": {"ACTIVE": True}}
 A = TypeVar("A")
 B = TypeVar("B")
 
@@ -471,6 +299,3 @@ def counters_command(query: CounterQuery) -> str:
     and urlencode was an eighth of a steady-state cycle's CPU."""
     return f"{COUNTERS_METHOD}?userId={query.user_id}&groupId={query.group_id}&type={ROLES[query.role]}"
 
-
-def _name_commands(ids: Iterable[int]) -> dict[str, str]:
-    return {f"u{uid}": command("user.get", {"ID": uid}) for uid in ids}

@@ -164,17 +164,3 @@ def distinct_users(users: Iterable[Listed]) -> list[PortalUser]:
     found = {user.user_id: user for user in users if user is not None}
     return sorted(found.values(), key=lambda u: u.user_id)
 
-
-def next_offset(raw: Any) -> int | None:
-    return raw if isinstance(raw, int) and not isinstance(raw, bool) and raw > 0 else None
-
-
-def total_of(raw: Any) -> int | None:
-    return raw if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0 else None
-
-
-def user_records(body: Any) -> list[Any]:
-    result = body.get("result") if isinstance(body, dict) else None
-    if not isinstance(result, list):
-        raise ApiError("invalid_response", "user.get result is not a list")
-    return result

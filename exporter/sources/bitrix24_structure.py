@@ -29,9 +29,9 @@ from exporter.sources.bitrix24_client import (
     command,
     failure_reason,
 )
+from exporter.sources.bitrix24_pages import PagedList, as_is
 from exporter.sources.concurrency import all_or_none
 
-PAGE_SIZE = 50
 COUNTERS_METHOD = "tasks.task.counters.get"  # the counters commands of a cycle, and the probe of a group
 # sonet_group.user.get roles (docs/api-notes.md#org-sonet-group-user-get); invited (Z) and banned (T) never count
 ROLES = {"A": "owner", "E": "moderator", "K": "member"}
@@ -140,6 +140,11 @@ class StructureReader:
         self._off: dict[str, str] = {}  # feature -> the code that turned it off
         self._skipped: set[int] = set()  # groups the webhook may not read, already warned about
         self._left_out = 0
+        self._department_pages = PagedList(client, "department.get", {}, as_is, config.name)
+        # upper-case parameter keys only: sonet_group.get reads nothing else (docs/api-notes.md#org-sonet-group-get)
+        self._group_pages = PagedList(client, "sonet_group.get",
+                                      {"ORDER": {"ID": "ASC"}, "FILTER": {"ACTIVE": "Y", "CLOSED": "N"}}, as_is,
+                                      config.name)
 
     @property
     def needed(self) -> bool:
@@ -163,7 +168,7 @@ class StructureReader:
 
     async def _departments(self) -> dict[int, Department] | None:
         try:
-            records = await self._pages("department.get", {})
+            records = await self._department_pages.every()
         except ApiError as exc:
             if unavailable(exc.code):
                 self._turn_off("departments", "department", exc.code)
@@ -181,10 +186,8 @@ class StructureReader:
 
     async def _auto_groups(self) -> GroupsRead:
         """Every open workgroup the webhook may see, capped at max_groups, each with its members."""
-        # upper-case parameter keys only: sonet_group.get reads nothing else (docs/api-notes.md#org-sonet-group-get)
-        params = {"ORDER": {"ID": "ASC"}, "FILTER": {"ACTIVE": "Y", "CLOSED": "N"}}
         try:
-            records = await self._pages("sonet_group.get", params)
+            records = await self._group_pages.every()
         except ApiError as exc:
             if unavailable(exc.code):
                 self._turn_off("workgroups", "sonet_group", exc.code)
@@ -280,37 +283,6 @@ class StructureReader:
             merged.errors.update(result.errors)
         return merged
 
-    async def _pages(self, method: str, params: Mapping[str, Any]) -> list[Any]:
-        """Every record of a paged list method: the first page directly, the others 50 pages to a batch when
-        `total` says how many, else one by one along `next`. A batched page that did not come back in full
-        is asked for again directly."""
-        first = await self._client.call(method, {**params, "start": 0})
-        records = _page(first, method)
-        total, nxt = _count(first.get("total")), _count(first.get("next"))
-        if nxt is None:
-            return records
-        if total is None or total <= nxt:
-            return records + await self._following(method, params, nxt)
-        starts = range(nxt, total, PAGE_SIZE)
-        answers = await self._commands({f"p{s}": command(method, {**params, "start": s}) for s in starts}, method)
-        for start in starts:
-            page = answers.results.get(f"p{start}")
-            if not isinstance(page, list) or len(page) < min(PAGE_SIZE, total - start):
-                page = _page(await self._client.call(method, {**params, "start": start}), method)
-            records.extend(page)
-        return records
-
-    async def _following(self, method: str, params: Mapping[str, Any], start: int) -> list[Any]:
-        records: list[Any] = []
-        seen: set[int] = set()
-        next_start: int | None = start
-        while next_start is not None and next_start not in seen:
-            seen.add(next_start)
-            body = await self._client.call(method, {**params, "start": next_start})
-            records.extend(_page(body, method))
-            next_start = _count(body.get("next"))
-        return records
-
     def _turn_off(self, feature: str, scope: str, code: str) -> None:
         if feature not in self._off:
             log.warning("bitrix24_feature_off", portal=self._config.name, feature=feature, scope=scope, code=code,
@@ -320,19 +292,6 @@ class StructureReader:
     def _turn_on(self, feature: str) -> None:
         if self._off.pop(feature, None) is not None:
             log.info("bitrix24_feature_on", portal=self._config.name, feature=feature)
-
-
-def _page(body: Any, method: str) -> list[Any]:
-    result = body.get("result") if isinstance(body, dict) else None
-    if isinstance(result, dict):  # a list PHP happened to key by ids
-        return list(result.values())
-    if not isinstance(result, list):
-        raise ApiError("invalid_response", f"{method} result is not a list")
-    return result
-
-
-def _count(raw: Any) -> int | None:
-    return raw if isinstance(raw, int) and not isinstance(raw, bool) and raw > 0 else None
 
 
 class StructureKeeper:
