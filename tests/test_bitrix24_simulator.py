@@ -569,8 +569,8 @@ async def test_paging_inside_batch_reports_total_and_next(start: Callable[..., A
     assert answer["result_next"] == {"p0": 50}
 
 
-async def test_user_get_refused_in_batch_when_the_portal_says_so(start: Callable[..., Awaitable[Portal]]) -> None:
-    portal = await start(users=3, user_get_in_batch=False)
+async def test_a_method_is_refused_in_batch_when_the_portal_says_so(start: Callable[..., Awaitable[Portal]]) -> None:
+    portal = await start(users=3, refused_in_batch=frozenset({"user.get"}))
     answer = await portal.result("batch", {"cmd": {"u": "user.get"}})
     assert answer["result_error"]["u"]["error"] == "ACCESS_DENIED"
     assert len(await portal.result("user.get")) == 6  # three active, three dismissed

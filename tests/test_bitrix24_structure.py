@@ -28,10 +28,15 @@ Answer = tuple[int, Any, dict[str, Any]]  # status, result or error body, extra 
 
 class RecordedPortal:
     """Answers per method with recorded-style bodies; `batch` runs its commands through the same handlers
-    and writes empty sections as `[]`, as PHP does. Records every method called, directly or in a batch."""
+    and writes empty sections as `[]`, as PHP does. Records every method called, directly or in a batch.
+    `refused_in_batch`: methods a portal or proxy allows only directly: their commands inside a batch answer
+    ACCESS_DENIED, or with `whole_batch` the batch itself is refused (ERROR_BATCH_METHOD_NOT_ALLOWED)."""
 
-    def __init__(self, handlers: dict[str, Callable[[dict[str, Any]], Answer]]) -> None:
+    def __init__(self, handlers: dict[str, Callable[[dict[str, Any]], Answer]],
+                 refused_in_batch: frozenset[str] = frozenset(), *, whole_batch: bool = False) -> None:
         self.handlers = handlers
+        self.refused_in_batch = refused_in_batch
+        self.whole_batch = whole_batch
         self.requests: list[tuple[str, dict[str, Any]]] = []  # direct calls: method, JSON body
         self.commands: Counter[str] = Counter()
 
@@ -41,6 +46,9 @@ class RecordedPortal:
         body = request.json()
         self.requests.append((method, body))
         if method == "batch":
+            if self.whole_batch and any(c.partition("?")[0] in self.refused_in_batch for c in body["cmd"].values()):
+                return web.json_response({"error": "ERROR_BATCH_METHOD_NOT_ALLOWED",
+                                          "error_description": "Method is not allowed for batch usage"}, status=400)
             return web.json_response({"result": self._batch(body["cmd"]), "time": {"start": 1}})
         status, result, extra = self._run(method, body)
         if status != 200:
@@ -56,6 +64,9 @@ class RecordedPortal:
                                                                 "result_next", "result_time")}
         for key, text in cmd.items():
             method, _, query = text.partition("?")
+            if method in self.refused_in_batch:
+                sections["result_error"][key] = {"error": "ACCESS_DENIED", "error_description": "not in batch"}
+                continue
             status, result, extra = self._run(method, dict(parse_qsl(query)))
             if status != 200:
                 sections["result_error"][key] = result
@@ -139,6 +150,19 @@ async def test_departments_with_missing_or_empty_parent_and_head_keys_over_three
     # page 1 directly, pages 2 and 3 in one batch (whose result_total/result_next may be [] or objects)
     assert [m for m, _ in portal.requests if m in ("department.get", "batch")][:2] == ["department.get", "batch"]
     assert portal.commands["department.get"] == 3
+
+
+@pytest.mark.parametrize("whole_batch", [False, True], ids=["command_refused", "batch_refused"])
+async def test_department_pages_a_portal_refuses_inside_batch_are_read_directly(whole_batch: bool) -> None:
+    tree = [{"ID": str(i), "NAME": f"D{i}", "SORT": 500, **({"PARENT": "1"} if i > 1 else {})} for i in range(1, 121)]
+    portal = RecordedPortal({"department.get": department_pages(tree), "tasks.task.counters.get": counters,
+                             "user.get": users([])}, refused_in_batch=frozenset({"department.get"}),
+                            whole_batch=whole_batch)
+    data = await collect(portal)
+    assert len(data.org.departments) == 120
+    # page 1 directly, pages 2 and 3 refused in the batch and then asked for directly
+    assert [m for m, _ in portal.requests if m in ("department.get", "batch")] == [
+        "department.get", "batch", "department.get", "department.get"]
 
 
 async def test_department_pages_are_followed_by_next_when_total_is_missing():

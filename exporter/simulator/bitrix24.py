@@ -125,9 +125,9 @@ class _Portal:
             raise MethodError(404, "ERROR_METHOD_NOT_FOUND", "Method not found!")
         if sim.scopes.isdisjoint(scopes):
             raise MethodError(sim.status_for_scope_error, "insufficient_scope", SCOPE_DENIED)
+        if in_batch and method in sim.refused_in_batch:
+            raise MethodError(403, "ACCESS_DENIED", "Method is not allowed in batch")
         if method == "user.get":
-            if in_batch and not sim.user_get_in_batch:
-                raise MethodError(403, "ACCESS_DENIED", "Method is not allowed in batch")
             return user_get(sim.users, params, sim.scopes, module_admin=sim.sonet_admin,
                             group_mates=state.group_mates)
         if method == "tasks.task.counters.get":

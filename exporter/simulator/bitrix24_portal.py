@@ -64,7 +64,7 @@ class PortalSimulator:
     operating_limit: float = 480.0
     fault: str | None = None  # one of FAULTS, switched on and off by tests
     fault_retry_after: float = 30.0
-    user_get_in_batch: bool = True  # False: a portal or proxy that refuses user.get inside batch
+    refused_in_batch: frozenset[str] = frozenset()  # methods a portal or proxy refuses inside batch
     command_errors: dict[int, str] = field(default_factory=dict)  # user_id -> error code for its commands
     overrides: dict[tuple[int, int, str], dict[str, Any]] = field(default_factory=dict)
     # what happened, for tests and benchmarks
