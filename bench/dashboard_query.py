@@ -42,6 +42,7 @@ from typing import Any
 import httpx
 import yaml
 from procs import BenchError, child, next_message, run_child
+from prometheus_log import prometheus_port
 from report import machine, number, table
 from scrape import percentile
 
@@ -130,10 +131,6 @@ async def _exporter(conn: Connection, endpoints: dict[str, Any]) -> None:
 # --- Prometheus -----------------------------------------------------------------------------------
 
 
-# Prometheus' log line once it listens (go-kit's logfmt before 3.0, slog's text format since)
-LISTENING = re.compile(r'msg="Listening on".*?\baddress=\S+:(\d+)')
-
-
 class Prometheus:
     """Debian's prometheus binary on a free loopback port, configured as prometheus/prometheus.yml (the shipped
     scrape job and alert rules) but scraping `target` every `scrape_interval` seconds."""
@@ -165,13 +162,13 @@ class Prometheus:
     def _port(self, timeout: float) -> int:
         """The port of Prometheus' `msg="Listening on" address=127.0.0.1:PORT` log line."""
         deadline = time.monotonic() + timeout
-        while (found := LISTENING.search(self.log.read_text(encoding="utf-8", errors="replace"))) is None:
+        while (port := prometheus_port(self.log.read_text(encoding="utf-8", errors="replace"))) is None:
             if self.process.poll() is not None:
                 raise BenchError(f"prometheus exited: {self.log.read_text()[-2000:]}")
             if time.monotonic() > deadline:
                 raise BenchError(f"prometheus did not say where it listens within {timeout:g} s")
             time.sleep(0.1)
-        return int(found[1])
+        return port
 
     def value(self, expr: str) -> float | None:
         """The single value of an instant query, None when it returns nothing (or Prometheus is not up yet)."""

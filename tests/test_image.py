@@ -29,7 +29,7 @@ import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import httpx
 import pytest
@@ -56,6 +56,7 @@ SIZE_BUDGET_MB = 180
 COMPILERS = re.compile(r"(?:\w+-linux-gnu-)?(?:gcc|g\+\+|cc|c\+\+|clang|cpp|ld|as|make)(?:-[\d.]+)?")
 BIN_DIRS = ("bin", "sbin", "usr/bin", "usr/sbin", "usr/local/bin", "usr/local/sbin", "opt/tasks-exporter/bin")
 SITE_PACKAGES = "opt/tasks-exporter/lib/python3.11/site-packages/"
+T = TypeVar("T")
 
 
 def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
@@ -304,30 +305,50 @@ def image(engine: Engine, base_image: str) -> BuiltImage:
     return BuiltImage(IMAGE, time.monotonic() - started)
 
 
+@dataclass(frozen=True, slots=True)
+class Exited:
+    """A start on a chosen port that ended before it was up: what the failure says, and the log it left."""
+
+    summary: str
+    log: str
+
+
 @contextlib.contextmanager
-def demo_container(engine: Engine, image: BuiltImage, *run_options: str,
-                   attempts: int = 3) -> Iterator[tuple[str, int]]:
-    """`docker run IMAGE --demo` on a free port of the host's network (127.0.0.1), once it listens: the
-    container's name and the port; removed afterwards. The port is told up front (the healthcheck reads it from
-    the flags) and is free when chosen, not when bound (the container's own simulators and parallel runs take
-    ports meanwhile): a container that says `cannot_listen` is started again on another port; any other exit
-    before `listening` fails with its log."""
+def on_a_free_port(start: Callable[[int], contextlib.AbstractContextManager[T | Exited]],
+                   attempts: int = 3) -> Iterator[T]:
+    """What `start(port)` yields once up on a free port, which `start` stops afterwards. The port is told up
+    front (the healthcheck reads it from the flags) and is free when chosen, not when bound (the exporter's own
+    simulators and parallel runs take ports meanwhile): an exit that says `cannot_listen` is started again on
+    another port; any other exit before it is up fails with its log."""
     for _ in range(attempts):
-        port = free_port()
-        name = f"tasks-exporter-test-{port}"
-        engine.docker("run", "--detach", "--name", name, "--network", "host", *run_options, image.name,
-                      "--demo", "--web.listen-address", f"127.0.0.1:{port}")
-        try:
-            listened, said = wait_until(functools.partial(_listened_or_exited, engine, name), 60,
-                                        f"{name}: `listening` in its log")
-            if listened:
-                yield name, port
+        with start(free_port()) as started:
+            if not isinstance(started, Exited):
+                yield started
                 return
-        finally:
-            engine.docker("rm", "--force", name, check=False)
-        if "cannot_listen" not in said:
-            raise AssertionError(f"{name} exited before it listened:\n{said[-2000:]}")
+            if "cannot_listen" not in started.log:
+                raise AssertionError(f"{started.summary}:\n{started.log[-2000:]}")
     raise AssertionError(f"no free port in {attempts} attempts")
+
+
+def demo_container(engine: Engine, image: BuiltImage,
+                   *run_options: str) -> contextlib.AbstractContextManager[tuple[str, int]]:
+    """`docker run IMAGE --demo` on a free port of the host's network (127.0.0.1), once it listens: the
+    container's name and the port; removed afterwards."""
+    return on_a_free_port(functools.partial(_demo_container_on, engine, image, run_options))
+
+
+@contextlib.contextmanager
+def _demo_container_on(engine: Engine, image: BuiltImage, run_options: tuple[str, ...],
+                       port: int) -> Iterator[tuple[str, int] | Exited]:
+    name = f"tasks-exporter-test-{port}"
+    engine.docker("run", "--detach", "--name", name, "--network", "host", *run_options, image.name,
+                  "--demo", "--web.listen-address", f"127.0.0.1:{port}")
+    try:
+        listened, said = wait_until(functools.partial(_listened_or_exited, engine, name), 60,
+                                    f"{name}: `listening` in its log")
+        yield (name, port) if listened else Exited(f"{name} exited before it listened", said)
+    finally:
+        engine.docker("rm", "--force", name, check=False)
 
 
 def _listened_or_exited(engine: Engine, name: str) -> tuple[bool, str] | None:
@@ -491,32 +512,31 @@ def _exited_or_healthy(process: subprocess.Popen[bytes], url: str) -> bool:
     return process.poll() is not None or check(url, timeout=2) is None
 
 
-def _healthy_demo(tmp_path: Path, attempts: int = 3) -> str:
-    """Start `--demo` on a free port until it is healthy; the healthz URL. The port is free when chosen, not
-    when the exporter binds it (its own simulators and parallel test runs take ports meanwhile): an exporter
-    that says `cannot_listen` is started again on another port; any other exit fails with its log."""
-    for attempt in range(attempts):
-        port = free_port()
-        log = tmp_path / f"exporter-{attempt}.log"
-        with log.open("wb") as out:
-            exporter = subprocess.Popen([sys.executable, "-m", "exporter", "--demo", "--web.listen-address",
-                                         f"127.0.0.1:{port}"], stdout=out, stderr=subprocess.STDOUT)
-        url = healthz_url(["tasks-exporter", "--web.listen-address", f"127.0.0.1:{port}"])
-        try:
-            wait_until(functools.partial(_exited_or_healthy, exporter, url), 30, f"{url} healthy")
-            if exporter.poll() is None:
-                return url
-        finally:
-            exporter.terminate()
-            exporter.wait(timeout=30)
-        said = log.read_text(encoding="utf-8", errors="replace")
-        if "cannot_listen" not in said:
-            raise AssertionError(f"the exporter exited ({exporter.returncode}) before it was healthy:\n{said[-2000:]}")
-    raise AssertionError(f"no free port in {attempts} attempts")
+def healthy_demo(tmp_path: Path) -> contextlib.AbstractContextManager[str]:
+    """`python -m exporter --demo` on a free port, once healthy: its healthz URL; stopped afterwards."""
+    return on_a_free_port(functools.partial(_demo_process_on, tmp_path))
+
+
+@contextlib.contextmanager
+def _demo_process_on(tmp_path: Path, port: int) -> Iterator[str | Exited]:
+    log = tmp_path / f"exporter-{port}.log"
+    with log.open("wb") as out:
+        exporter = subprocess.Popen([sys.executable, "-m", "exporter", "--demo", "--web.listen-address",
+                                     f"127.0.0.1:{port}"], stdout=out, stderr=subprocess.STDOUT)
+    url = healthz_url(["tasks-exporter", "--web.listen-address", f"127.0.0.1:{port}"])
+    try:
+        wait_until(functools.partial(_exited_or_healthy, exporter, url), 30, f"{url} healthy")
+        yield url if exporter.poll() is None else Exited(
+            f"the exporter exited ({exporter.returncode}) before it was healthy",
+            log.read_text(encoding="utf-8", errors="replace"))
+    finally:
+        exporter.terminate()
+        exporter.wait(timeout=30)
 
 
 def test_healthcheck_passes_on_a_serving_exporter_and_names_the_url_when_nothing_listens(tmp_path: Path) -> None:
-    url = _healthy_demo(tmp_path)  # healthy while it served; stopped now
-    problem = check(url, timeout=2)
+    with healthy_demo(tmp_path) as url:
+        assert check(url, timeout=2) is None
+    problem = check(url, timeout=2)  # stopped now
     assert problem is not None
     assert problem.startswith(f"GET {url}: ")

@@ -17,6 +17,7 @@ import httpx
 import pytest
 import yaml
 
+from bench.prometheus_log import prometheus_port
 from exporter.app import running
 from exporter.demo import demo_config
 from tests.conftest import (
@@ -33,16 +34,6 @@ RULE_FILES = [ROOT / "prometheus" / "rules.yml", ROOT / "prometheus" / "alerts.y
 pytestmark = pytest.mark.integration
 ORGANISATION_PANELS = {"Departments by overdue tasks", "People of the department", "Workgroups by overdue tasks",
                        "People across Bitrix24 and Pachca", "Pachca teams", "People matched"}
-
-
-# Prometheus says where it listens, the port it bound included, once it does (exporter-toolkit's line, logfmt
-# before 3.0, slog's text format since): `... msg="Listening on" address=127.0.0.1:39415`
-PROMETHEUS_LISTENING = re.compile(r'msg="Listening on".*?\baddress=\S+:(\d+)')
-
-
-def prometheus_port(line: str) -> int | None:
-    found = PROMETHEUS_LISTENING.search(line)
-    return int(found[1]) if found else None
 
 
 @pytest.fixture
