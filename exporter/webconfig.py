@@ -1,19 +1,17 @@
 """`--web.config.file` in the Prometheus exporter-toolkit format: TLS, bcrypt basic auth, response headers and
 a request rate limit. Every key of the format is declared below; one Python's ssl module cannot honour is
-refused with a line that names it. exporter/webwatch.py keeps the file in force as it changes.
+refused with a line that names it. exporter/tls.py turns tls_server_config into an SSL context; exporter/webwatch.py
+keeps the file in force as it changes.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import hmac
-import os
 import ssl
-import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -36,34 +34,20 @@ from exporter.schema import (
     section,
 )
 from exporter.schema import key as declare  # `key` is a key of tls_server_config
+from exporter.tls import (
+    CIPHERS,
+    CLIENT_AUTH,
+    CURVES,
+    TLS13_CIPHERS,
+    TLS_VERSIONS,
+    UNVERIFIED_CLIENT_AUTH,
+    server_context,
+)
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 D = TypeVar("D", bound="DataclassInstance")
-_TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
-                 "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
-_CLIENT_AUTH = {"NoClientCert": ssl.CERT_NONE, "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
-                "RequireAndVerifyClientCert": ssl.CERT_REQUIRED}
-# exporter-toolkit's values that ask for a client certificate without verifying it: Python's ssl module
-# verifies every certificate it asks for, so these cannot be honoured (RequireClientCert: an old alias)
-_UNVERIFIED_CLIENT_AUTH = ("RequestClientCert", "RequireAnyClientCert", "RequireClientCert")
-# Go's crypto/tls.CipherSuites() (the ones exporter-toolkit accepts) -> OpenSSL's names. TLS 1.3 suites are
-# not configurable, in Go as in OpenSSL's cipher list: they are accepted and change nothing.
-_CIPHERS = {
-    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": "ECDHE-ECDSA-AES128-SHA",
-    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": "ECDHE-ECDSA-AES256-SHA",
-    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": "ECDHE-RSA-AES128-SHA",
-    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": "ECDHE-RSA-AES256-SHA",
-    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
-    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
-    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
-    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
-    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
-    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
-}
-_TLS13_CIPHERS = ("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256")
-_CURVES = {"CurveP256": "prime256v1", "CurveP384": "secp384r1", "CurveP521": "secp521r1", "X25519": "X25519"}
 # exporter-toolkit's extraHTTPHeaders: the only headers a web config may add, some only with these values
 HEADERS: Mapping[str, tuple[str, ...]] = {
     "Strict-Transport-Security": (), "X-Content-Type-Options": ("nosniff",),
@@ -108,17 +92,17 @@ def _names(choices: Mapping[str, object] | tuple[str, ...], noun: str) -> Kind[t
 
 
 def _client_auth(_reader: Reader, _path: str, raw: Any) -> str:
-    if raw in _UNVERIFIED_CLIENT_AUTH:
+    if raw in UNVERIFIED_CLIENT_AUTH:
         raise Invalid(f"{raw} is not supported: Python's ssl module verifies every client certificate it asks "
                       "for; use VerifyClientCertIfGiven or RequireAndVerifyClientCert with client_ca_file")
-    if raw not in _CLIENT_AUTH:
-        raise Invalid(f"unknown value {raw!r} (expected one of: {', '.join(_CLIENT_AUTH)})")
+    if raw not in CLIENT_AUTH:
+        raise Invalid(f"unknown value {raw!r} (expected one of: {', '.join(CLIENT_AUTH)})")
     return str(raw)
 
 
 def _version(_reader: Reader, _path: str, raw: Any) -> str:
-    if raw not in _TLS_VERSIONS:
-        raise Invalid(f"unknown value {raw!r} (expected one of: {', '.join(_TLS_VERSIONS)})")
+    if raw not in TLS_VERSIONS:
+        raise Invalid(f"unknown value {raw!r} (expected one of: {', '.join(TLS_VERSIONS)})")
     return str(raw)
 
 
@@ -215,13 +199,13 @@ class TlsServerConfig:
     max_version: str = field(default="TLS13", metadata=declare(
         Kind(_version, "`TLS10`, `TLS11`, `TLS12` or `TLS13`"), "Newest TLS version accepted."))
     cipher_suites: tuple[str, ...] = field(default=(), metadata=declare(
-        _names((*_CIPHERS, *_TLS13_CIPHERS), "Go cipher suite name"),
+        _names((*CIPHERS, *TLS13_CIPHERS), "Go cipher suite name"),
         "Cipher suites for TLS 1.2 and older, by Go's names (as in exporter-toolkit); empty: OpenSSL's "
         "defaults. TLS 1.3 suites are not configurable."))
     prefer_server_cipher_suites: bool = field(default=True, metadata=declare(
         BOOLEAN, "Pick the cipher suite by the server's order (`cipher_suites`) rather than the client's."))
     curve_preferences: tuple[str, ...] = field(default=(), metadata=declare(
-        _names(tuple(_CURVES), "curve"), "The one elliptic curve for key exchange; empty: OpenSSL's "
+        _names(tuple(CURVES), "curve"), "The one elliptic curve for key exchange; empty: OpenSSL's "
         "defaults. Python's ssl module sets a single curve, so a list of more is refused."))
 
 
@@ -284,7 +268,7 @@ class WebConfig:
     def ssl_context(self) -> ssl.SSLContext | None:
         """A fresh server context; raises ConfigError naming the key whose file or value OpenSSL refused."""
         tls = self.tls_server_config
-        return None if tls is None else _ssl_context(tls)
+        return None if tls is None else server_context(tls)
 
     def check(self, header: str | None) -> bool:
         """Basic auth check; a verified credential is remembered (as a digest) so bcrypt runs once."""
@@ -322,7 +306,7 @@ def _tls_problems(tls: TlsServerConfig) -> list[tuple[str, str]]:
     if tls.client_allowed_sans and tls.client_auth_type == "NoClientCert":
         found.append(("client_allowed_sans", "needs client_auth_type RequireAndVerifyClientCert "
                                              "(or VerifyClientCertIfGiven)"))
-    if _TLS_VERSIONS[tls.max_version] < _TLS_VERSIONS[tls.min_version]:
+    if TLS_VERSIONS[tls.max_version] < TLS_VERSIONS[tls.min_version]:
         found.append(("max_version", f"{tls.max_version} is older than min_version {tls.min_version}"))
     if len(tls.curve_preferences) > 1:
         found.append(("curve_preferences", f"lists {len(tls.curve_preferences)} curves; Python's ssl module sets "
@@ -334,59 +318,6 @@ def _rate_limit_problems(limit: RequestRateLimit) -> list[tuple[str, str]]:
     if limit.interval > 0 and limit.burst < 1:
         return [("burst", "must be at least 1 when interval is set (0 would refuse every request)")]
     return []
-
-
-def _ssl_context(tls: TlsServerConfig) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = _TLS_VERSIONS[tls.min_version]
-    ctx.maximum_version = _TLS_VERSIONS[tls.max_version]
-    with (_refused("cert_file" if tls.cert_file else "cert", "cannot load certificate or key"),
-          _pem_path(tls.cert_file, tls.cert) as cert, _pem_path(tls.key_file, tls.key) as private):
-        ctx.load_cert_chain(cert, private)
-    ctx.verify_mode = _CLIENT_AUTH[tls.client_auth_type]
-    if ctx.verify_mode != ssl.CERT_NONE:
-        with _refused("client_ca_file" if tls.client_ca_file else "client_ca", "cannot load CA certificates"):
-            if tls.client_ca_file:
-                ctx.load_verify_locations(cafile=tls.client_ca_file)
-            elif tls.client_ca:
-                ctx.load_verify_locations(cadata=tls.client_ca.reveal())
-            else:
-                ctx.load_default_certs(ssl.Purpose.CLIENT_AUTH)
-    suites = [_CIPHERS[name] for name in tls.cipher_suites if name in _CIPHERS]
-    if suites:
-        with _refused("cipher_suites", "OpenSSL refused them"):
-            ctx.set_ciphers(":".join(suites))
-    if tls.prefer_server_cipher_suites:
-        ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
-    else:
-        ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
-    if tls.curve_preferences:
-        with _refused("curve_preferences", "OpenSSL refused it"):
-            ctx.set_ecdh_curve(_CURVES[tls.curve_preferences[0]])
-    return ctx
-
-
-@contextlib.contextmanager
-def _refused(name: str, what: str) -> Iterator[None]:
-    try:
-        yield
-    except (OSError, ssl.SSLError, ValueError) as exc:
-        raise ConfigError([f"tls_server_config.{name}: {what} ({exc})"]) from None
-
-
-@contextlib.contextmanager
-def _pem_path(path: str | None, inline: Secret | None) -> Iterator[str]:
-    """A path OpenSSL can read: the file named, or inline PEM in a file only this process can read, removed
-    once loaded (load_cert_chain takes paths only)."""
-    if path is not None or inline is None:
-        yield path or ""
-        return
-    with tempfile.TemporaryDirectory(prefix="tasks-exporter-") as folder:
-        written = Path(folder) / "pem"
-        fd = os.open(written, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(inline.reveal())
-        yield str(written)
 
 
 def load_web_config(path: str) -> WebConfig:
