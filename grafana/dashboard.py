@@ -140,14 +140,17 @@ def single(title: str, description: str, unit: str, *, w: int, h: int) -> stat.P
             .color_mode(common_m.BigValueColorMode.VALUE).graph_mode(common_m.BigValueGraphMode.NONE))
 
 
-def joined_table(title: str, description: str, key: str, headers: Mapping[str, str], *, w: int,
-                 h: int) -> table.Panel:
-    """One row per `key` label, one column per query (refId -> header), from instant table queries."""
+def joined_table(title: str, description: str, keys: tuple[str, ...], headers: Mapping[str, str], *, w: int,
+                 h: int, hidden: tuple[str, ...] = ()) -> table.Panel:
+    """One row per value of the `keys` labels (the first columns, in order), one column per query (refId ->
+    header), from instant table queries. `merge` joins the queries on the labels they share, so a join key
+    nobody needs to read stays in the queries and `organize` hides it afterwards (`hidden`)."""
+    visible = [*keys, *(f"Value #{ref}" for ref in headers)]
     transformations = [
         dash_m.DataTransformerConfig(id_val="merge", options={}),
         dash_m.DataTransformerConfig(id_val="organize", options={
-            "excludeByName": {"Time": True},
-            "indexByName": {key: 0, **{f"Value #{ref}": i for i, ref in enumerate(headers, start=1)}},
+            "excludeByName": dict.fromkeys(["Time", *hidden], True),
+            "indexByName": {field: i for i, field in enumerate(visible)},
             "renameByName": {f"Value #{ref}": header for ref, header in headers.items()}}),
     ]
     return (table.Panel().title(title).description(description).datasource(DATASOURCE).unit("short")
@@ -271,12 +274,17 @@ def organisation_panels() -> list[Builder[Any]]:
 PERSON_COLUMNS = {"A": "expired", "B": "new_comments"}
 PERSON_COLUMNS_NOTE = ("An older portal's other counters (wo_deadline, expired_soon, not_viewed, wait_ctrl) "
                        "are in Counters over time.")
+# portal stays visible: the portal variable can select several portals, and user ids and names repeat across them.
+PERSON_ROWS_NOTE = ("Each row shows the user's name and portal (several portals can be selected); the user_id the "
+                    "columns are merged on is hidden.")
 
 
 def person_counters(title: str, description: str, selector: Callable[[str], str], names: str, *,
                     w: int) -> table.Panel:
-    """One row per Bitrix24 user (portal, user_id, name), a column per counter of PERSON_COLUMNS."""
-    panel = (joined_table(title, description, "name", PERSON_COLUMNS, w=w, h=9)
+    """One row per Bitrix24 user (merged on portal and user_id, shown by name and portal), a column per counter
+    of PERSON_COLUMNS."""
+    panel = (joined_table(title, f"{description} {PERSON_ROWS_NOTE}", ("name", "portal"), PERSON_COLUMNS,
+                          hidden=("user_id",), w=w, h=9)
              .thresholds(steps((None, "text"), (1, "yellow"), (10, "red")))
              .cell_options(common_m.TableColorTextCellOptions())
              .sort_by([common_b.TableSortByFieldState().display_name("expired").desc(True)]))
@@ -297,7 +305,7 @@ def people_panels() -> list[Builder[Any]]:
                             "section (tasks_exporter_person_info): their Bitrix24 expired tasks and unread "
                             "comments (all groups, the chosen role) next to their overdue Pachca reminders. A "
                             "person without overdue reminders reads 0; a blank cell is a user the exporter "
-                            "does not read.", "person",
+                            "does not read.", ("person",),
                             {"A": "Bitrix24 overdue", "B": "Bitrix24 unread comments", "C": "Pachca overdue"},
                             w=10, h=9)
                .thresholds(steps((None, "text"), (1, "yellow"), (10, "red")))
@@ -314,7 +322,7 @@ def people_panels() -> list[Builder[Any]]:
                           "people carry it, their overdue Pachca reminders, and the Bitrix24 expired tasks "
                           "(role responsible: a task counts once however many of the team take part) of those "
                           "of them the `people` section matched (blank: nobody matched). The Bitrix24 column "
-                          "reads team:bitrix24_tasks:sum, which prometheus/rules.yml records.", "tag",
+                          "reads team:bitrix24_tasks:sum, which prometheus/rules.yml records.", ("tag",),
                           {"A": "People", "B": "Pachca overdue", "C": "Bitrix24 overdue"}, w=9, h=9)
              .sort_by([common_b.TableSortByFieldState().display_name("Pachca overdue").desc(True)])
              .with_target(query(f"count by (tag) ({TEAM_TAGS})", instant=True, as_table=True))

@@ -64,6 +64,29 @@ def test_every_panel_has_a_description_a_unit_and_queries(board: dict[str, Any])
             assert target["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, title
 
 
+def test_tables_merge_their_queries_before_organizing_the_columns(board: dict[str, Any]) -> None:
+    merged = [p for p in _panels(board) if p["type"] == "table"
+              and any(t["id"] == "merge" for t in p.get("transformations", []))]
+    assert {p["title"] for p in merged} >= {"People of the department", "Task counters per user",
+                                            "People across Bitrix24 and Pachca"}
+    for panel in merged:
+        # organize before merge would hide a join key before the rows are joined on it
+        assert [t["id"] for t in panel["transformations"]] == ["merge", "organize"], panel["title"]
+
+
+@pytest.mark.parametrize("title", ["People of the department", "Task counters per user"])
+def test_per_user_tables_join_on_user_id_and_hide_it(board: dict[str, Any], title: str) -> None:
+    (panel,) = [p for p in _panels(board) if p["title"] == title]
+    for target in panel["targets"]:  # every column's query keeps the keys the rows are merged on
+        assert target["expr"].startswith("sum by (portal, user_id) ("), f"{title}/{target['refId']}"
+    organize = panel["transformations"][-1]["options"]
+    assert organize["excludeByName"] == {"Time": True, "user_id": True}
+    # name first, then portal: the portal variable can select several portals
+    columns = sorted(organize["indexByName"], key=organize["indexByName"].__getitem__)
+    assert columns == ["name", "portal", *(f"Value #{t['refId']}" for t in panel["targets"])]
+    assert "user_id" in panel["description"]
+
+
 def test_panel_ids_are_unique(board: dict[str, Any]) -> None:
     ids = [p["id"] for p in board["panels"]]
     assert len(ids) == len(set(ids))
