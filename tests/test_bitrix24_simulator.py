@@ -8,6 +8,7 @@ sonet_group.user.get, counters in a group).
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -677,10 +678,10 @@ async def test_latency_delays_the_answer(start: Callable[..., Awaitable[Portal]]
     assert portal.sim.max_in_flight == 1
 
 
-async def test_an_answer_is_made_on_arrival_and_sent_when_the_latency_is_up(
+async def test_an_answer_is_made_within_the_latency_and_sent_when_the_latency_is_up(
         start: Callable[..., Awaitable[Portal]]) -> None:
-    # what a portal answers is its state when the request arrived; the latency is the round trip, so the
-    # time spent making answers overlaps it (concurrent batches are answered on many servers at once)
+    # what a portal answers is its state while it made the answer, within the round trip, so the time spent
+    # making answers overlaps it (concurrent batches are answered on many servers at once)
     portal = await start(users=5, latency=1.0)
     sim, user_id = portal.sim, 1
     sim.overrides[(user_id, 0, "view_all")] = {"expired": 1, "new_comments": 0}
@@ -729,6 +730,55 @@ async def test_requests_that_arrive_together_are_each_answered_their_latency_aft
     # made one after another (4 x 0.2 s) but sent 1.0 s after arriving: the last one waited 0.6 s longer
     # when its latency counted from when the answers before it were made
     assert max(times) < 1.0 + making * 1.5, times
+
+
+def _two_posts_apart(url: httpx.URL, apart: float) -> list[tuple[float, float, bytes]]:
+    """Two counters requests over sockets of their own, the second written `apart` seconds after the first,
+    blocking (a thread's, so the writes do not wait for the server's event loop): for each, when it was
+    written, when its answer had come, and the answer."""
+    sockets: list[tuple[socket.socket, float]] = []
+    try:
+        for user_id in (1, 2):
+            if sockets:
+                time.sleep(apart)
+            body = f'{{"userId": {user_id}, "groupId": 0, "type": "view_all"}}'.encode()
+            sock = socket.create_connection((url.host, url.port or 80))
+            sock.sendall(f"POST {url.raw_path.decode()} HTTP/1.1\r\nHost: {url.host}\r\nConnection: close\r\n"
+                         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+            sockets.append((sock, time.monotonic()))
+        answers = []
+        for sock, written in sockets:
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+            answers.append((written, time.monotonic(), b"".join(chunks)))
+        return answers
+    finally:
+        for sock, _ in sockets:
+            sock.close()
+
+
+async def test_a_request_that_arrives_while_an_answer_is_made_is_answered_its_latency_after_arriving(
+        start: Callable[..., Awaitable[Portal]], monkeypatch: pytest.MonkeyPatch) -> None:
+    # a portal reads requests while it makes answers: this one process must not take a request to have
+    # arrived only once it has made the answer it was busy with when the request came in
+    portal = await start(users=5, latency=1.0)
+    making = 0.3  # seconds each answer takes to make, the event loop blocked meanwhile
+    counters = portal.sim.counters
+
+    def slow_counters(user_id: int, group_id: int, kind: str) -> dict[str, int]:
+        time.sleep(making)
+        return counters(user_id, group_id, kind)
+
+    monkeypatch.setattr(portal.sim, "counters", slow_counters)
+    url = httpx.URL(portal.webhook + "tasks.task.counters.get")
+    took = []
+    for written, answered, answer in await asyncio.to_thread(_two_posts_apart, url, 0.05):
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        took.append(answered - written)
+    # each answered its latency after it was written; the second took 1.0 s plus what was left of making the
+    # first (~0.25 s) when its arrival was when the loop was next free to read it
+    assert all(1.0 <= t < 1.0 + making / 2 for t in took), took
 
 
 # --- the generated portal -------------------------------------------------------------------------------
