@@ -250,12 +250,13 @@ async def test_cursor_that_never_ends_stops_at_max_pages(sim: PachcaSimulator, p
     assert named(logs, "pachca_page_cap_reached")[0]["max_pages"] == 7
 
 
-async def test_empty_page_ends_the_walk_even_if_has_next_says_more(answered: Answered) -> None:
+async def test_empty_page_mid_stream_does_not_end_the_walk_while_has_next_says_more(answered: Answered) -> None:
+    # the end is has_next: false, not an empty page (docs/api-notes.md#pachca-has-next)
     answers = iter([page([reminder(1)], next_page="a", has_next=True),
-                    page([], next_page="b", has_next=True), page([reminder(2)], next_page="c")])
+                    page([], next_page="b", has_next=True), page([reminder(2)], next_page="c", has_next=False)])
     source = await answered(lambda _: next(answers), performer_names=False)
     cycle = await source.collect()
-    assert (cycle.data.total, cycle.data.pages, cycle.calls) == (1, 2, 2)
+    assert (cycle.data.total, cycle.data.pages, cycle.calls) == (2, 3, 3)
 
 
 async def test_null_cursor_of_the_older_api_ends_the_walk(answered: Answered) -> None:

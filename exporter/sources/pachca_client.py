@@ -76,8 +76,10 @@ class PachcaClient:
     async def walk(self, path: str, *, limit: int, max_pages: int) -> AsyncGenerator[list[Any], None]:
         """Yield the `data` of every page of a list method, following `next_page`.
 
-        Ends on `has_next: false`, an empty page, a missing cursor or a cursor already followed; a walk
-        that reaches `max_pages` stops there with a warning instead of looping forever.
+        Ends on `has_next: false`, a missing cursor or a cursor already followed, and on an empty page only
+        where `has_next` is missing (the API before 2026-05-06 ended so; since, pages may be short or empty
+        before the end: docs/api-notes.md#pachca-has-next); a walk that reaches `max_pages` stops there with
+        a warning instead of looping forever.
         """
         cursor: str | None = None
         followed: set[str] = set()
@@ -85,7 +87,7 @@ class PachcaClient:
             params = {"limit": str(limit)} if cursor is None else {"limit": str(limit), "cursor": cursor}
             page = parse_page(await self.get(path, params))
             yield page.data
-            if not page.data or page.has_next is False or page.next_page is None:
+            if page.has_next is False or page.next_page is None or (not page.data and page.has_next is None):
                 return
             if page.next_page in followed:
                 log.warning("pachca_cursor_repeated", path=path, pages=number)
