@@ -209,6 +209,24 @@ async def test_bad_webhook_secret_fails_the_cycle_as_auth(portal_factory):
     assert "simsecret" not in str(failure)
 
 
+@pytest.mark.parametrize("scopes", [{"user"}, {"user", "department", "sonet_group"}])
+async def test_a_webhook_without_the_task_scope_fails_the_cycle_as_auth(portal_factory, scopes):
+    # inside a batch each command is checked for its scope on its own: the batch answers 200 with an
+    # insufficient_scope error per counters command, and a cycle of nothing but those is not a success
+    server = await portal_factory(users=3, scopes=set(scopes))
+    failure = await cycle_failure(server)
+    assert failure.reason == "auth"
+    assert "insufficient_scope" in str(failure)
+
+
+async def test_one_users_refused_commands_do_not_fail_the_cycle(portal_factory):
+    server = await portal_factory(users=3)
+    server.sim.command_errors[2] = "ACCESS_DENIED"  # refused for one user only: the others' counters stand
+    data = await source_collect(server)
+    assert {q.user_id for q in data.counters} == {1, 3}
+    assert data.failed_commands == 5
+
+
 async def test_html_answer_fails_the_cycle_cleanly(portal_factory):
     server = await portal_factory(users=2)
     server.sim.fault = "html"

@@ -26,6 +26,7 @@ from exporter.sources.bitrix24_client import (
     BatchResult,
     Bitrix24Client,
     OperationPause,
+    failure_reason,
 )
 from exporter.sources.bitrix24_listing import UserListing
 from exporter.sources.bitrix24_pages import read_batch
@@ -36,6 +37,7 @@ from exporter.sources.bitrix24_structure import (
     StructureReader,
     org_view,
     plan_queries,
+    unavailable,
 )
 from exporter.sources.concurrency import as_they_finish
 from exporter.sources.retries import RetryPolicy
@@ -196,6 +198,7 @@ class Bitrix24Source:
             if not todo:
                 break
             await self._wave(fold, todo, {})
+        _check_refused(fold, plan)
         read: dict[CounterQuery, CounterSet] = {}
         failed = 0
         for query in plan:
@@ -292,6 +295,20 @@ async def both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
         for task in (one, two):
             task.cancel()
         await asyncio.gather(one, two, return_exceptions=True)
+
+
+def _check_refused(fold: CounterFold, plan: Sequence[CounterQuery]) -> None:
+    """Raise when the portal refused every counters command of the plan for a reason no later cycle can get
+    past: a webhook without the `task` scope (checked command by command inside a batch, so the batch itself
+    succeeds) or a portal without the tasks module. A cycle that reports no counters at all is then a failure
+    (up = 0, the last good data kept; docs/api-notes.md#b24-webhook-scopes), not a success with nothing in it."""
+    if not plan or any(q in fold.read or q in fold.hidden for q in plan):
+        return
+    for query in plan:
+        code, description = fold.errors.get(query, ("", ""))
+        if unavailable(code) or failure_reason(code, 200) == "auth":
+            raise ApiError(code, f"every counters command was refused: {description}",
+                           reason=failure_reason(code, 200))
 
 
 def counters_command(query: CounterQuery) -> str:
