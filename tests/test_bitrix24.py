@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import httpx
 import pytest
 
 from exporter.config import Bitrix24Config, Secret
@@ -77,6 +78,25 @@ async def test_inactive_users_are_not_monitored(portal_factory):
     server = await portal_factory(users=5, inactive=2)
     data = await source_collect(server)
     assert {u.user_id for u in data.users} == {1, 2, 3, 4, 5}
+
+
+async def test_extranet_users_are_not_monitored(portal_factory):
+    # user.get shows the webhook an extranet user (no department) who shares a workgroup with its owner;
+    # the listing asks for employees only (docs/api-notes.md#b24-user-get-active)
+    from exporter.simulator.bitrix24 import SimUser
+
+    server = await portal_factory(users=5, inactive=0)
+    server.sim.users.append(SimUser(51, "Ext", "Mate", email="mate@partner.example"))
+    group = server.sim.workgroup(1)
+    assert group is not None
+    assert group.is_member(server.sim.user_id)
+    group.members[51] = "K"
+    async with httpx.AsyncClient() as client:  # the portal does show the user to this webhook
+        shown = (await client.post(server.webhook + "user.get", json={"FILTER": {"ACTIVE": True}})).json()
+    assert 51 in {int(r["ID"]) for r in shown["result"]}
+    data = await source_collect(server)
+    assert {u.user_id for u in data.users} == {1, 2, 3, 4, 5}
+    assert {q.user_id for q in data.counters} == {1, 2, 3, 4, 5}
 
 
 async def test_explicit_user_list_is_used_with_names(portal_factory):

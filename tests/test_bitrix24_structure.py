@@ -216,6 +216,18 @@ async def test_user_records_of_every_recorded_shape():
         (1, 2, True), (1, 3, True), (1, 1, False)}
 
 
+async def test_a_portal_that_ignores_the_user_type_filter_still_lists_employees_only():
+    records = [{"ID": "1", "ACTIVE": True, "NAME": "Anna", "USER_TYPE": "employee"},
+               {"ID": "2", "ACTIVE": True, "NAME": "Partner", "USER_TYPE": "extranet"},
+               {"ID": "3", "ACTIVE": True, "NAME": "Mail", "USER_TYPE": "email"},
+               {"ID": "4", "ACTIVE": True, "NAME": "Old"}]  # no USER_TYPE: no intranet module to say
+    portal = RecordedPortal({"tasks.task.counters.get": counters, "user.get": users(records)})
+    data = await collect(portal, departments=False, groups=(0,))
+    assert [u.user_id for u in data.users] == [1, 4]
+    first = next(body for method, body in portal.requests if method == "user.get")
+    assert first["FILTER"] == {"ACTIVE": True, "USER_TYPE": "employee"}
+
+
 async def test_a_portal_without_users_answers_an_empty_list_without_total():
     portal = RecordedPortal({"department.get": department_pages([{"ID": "1", "NAME": "C", "SORT": 500}]),
                              "tasks.task.counters.get": counters, "user.get": users([])})

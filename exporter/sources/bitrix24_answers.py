@@ -81,12 +81,13 @@ def read_records(records: Iterable[Any], *, names: bool, employees: bool,
                  known: Mapping[int, PortalUser] | None = None) -> list[Listed]:
     """user.get records as the snapshot keeps them, one entry per record, read the moment they arrive: with
     scope `user` a record has 18 fields (~7 KB decoded; ~34 MB at 5,000 users, were they held until the last
-    page is in). `employees`: a dismissed user reads as None, as in a listing. A user unchanged since the last
-    cycle is that cycle's object (`known`), so the snapshot being served and the next one share it."""
+    page is in). `employees`: a dismissed or non-employee (extranet) user reads as None, as in a listing, in
+    case a portal ignored the filter. A user unchanged since the last cycle is that cycle's object (`known`),
+    so the snapshot being served and the next one share it."""
     listed: list[Listed] = []
     for record in records:
         uid = _user_id(record)
-        if uid is None or (employees and _is_inactive(record)):
+        if uid is None or (employees and (_is_inactive(record) or _is_not_employee(record))):
             listed.append(None)
             continue
         user = portal_user(uid, record, names=names)
@@ -111,6 +112,12 @@ def _user_id(record: Any) -> int | None:
 
 def _is_inactive(record: Mapping[str, Any]) -> bool:
     return record.get("ACTIVE") in (False, "N", "false", 0, "0")
+
+
+def _is_not_employee(record: Mapping[str, Any]) -> bool:
+    """USER_TYPE says extranet (or email, bot...); a record without it (no intranet module) counts as one."""
+    kind = record.get("USER_TYPE")
+    return isinstance(kind, str) and kind.strip() != "" and kind.strip().lower() != "employee"
 
 
 @dataclass(slots=True)

@@ -17,7 +17,9 @@ from exporter.sources.bitrix24_client import BatchResult, Bitrix24Client, chunk,
 from exporter.sources.bitrix24_pages import PagedList, read_batch
 from exporter.sources.concurrency import all_or_none
 
-_ACTIVE: dict[str, Any] = {"FILTER": {"ACTIVE": True}}
+# active employees: no dismissed users, and no extranet users (partners, clients), whom user.get shows a
+# webhook only when they share a workgroup with its owner (docs/api-notes.md#b24-user-get-active)
+_ACTIVE: dict[str, Any] = {"FILTER": {"ACTIVE": True, "USER_TYPE": "employee"}}
 log = structlog.get_logger()
 
 
