@@ -12,7 +12,7 @@ import pytest
 from exporter.config import Bitrix24Config, Secret
 from exporter.errors import SourceFailure
 from exporter.simulator.bitrix24 import LEGACY_KEYS
-from exporter.snapshot import PortalSnapshot
+from exporter.snapshot import CounterQuery, PortalSnapshot
 from exporter.sources.bitrix24 import Bitrix24Source
 from exporter.sources.retries import RetryPolicy
 from tests.conftest import NO_PAUSE, NO_WAIT, AnswerServer, AnswerServers, eventually, replaying
@@ -105,6 +105,15 @@ async def test_explicit_user_list_is_used_with_names(portal_factory):
     assert [(u.user_id, u.name) for u in data.users] == [
         (uid, f"{u.name} {u.last_name}") for uid in (2, 5) for u in server.sim.users if u.user_id == uid]
     assert {r.user_id for r in data.readings} == {2, 5}
+
+
+async def test_mentioned_is_a_counter_and_an_unlifted_total_is_not(portal_factory):
+    # module sources from 2026 build `mentioned` for every role, and a per-role `total` the REST layer
+    # normally lifts out of the result (docs/api-notes.md#b24-counters-keys)
+    server = await portal_factory(users=1, inactive=0)
+    server.sim.overrides[(1, 0, "view_all")] = {"total": 9, "expired": 4, "new_comments": 5, "mentioned": 2}
+    data = await source_collect(server, roles=("all",))
+    assert dict(data.counters[CounterQuery(1, 0, "all")]) == {"expired": 4.0, "new_comments": 5.0, "mentioned": 2.0}
 
 
 async def test_legacy_portal_counters_are_emitted_as_returned(portal_factory):

@@ -22,9 +22,10 @@ _PAIRS_LIMIT = 100_000
 def parse_counters(result: Any) -> CounterSet | None:
     """Counters of one tasks.task.counters.get answer; None when the webhook may not see the user.
 
-    The key set is dynamic (current portals: expired, new_comments; older: wo_deadline, expired_soon,
-    not_viewed, wait_ctrl) and numbers may arrive as strings. `[]` means no access
-    (docs/api-notes.md#b24-counters-no-access).
+    The key set is dynamic (current portals: expired, new_comments, from 2026 mentioned; older: wo_deadline,
+    expired_soon, not_viewed, wait_ctrl) and numbers may arrive as strings. `[]` means no access
+    (docs/api-notes.md#b24-counters-no-access). A per-role `total` (expired + new_comments, which the REST
+    layer normally lifts out of the result) is not a counter of its own (docs/api-notes.md#b24-counters-keys).
     """
     if isinstance(result, list) and not result:
         return None
@@ -34,6 +35,8 @@ def parse_counters(result: Any) -> CounterSet | None:
         return None
     counters: list[tuple[str, float]] = []
     for name, entry in result.items():
+        if name == "total":
+            continue
         raw = entry.get("counter") if isinstance(entry, dict) else entry
         value = _number(raw)
         if value is not None:
