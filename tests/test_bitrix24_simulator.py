@@ -743,9 +743,9 @@ def _two_posts_apart(url: httpx.URL, apart: float) -> list[tuple[float, float, b
                 time.sleep(apart)
             body = f'{{"userId": {user_id}, "groupId": 0, "type": "view_all"}}'.encode()
             sock = socket.create_connection((url.host, url.port or 80))
+            sockets.append((sock, time.monotonic()))  # before the write: the server may read it at once
             sock.sendall(f"POST {url.raw_path.decode()} HTTP/1.1\r\nHost: {url.host}\r\nConnection: close\r\n"
                          f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
-            sockets.append((sock, time.monotonic()))
         answers = []
         for sock, written in sockets:
             chunks = []
