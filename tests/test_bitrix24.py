@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -10,11 +11,23 @@ import pytest
 
 from exporter.config import Bitrix24Config, Secret
 from exporter.errors import SourceFailure
+from exporter.ratelimit import LeakyBucket
 from exporter.simulator.bitrix24 import LEGACY_KEYS
-from exporter.snapshot import PortalSnapshot
+from exporter.snapshot import ApiTelemetry, PortalSnapshot
 from exporter.sources.bitrix24 import Bitrix24Source
+from exporter.sources.bitrix24_client import BatchCall, Bitrix24Client, OperationPause
 from exporter.sources.retries import RetryPolicy
-from tests.conftest import NO_PAUSE, NO_WAIT, AnswerServer, AnswerServers, eventually, replaying
+from tests.conftest import (
+    FAST_RETRY,
+    NO_PAUSE,
+    NO_WAIT,
+    AnswerServer,
+    AnswerServers,
+    Events,
+    eventually,
+    named,
+    replaying,
+)
 
 # rate-limit answers retried until the portal's one-request-per-100-ms bucket lets every batch through
 PATIENT = RetryPolicy(attempts=3, rate_limit_attempts=200, base_delay=0.01, max_delay=0.05)
@@ -247,6 +260,35 @@ async def test_users_are_all_found_when_batch_refuses_user_get(portal_factory):
     data = await source_collect(server)
     assert len(data.users) == 130
     assert server.sim.calls["user.get"] == 3  # the first page, then pages 2 and 3 directly
+
+
+async def test_a_batch_whose_commands_were_all_blocked_pauses_until_the_batchs_reset_time(
+        answer_server: AnswerServers, logs: Events) -> None:
+    """Commands blocked by OPERATION_TIME_LIMIT have no `result_time`: the reset time is only in the batch's
+    own `time` (docs/api-notes.md#b24-operation-time-limit)."""
+    blocked = {"error": "OPERATION_TIME_LIMIT", "error_description": "Method is blocked due to operation time limit."}
+    reset_in = 200
+    body = {"result": {"result": [], "result_error": {"c0": blocked, "c1": blocked}, "result_total": [],
+                       "result_next": [], "result_time": []},
+            "time": {"start": int(time.time()), "operating": 512.4, "operating_reset_at": int(time.time()) + reset_in}}
+    server = await answer_server(replaying([body]))
+    client = Bitrix24Client(f"{server.url}/rest/1/{SECRET}/", LeakyBucket(1000.0, 1000), ApiTelemetry(),
+                            timeout=2.0, max_concurrency=2, retry=FAST_RETRY,
+                            pause=OperationPause(default=60.0, least=1.0, most=600.0))
+    try:
+        commands = {f"c{i}": f"tasks.task.counters.get?userId={i + 1}" for i in range(2)}
+        result = await client.batch(BatchCall(commands), pause_key="tasks.task.counters.get")
+        assert set(result.errors) == {"c0", "c1"}
+        held = asyncio.ensure_future(client.call("tasks.task.counters.get", {}))  # the method's next call
+        try:
+            [paused] = await eventually(lambda: named(logs, "bitrix24_method_paused"))
+            assert paused["seconds"] == pytest.approx(reset_in, abs=2)  # not OperationPause.default
+            assert len(server.requests) == 1  # held back, not sent
+        finally:
+            held.cancel()
+            await asyncio.gather(held, return_exceptions=True)
+    finally:
+        await client.aclose()
 
 
 async def test_a_cycle_past_its_deadline_leaves_no_request_running(portal_factory):
