@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from exporter.config import Bitrix24Config, Secret
 from exporter.errors import SourceFailure
 from exporter.ratelimit import LeakyBucket
-from exporter.simulator.bitrix24 import LEGACY_KEYS
+from exporter.simulator.bitrix24 import LEGACY_KEYS, PortalSimulator, SimUser
 from exporter.snapshot import ApiTelemetry, PortalSnapshot
-from exporter.sources.bitrix24 import Bitrix24Source
+from exporter.sources.bitrix24 import ROLES, Bitrix24Source
 from exporter.sources.bitrix24_client import BatchCall, Bitrix24Client, OperationPause
 from exporter.sources.retries import RetryPolicy
 from tests.conftest import (
@@ -260,6 +263,134 @@ async def test_users_are_all_found_when_batch_refuses_user_get(portal_factory):
     data = await source_collect(server)
     assert len(data.users) == 130
     assert server.sim.calls["user.get"] == 3  # the first page, then pages 2 and 3 directly
+
+
+def batches(commands: int) -> int:
+    return math.ceil(commands / 50)
+
+
+def active_ids(sim: PortalSimulator) -> set[int]:
+    return {u.user_id for u in sim.users if u.active}
+
+
+@pytest.mark.parametrize("met_in", ["first_listing", "wave"])
+@pytest.mark.parametrize("code", ["QUERY_LIMIT_EXCEEDED", "operation_time_limit", "INTERNAL_SERVER_ERROR"])
+async def test_a_passing_error_of_user_pages_inside_batch_keeps_the_next_listing_batched(
+        portal_factory, logs: Events, met_in: str, code: str) -> None:
+    server = await portal_factory(users=130)
+    sim = server.sim
+    source = server.source()
+    if met_in == "wave":
+        await source.collect()  # the next cycle asks for every user page in its wave
+    sim.batch_command_errors["user.get"] = code
+    data = (await source.collect()).data  # the pages that failed inside their batch come directly
+    assert {u.user_id for u in data.users} == active_ids(sim)
+    assert sim.calls["user.get"] >= 2
+    del sim.batch_command_errors["user.get"]
+    sim.reset_counts()
+    data = (await source.collect()).data
+    assert {u.user_id for u in data.users} == active_ids(sim)
+    assert sim.calls["user.get"] == 0  # every page inside the wave again, not one call per page from now on
+    assert sim.commands_by_method["user.get"] == 3
+    assert named(logs, "bitrix24_pages_batch_refused") == []
+
+
+async def test_a_batch_of_user_pages_that_fails_outright_keeps_the_next_listing_batched(portal_factory,
+                                                                                       logs: Events) -> None:
+    failing = True
+
+    @web.middleware
+    async def fail_batches_while_on(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if failing and request.path.endswith("/batch"):
+            return web.json_response({"error": "INTERNAL_SERVER_ERROR", "error_description": "x"}, status=500)
+        return await handler(request)
+
+    server = await portal_factory(users=130, middlewares=[fail_batches_while_on])
+    sim = server.sim
+    source = server.source(groups=(0,))  # no structure batch: the first batch of a cycle is user pages 2-3
+
+    async def heal_once_pages_come_directly() -> None:
+        nonlocal failing
+        await eventually(lambda: sim.calls["user.get"] == 3)  # the batch failed every try: pages 2-3 directly
+        failing = False
+
+    healer = asyncio.create_task(heal_once_pages_come_directly())
+    data = (await source.collect()).data
+    await healer
+    assert {u.user_id for u in data.users} == active_ids(sim)
+    sim.reset_counts()
+    data = (await source.collect()).data
+    assert {u.user_id for u in data.users} == active_ids(sim)
+    assert sim.calls["user.get"] == 0
+    assert sim.commands_by_method["user.get"] == 3
+    assert named(logs, "bitrix24_pages_batch_refused") == []
+
+
+@pytest.mark.parametrize("code", ["ERROR_BATCH_METHOD_NOT_ALLOWED", "error_method_not_found", "Access_Denied"])
+async def test_user_get_refused_inside_batch_is_listed_directly_from_then_on(portal_factory, logs: Events,
+                                                                             code: str) -> None:
+    server = await portal_factory(users=130)
+    sim = server.sim
+    sim.batch_command_errors["user.get"] = code
+    source = server.source()
+    for _ in range(2):
+        sim.reset_counts()
+        data = (await source.collect()).data
+        assert {u.user_id for u in data.users} == active_ids(sim)
+        assert sim.calls["user.get"] == 3
+    assert sim.commands_by_method["user.get"] == 3  # the second cycle tried no batch
+    assert [e["code"] for e in named(logs, "bitrix24_pages_batch_refused")] == [code]
+
+
+async def test_user_pages_are_read_by_their_lengths_when_batches_carry_no_result_total(portal_factory) -> None:
+    # a bucket of 1000/s: eight cycles of ~15 batches would take a minute at 2/s
+    server = await portal_factory(users=130, batch_totals=False, rate=1000.0, burst=1000)
+    sim = server.sim
+    source = server.source()
+    await source.collect()  # page 1 comes directly, with its `total`: the next cycles ask for 3 pages at once
+
+    async def cycle() -> PortalSnapshot:
+        sim.reset_counts()
+        data = (await source.collect()).data
+        assert {u.user_id for u in data.users} == active_ids(sim)
+        assert {r.user_id for r in data.readings} == active_ids(sim)
+        return data
+
+    async def steady(pages: int) -> None:
+        await cycle()
+        assert sim.calls["user.get"] == 0
+        assert sim.commands_by_method["user.get"] == pages
+        assert sim.calls["batch"] == batches(pages + len(active_ids(sim)) * len(ROLES))
+
+    def join(n: int) -> None:
+        first = max(u.user_id for u in sim.users) + 1
+        sim.users += [SimUser(first + i, "Late", f"Joiner{i}", departments=[1]) for i in range(n)]
+
+    for _ in range(2):
+        await steady(pages=3)
+    join(30)  # 160: the last page asked for (101-150) is full now
+    await cycle()
+    assert sim.calls["user.get"] == 1  # page 151-200 directly, once
+    await steady(pages=4)
+    for leaver in sim.users[40:]:
+        leaver.active = False  # 40 left: the first page is short
+    await cycle()
+    assert sim.calls["user.get"] == 1  # the short first page once more directly, none of the empty ones
+    await steady(pages=1)
+
+
+async def test_a_counted_listing_that_fills_its_last_page_asks_for_one_page_more_in_the_wave(portal_factory) -> None:
+    server = await portal_factory(users=100, batch_totals=False)
+    sim = server.sim
+    source = server.source()
+    await source.collect()
+    await source.collect()  # pages 1-2 in the wave, both full: is there a third? asked for directly, empty
+    for _ in range(2):
+        sim.reset_counts()
+        data = (await source.collect()).data
+        assert len(data.users) == 100
+        assert sim.calls["user.get"] == 0  # the empty third page came in the wave
+        assert sim.commands_by_method["user.get"] == 3
 
 
 async def test_a_batch_whose_commands_were_all_blocked_pauses_until_the_batchs_reset_time(
