@@ -3,19 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
 import pytest
+from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from exporter.config import Bitrix24Config, Secret
 from exporter.errors import SourceFailure
-from exporter.simulator.bitrix24 import LEGACY_KEYS
-from exporter.snapshot import CounterQuery, PortalSnapshot
-from exporter.sources.bitrix24 import Bitrix24Source
+from exporter.ratelimit import LeakyBucket
+from exporter.simulator.bitrix24 import LEGACY_KEYS, PortalSimulator, SimUser
+from exporter.snapshot import ApiTelemetry, CounterQuery, PortalSnapshot
+from exporter.sources.bitrix24 import ROLES, Bitrix24Source
+from exporter.sources.bitrix24_client import BatchCall, Bitrix24Client, OperationPause
 from exporter.sources.retries import RetryPolicy
-from tests.conftest import NO_PAUSE, NO_WAIT, AnswerServer, AnswerServers, eventually, replaying
+from tests.conftest import (
+    FAST_RETRY,
+    NO_PAUSE,
+    NO_WAIT,
+    AnswerServer,
+    AnswerServers,
+    Events,
+    eventually,
+    named,
+    replaying,
+)
 
 # rate-limit answers retried until the portal's one-request-per-100-ms bucket lets every batch through
 PATIENT = RetryPolicy(attempts=3, rate_limit_attempts=200, base_delay=0.01, max_delay=0.05)
@@ -83,7 +99,6 @@ async def test_inactive_users_are_not_monitored(portal_factory):
 async def test_extranet_users_are_not_monitored(portal_factory):
     # user.get shows the webhook an extranet user (no department) who shares a workgroup with its owner;
     # the listing asks for employees only (docs/api-notes.md#b24-user-get-active)
-    from exporter.simulator.bitrix24 import SimUser
 
     server = await portal_factory(users=5, inactive=0)
     server.sim.users.append(SimUser(51, "Ext", "Mate", email="mate@partner.example"))
@@ -294,6 +309,163 @@ async def test_users_are_all_found_when_batch_refuses_user_get(portal_factory):
     data = await source_collect(server)
     assert len(data.users) == 130
     assert server.sim.calls["user.get"] == 3  # the first page, then pages 2 and 3 directly
+
+
+def batches(commands: int) -> int:
+    return math.ceil(commands / 50)
+
+
+def active_ids(sim: PortalSimulator) -> set[int]:
+    return {u.user_id for u in sim.users if u.active}
+
+
+@pytest.mark.parametrize("met_in", ["first_listing", "wave"])
+@pytest.mark.parametrize("code", ["QUERY_LIMIT_EXCEEDED", "operation_time_limit", "INTERNAL_SERVER_ERROR"])
+async def test_a_passing_error_of_user_pages_inside_batch_keeps_the_next_listing_batched(
+        portal_factory, logs: Events, met_in: str, code: str) -> None:
+    server = await portal_factory(users=130)
+    sim = server.sim
+    source = server.source()
+    if met_in == "wave":
+        await source.collect()  # the next cycle asks for every user page in its wave
+    sim.batch_command_errors["user.get"] = code
+    data = (await source.collect()).data  # the pages that failed inside their batch come directly
+    assert {u.user_id for u in data.users} == active_ids(sim)
+    assert sim.calls["user.get"] >= 2
+    del sim.batch_command_errors["user.get"]
+    sim.reset_counts()
+    data = (await source.collect()).data
+    assert {u.user_id for u in data.users} == active_ids(sim)
+    assert sim.calls["user.get"] == 0  # every page inside the wave again, not one call per page from now on
+    assert sim.commands_by_method["user.get"] == 3
+    assert named(logs, "bitrix24_pages_batch_refused") == []
+
+
+async def test_a_batch_of_user_pages_that_fails_outright_keeps_the_next_listing_batched(portal_factory,
+                                                                                       logs: Events) -> None:
+    failing = True
+
+    @web.middleware
+    async def fail_batches_while_on(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if failing and request.path.endswith("/batch"):
+            return web.json_response({"error": "INTERNAL_SERVER_ERROR", "error_description": "x"}, status=500)
+        return await handler(request)
+
+    server = await portal_factory(users=130, middlewares=[fail_batches_while_on])
+    sim = server.sim
+    source = server.source(groups=(0,))  # no structure batch: the first batch of a cycle is user pages 2-3
+
+    async def heal_once_pages_come_directly() -> None:
+        nonlocal failing
+        await eventually(lambda: sim.calls["user.get"] == 3)  # the batch failed every try: pages 2-3 directly
+        failing = False
+
+    healer = asyncio.create_task(heal_once_pages_come_directly())
+    data = (await source.collect()).data
+    await healer
+    assert {u.user_id for u in data.users} == active_ids(sim)
+    sim.reset_counts()
+    data = (await source.collect()).data
+    assert {u.user_id for u in data.users} == active_ids(sim)
+    assert sim.calls["user.get"] == 0
+    assert sim.commands_by_method["user.get"] == 3
+    assert named(logs, "bitrix24_pages_batch_refused") == []
+
+
+@pytest.mark.parametrize("code", ["ERROR_BATCH_METHOD_NOT_ALLOWED", "error_method_not_found", "Access_Denied"])
+async def test_user_get_refused_inside_batch_is_listed_directly_from_then_on(portal_factory, logs: Events,
+                                                                             code: str) -> None:
+    server = await portal_factory(users=130)
+    sim = server.sim
+    sim.batch_command_errors["user.get"] = code
+    source = server.source()
+    for _ in range(2):
+        sim.reset_counts()
+        data = (await source.collect()).data
+        assert {u.user_id for u in data.users} == active_ids(sim)
+        assert sim.calls["user.get"] == 3
+    assert sim.commands_by_method["user.get"] == 3  # the second cycle tried no batch
+    assert [e["code"] for e in named(logs, "bitrix24_pages_batch_refused")] == [code]
+
+
+async def test_user_pages_are_read_by_their_lengths_when_batches_carry_no_result_total(portal_factory) -> None:
+    # a bucket of 1000/s: eight cycles of ~15 batches would take a minute at 2/s
+    server = await portal_factory(users=130, batch_totals=False, rate=1000.0, burst=1000)
+    sim = server.sim
+    source = server.source()
+    await source.collect()  # page 1 comes directly, with its `total`: the next cycles ask for 3 pages at once
+
+    async def cycle() -> PortalSnapshot:
+        sim.reset_counts()
+        data = (await source.collect()).data
+        assert {u.user_id for u in data.users} == active_ids(sim)
+        assert {r.user_id for r in data.readings} == active_ids(sim)
+        return data
+
+    async def steady(pages: int) -> None:
+        await cycle()
+        assert sim.calls["user.get"] == 0
+        assert sim.commands_by_method["user.get"] == pages
+        assert sim.calls["batch"] == batches(pages + len(active_ids(sim)) * len(ROLES))
+
+    def join(n: int) -> None:
+        first = max(u.user_id for u in sim.users) + 1
+        sim.users += [SimUser(first + i, "Late", f"Joiner{i}", departments=[1]) for i in range(n)]
+
+    for _ in range(2):
+        await steady(pages=3)
+    join(30)  # 160: the last page asked for (101-150) is full now
+    await cycle()
+    assert sim.calls["user.get"] == 1  # page 151-200 directly, once
+    await steady(pages=4)
+    for leaver in sim.users[40:]:
+        leaver.active = False  # 40 left: the first page is short
+    await cycle()
+    assert sim.calls["user.get"] == 1  # the short first page once more directly, none of the empty ones
+    await steady(pages=1)
+
+
+async def test_a_counted_listing_that_fills_its_last_page_asks_for_one_page_more_in_the_wave(portal_factory) -> None:
+    server = await portal_factory(users=100, batch_totals=False)
+    sim = server.sim
+    source = server.source()
+    await source.collect()
+    await source.collect()  # pages 1-2 in the wave, both full: is there a third? asked for directly, empty
+    for _ in range(2):
+        sim.reset_counts()
+        data = (await source.collect()).data
+        assert len(data.users) == 100
+        assert sim.calls["user.get"] == 0  # the empty third page came in the wave
+        assert sim.commands_by_method["user.get"] == 3
+
+
+async def test_a_batch_whose_commands_were_all_blocked_pauses_until_the_batchs_reset_time(
+        answer_server: AnswerServers, logs: Events) -> None:
+    """Commands blocked by OPERATION_TIME_LIMIT have no `result_time`: the reset time is only in the batch's
+    own `time` (docs/api-notes.md#b24-operation-time-limit)."""
+    blocked = {"error": "OPERATION_TIME_LIMIT", "error_description": "Method is blocked due to operation time limit."}
+    reset_in = 200
+    body = {"result": {"result": [], "result_error": {"c0": blocked, "c1": blocked}, "result_total": [],
+                       "result_next": [], "result_time": []},
+            "time": {"start": int(time.time()), "operating": 512.4, "operating_reset_at": int(time.time()) + reset_in}}
+    server = await answer_server(replaying([body]))
+    client = Bitrix24Client(f"{server.url}/rest/1/{SECRET}/", LeakyBucket(1000.0, 1000), ApiTelemetry(),
+                            timeout=2.0, max_concurrency=2, retry=FAST_RETRY,
+                            pause=OperationPause(default=60.0, least=1.0, most=600.0))
+    try:
+        commands = {f"c{i}": f"tasks.task.counters.get?userId={i + 1}" for i in range(2)}
+        result = await client.batch(BatchCall(commands), pause_key="tasks.task.counters.get")
+        assert set(result.errors) == {"c0", "c1"}
+        held = asyncio.ensure_future(client.call("tasks.task.counters.get", {}))  # the method's next call
+        try:
+            [paused] = await eventually(lambda: named(logs, "bitrix24_method_paused"))
+            assert paused["seconds"] == pytest.approx(reset_in, abs=2)  # not OperationPause.default
+            assert len(server.requests) == 1  # held back, not sent
+        finally:
+            held.cancel()
+            await asyncio.gather(held, return_exceptions=True)
+    finally:
+        await client.aclose()
 
 
 async def test_a_cycle_past_its_deadline_leaves_no_request_running(portal_factory):

@@ -577,6 +577,24 @@ async def test_a_method_is_refused_in_batch_when_the_portal_says_so(start: Calla
     assert len(await portal.result("user.get")) == 6  # three active, three dismissed
 
 
+async def test_batch_command_errors_fail_a_methods_commands_inside_batch_only(
+        start: Callable[..., Awaitable[Portal]]) -> None:
+    portal = await start(users=3, batch_command_errors={"user.get": "QUERY_LIMIT_EXCEEDED"})
+    answer = await portal.result("batch", {"cmd": {"u": "user.get", "c": "tasks.task.counters.get?userId=2"}})
+    assert answer["result_error"]["u"]["error"] == "QUERY_LIMIT_EXCEEDED"
+    assert "c" in answer["result"]
+    assert len(await portal.result("user.get")) == 6  # directly it answers
+
+
+async def test_a_batch_may_leave_result_total_empty_for_list_methods_too(
+        start: Callable[..., Awaitable[Portal]]) -> None:
+    portal = await start(users=120, inactive=0, batch_totals=False)
+    answer = await portal.result("batch", {"cmd": {"p0": "user.get?start=0", "p100": "user.get?start=100"}})
+    assert answer["result_total"] == []
+    assert answer["result_next"] == {"p0": 50}
+    assert [len(answer["result"][key]) for key in ("p0", "p100")] == [50, 20]
+
+
 async def test_command_errors_fail_that_users_commands(portal: Portal) -> None:
     portal.sim.command_errors[2] = "ERROR_CORE"
     answer = await portal.result("batch", {"cmd": {"a": "tasks.task.counters.get?userId=2",

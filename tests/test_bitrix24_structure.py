@@ -30,13 +30,15 @@ class RecordedPortal:
     """Answers per method with recorded-style bodies; `batch` runs its commands through the same handlers
     and writes empty sections as `[]`, as PHP does. Records every method called, directly or in a batch.
     `refused_in_batch`: methods a portal or proxy allows only directly: their commands inside a batch answer
-    ACCESS_DENIED, or with `whole_batch` the batch itself is refused (ERROR_BATCH_METHOD_NOT_ALLOWED)."""
+    ACCESS_DENIED, or with `whole_batch` the batch itself is refused (ERROR_BATCH_METHOD_NOT_ALLOWED).
+    `failing_in_batch`: method -> the code its commands inside a batch answer while it is there."""
 
     def __init__(self, handlers: dict[str, Callable[[dict[str, Any]], Answer]],
                  refused_in_batch: frozenset[str] = frozenset(), *, whole_batch: bool = False) -> None:
         self.handlers = handlers
         self.refused_in_batch = refused_in_batch
         self.whole_batch = whole_batch
+        self.failing_in_batch: dict[str, str] = {}
         self.requests: list[tuple[str, dict[str, Any]]] = []  # direct calls: method, JSON body
         self.commands: Counter[str] = Counter()
 
@@ -66,6 +68,9 @@ class RecordedPortal:
             method, _, query = text.partition("?")
             if method in self.refused_in_batch:
                 sections["result_error"][key] = {"error": "ACCESS_DENIED", "error_description": "not in batch"}
+                continue
+            if method in self.failing_in_batch:
+                sections["result_error"][key] = {"error": self.failing_in_batch[method], "error_description": ""}
                 continue
             status, result, extra = self._run(method, dict(parse_qsl(query)))
             if status != 200:
@@ -163,6 +168,25 @@ async def test_department_pages_a_portal_refuses_inside_batch_are_read_directly(
     # page 1 directly, pages 2 and 3 refused in the batch and then asked for directly
     assert [m for m, _ in portal.requests if m in ("department.get", "batch")] == [
         "department.get", "batch", "department.get", "department.get"]
+
+
+async def test_a_passing_error_of_department_pages_inside_batch_keeps_the_next_refresh_batched() -> None:
+    tree = [{"ID": str(i), "NAME": f"D{i}", "SORT": 500, **({"PARENT": "1"} if i > 1 else {})} for i in range(1, 121)]
+    portal = RecordedPortal({"department.get": department_pages(tree), "tasks.task.counters.get": counters,
+                             "user.get": users([])})
+    portal.failing_in_batch["department.get"] = "QUERY_LIMIT_EXCEEDED"
+    clock = Clock()
+    async with source(portal, clock=clock) as src:
+        first = (await src.collect()).data
+        del portal.failing_in_batch["department.get"]
+        portal.requests.clear()
+        clock.now += 7200  # the structure is due again
+        second = (await src.collect()).data
+    assert len(first.org.departments) == len(second.org.departments) == 120
+    # page 1 directly, pages 2 and 3 in a batch again (not one call per page from the first error on)
+    assert [m for m, b in portal.requests if m == "department.get"
+            or (m == "batch" and any(c.startswith("department.get") for c in b["cmd"].values()))] == [
+        "department.get", "batch"]
 
 
 async def test_department_pages_are_followed_by_next_when_total_is_missing():

@@ -127,6 +127,8 @@ class _Portal:
             raise MethodError(sim.status_for_scope_error, "insufficient_scope", SCOPE_DENIED)
         if in_batch and method in sim.refused_in_batch:
             raise MethodError(403, "ACCESS_DENIED", "Method is not allowed in batch")
+        if in_batch and method in sim.batch_command_errors:
+            raise MethodError(400, sim.batch_command_errors[method], "Simulated command error")
         if method == "user.get":
             return user_get(sim.users, params, sim.scopes, module_admin=sim.sonet_admin,
                             group_mates=state.group_mates)
@@ -208,7 +210,10 @@ class _Portal:
                 nexts[name] = extra["next"]
             operating, reset_at = self.sim.charge(method, 0.0)
             times[name] = _time_block(started, operating, reset_at)
-        # PHP writes an array keyed 0..n-1 (an empty one too) as a JSON list (docs/api-notes.md#b24-batch-empty-list)
+        # PHP writes an array keyed 0..n-1 (an empty one too) as a JSON list (docs/api-notes.md#b24-batch-empty-list),
+        # and recorded answers show `result_total` empty even for list methods
+        if not self.sim.batch_totals:
+            totals = {}
         return {"result": php_array(results), "result_error": php_array(errors), "result_total": php_array(totals),
                 "result_next": php_array(nexts), "result_time": php_array(times)}
 

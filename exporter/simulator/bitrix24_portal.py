@@ -67,6 +67,9 @@ class PortalSimulator:
     fault: str | None = None  # one of FAULTS, switched on and off by tests
     fault_retry_after: float = 30.0
     refused_in_batch: frozenset[str] = frozenset()  # methods a portal or proxy refuses inside batch
+    # method -> the error code each of its commands inside a batch answers (a passing QUERY_LIMIT_EXCEEDED...)
+    batch_command_errors: dict[str, str] = field(default_factory=dict)
+    batch_totals: bool = True  # False: `result_total` is [] in every batch answer, list methods' too
     command_errors: dict[int, str] = field(default_factory=dict)  # user_id -> error code for its commands
     overrides: dict[tuple[int, int, str], dict[str, Any]] = field(default_factory=dict)
     # what happened, for tests and benchmarks

@@ -55,6 +55,9 @@ class BatchResult:
     errors: dict[str, tuple[str, str]] = field(default_factory=dict)
     times: dict[str, Mapping[str, Any]] = field(default_factory=dict)
     totals: dict[str, Any] = field(default_factory=dict)  # result_total: a list command's `total`
+    # the batch request's own top-level `time` block: the only reset time when every command was blocked
+    # (docs/api-notes.md#b24-operation-time-limit)
+    call_time: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +119,8 @@ def parse_batch(body: Any) -> BatchResult:
     if not isinstance(outer, dict):
         raise ApiError("invalid_response", "batch result is not an object")
     parsed = BatchResult(results=_as_dict(outer.get("result")))
+    if isinstance(body.get("time"), dict):
+        parsed.call_time = body["time"]
     for key, err in _as_dict(outer.get("result_error")).items():
         if isinstance(err, dict):
             parsed.errors[key] = (str(err.get("error", "unknown")), str(err.get("error_description", ""))[:200])
@@ -197,9 +202,10 @@ class Bitrix24Client:
         for code, _ in result.errors.values():
             self._telemetry.error(code)
         if any(code.upper() == OPERATION_LIMIT for code, _ in result.errors.values()):
-            # commands blocked inside a batch: pause their method until the window resets
+            # commands blocked inside a batch: pause their method until the window resets. Blocked commands
+            # have no `result_time`: the reset time is in the other commands' blocks and in the batch's own
             # (docs/api-notes.md#b24-operation-time-limit)
-            resets = [_reset_in({"time": block}) for block in result.times.values()]
+            resets = [_reset_in({"time": block}) for block in (*result.times.values(), result.call_time)]
             self._pause(pause_key, max((r for r in resets if r is not None), default=None))
         return result
 
