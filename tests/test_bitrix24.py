@@ -19,7 +19,7 @@ from exporter.ratelimit import LeakyBucket
 from exporter.simulator.bitrix24 import LEGACY_KEYS, PortalSimulator, SimUser
 from exporter.snapshot import ApiTelemetry, CounterQuery, PortalSnapshot
 from exporter.sources.bitrix24 import ROLES, Bitrix24Source
-from exporter.sources.bitrix24_client import BatchCall, Bitrix24Client, OperationPause
+from exporter.sources.bitrix24_client import BatchCall, Bitrix24Client, OperationPause, parse_batch
 from exporter.sources.retries import RetryPolicy
 from tests.conftest import (
     FAST_RETRY,
@@ -547,6 +547,23 @@ async def test_error_codes_are_matched_in_any_case(replay: Replay, code: str, st
     assert failure.value.reason == reason
     assert len(server.requests) == tries
     assert source.telemetry.counts().requests == {("user.get", reason): tries}
+
+
+@pytest.mark.parametrize("body", [b"<html><body><h1>429 Too Many Requests</h1></body></html>",
+                                  {"error": "TOO_MANY_REQUESTS", "error_description": "slow down"}])
+async def test_a_proxys_own_429_is_a_rate_limit(replay: Replay, body: Any) -> None:
+    # a proxy or load balancer in front of the portal limits in its own words, or with an HTML page
+    source, server = await replay(body, 429, {"Content-Type": "text/html"} if isinstance(body, bytes) else None)
+    with pytest.raises(SourceFailure) as failure:
+        await source.collect()
+    assert failure.value.reason == "rate_limited"
+    assert len(server.requests) == NO_WAIT.rate_limit_attempts  # waited and asked again, as for the portal's
+
+
+def test_a_command_error_with_an_empty_code_is_counted_as_unknown() -> None:
+    answer = {"result": {"result": [], "result_error": {"c0": {"error": "", "error_description": "x"},
+                                                        "c1": {"error": "0", "error_description": "y"}}}}
+    assert parse_batch(answer).errors == {"c0": ("unknown", "x"), "c1": ("0", "y")}
 
 
 @pytest.mark.parametrize(("body", "status", "detail"), [

@@ -123,7 +123,9 @@ def parse_batch(body: Any) -> BatchResult:
         parsed.call_time = body["time"]
     for key, err in _as_dict(outer.get("result_error")).items():
         if isinstance(err, dict):
-            parsed.errors[key] = (str(err.get("error", "unknown")), str(err.get("error_description", ""))[:200])
+            code = err.get("error")  # may be "" with only a description (docs/api-notes.md#b24-error-shape)
+            parsed.errors[key] = (str(code) if code not in (None, "") else "unknown",
+                                  str(err.get("error_description", ""))[:200])
         else:
             parsed.errors[key] = ("unknown", str(err)[:200])
     parsed.totals = _as_dict(outer.get("result_total"))
@@ -176,7 +178,7 @@ class Bitrix24Client:
                     if not tries.after_rate_limit():
                         raise
                     continue
-                if code in RATE_LIMIT_CODES:
+                if code in RATE_LIMIT_CODES or exc.reason == "rate_limited":
                     self._bucket.saturate()
                     if not tries.after_rate_limit():
                         raise
@@ -223,7 +225,7 @@ class Bitrix24Client:
             code = code or f"http_{status}"  # an empty code with only a description is still an error
             reason = failure_reason(code, status)
             retry_after = _reset_in(body) if code.upper() == OPERATION_LIMIT else None
-            retryable = reason != "auth" and (status >= 500 or code.upper() in RATE_LIMIT_CODES)
+            retryable = reason != "auth" and (status >= 500 or reason == "rate_limited")
             raise refused(self._telemetry, method, ApiError(
                 code, description, status=status, retryable=retryable, retry_after=retry_after, reason=reason))
         if status >= 400 or not isinstance(body, dict):
@@ -231,7 +233,7 @@ class Bitrix24Client:
             code = f"http_{status}" if status >= 400 else "invalid_response"
             reason = failure_reason("", status) if status >= 400 else "invalid_response"
             raise refused(self._telemetry, method, ApiError(
-                code, _content_hint(answer), status=status, retryable=status >= 500 or status < 400,
+                code, _content_hint(answer), status=status, retryable=status >= 500 or status < 400 or status == 429,
                 reason=reason))
         self._telemetry.request(method, "success")
         if isinstance(body.get("time"), dict):
@@ -289,6 +291,8 @@ def failure_reason(code: str, status: int) -> ApiFailureReason:
         return "rate_limited"
     if upper in AUTH_CODES or status in (401, 403):
         return "auth"
+    if status == 429:  # a proxy's or load balancer's own limit, in its own words (or an HTML page)
+        return "rate_limited"
     if status >= 500 or upper in SERVER_CODES:
         return "server_error"
     return "api_error"
