@@ -12,8 +12,6 @@ ApiError shape, and 429 carries Retry-After. GET /users with `query` answers the
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import json
 import time
@@ -24,6 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
+from exporter.simulator.pachca_paging import decode_cursor, encode_cursor, page, search_page
 from exporter.simulator.pachca_workspace import (
     FIRST_TAG_ID,
     KINDS,
@@ -260,8 +259,8 @@ async def _answer(sim: PachcaSimulator, request: web.Request, scope: str, token:
         limit, cursor, problem = _paging_params(request)
         if problem is not None:
             return problem
-        body = _search_page(outcome.records, limit, cursor) if outcome.search else \
-            _page(sim, outcome.records, limit, cursor)
+        body = search_page(outcome.records, limit, cursor) if outcome.search else \
+            page(outcome.records, limit, cursor, sim)
         if fault == "wrong_types":
             body["data"] = [_corrupt(record, i) for i, record in enumerate(body["data"])]
     text = json.dumps(body, ensure_ascii=False)
@@ -308,51 +307,6 @@ def _paging_params(request: web.Request) -> tuple[int, int, web.Response | None]
     if offset is None:
         return 0, 0, _api_error(400, "invalid", "cursor is invalid", key="cursor", value=raw_cursor)
     return limit, offset, None
-
-
-def _page(sim: PachcaSimulator, records: list[Any], limit: int, offset: int) -> dict[str, Any]:
-    size = limit
-    if sim.short_pages and (offset // limit) % 2 == 0 and offset + limit < len(records):
-        size = max(1, limit // 3)
-    if sim.endless and records:
-        data = [records[(offset + i) % len(records)] for i in range(size)]
-    else:
-        data = records[offset: offset + size]
-    end = offset + len(data)
-    has_next = (sim.endless and bool(records)) or end < len(records)
-    next_page = encode_cursor(end if data else offset)  # never null (docs/api-notes.md#pachca-has-next)
-    if sim.repeat_cursor and not has_next and data:
-        has_next, next_page = True, encode_cursor(offset)
-    paginate: dict[str, Any] = {"next_page": next_page, "prev_page": encode_cursor(offset, "desc")}
-    if not sim.omit_has_next:
-        paginate["has_next"] = has_next
-        paginate["has_prev"] = offset > 0
-    return {"data": data, "meta": {"paginate": paginate}}
-
-
-def _search_page(records: list[Any], limit: int, offset: int) -> dict[str, Any]:
-    """The search meta: `total` and a forward cursor only (no prev_page, no has_next)."""
-    data = records[offset: offset + limit]
-    return {"data": data, "meta": {"total": len(records),
-                                   "paginate": {"next_page": encode_cursor(offset + len(data))}}}
-
-
-def encode_cursor(offset: int, direction: str = "asc") -> str:
-    """An opaque-looking cursor like the real ones (base64 of a small JSON object)."""
-    raw = json.dumps({"offset": offset, "dir": direction}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> int | None:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        value = json.loads(raw)
-    except (binascii.Error, ValueError):
-        return None
-    offset = value.get("offset") if isinstance(value, dict) else None
-    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-        return None
-    return offset
 
 
 def _bearer(request: web.Request) -> str | None:
