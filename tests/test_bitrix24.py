@@ -305,7 +305,7 @@ async def test_operating_seconds_are_reported_per_method(portal_factory):
 
 
 async def test_users_are_all_found_when_batch_refuses_user_get(portal_factory):
-    server = await portal_factory(users=130, refused_in_batch=frozenset({"user.get"}))
+    server = await portal_factory(users=130, batch_command_errors={"user.get": "ACCESS_DENIED"})
     data = await source_collect(server)
     assert len(data.users) == 130
     assert server.sim.calls["user.get"] == 3  # the first page, then pages 2 and 3 directly

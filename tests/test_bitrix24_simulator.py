@@ -570,20 +570,14 @@ async def test_paging_inside_batch_reports_total_and_next(start: Callable[..., A
     assert answer["result_next"] == {"p0": 50}
 
 
-async def test_a_method_is_refused_in_batch_when_the_portal_says_so(start: Callable[..., Awaitable[Portal]]) -> None:
-    portal = await start(users=3, refused_in_batch=frozenset({"user.get"}))
-    answer = await portal.result("batch", {"cmd": {"u": "user.get"}})
-    assert answer["result_error"]["u"]["error"] == "ACCESS_DENIED"
-    assert len(await portal.result("user.get")) == 6  # three active, three dismissed
-
-
+@pytest.mark.parametrize("code", ["QUERY_LIMIT_EXCEEDED", "ACCESS_DENIED"])  # passing, or the method refused
 async def test_batch_command_errors_fail_a_methods_commands_inside_batch_only(
-        start: Callable[..., Awaitable[Portal]]) -> None:
-    portal = await start(users=3, batch_command_errors={"user.get": "QUERY_LIMIT_EXCEEDED"})
+        start: Callable[..., Awaitable[Portal]], code: str) -> None:
+    portal = await start(users=3, batch_command_errors={"user.get": code})
     answer = await portal.result("batch", {"cmd": {"u": "user.get", "c": "tasks.task.counters.get?userId=2"}})
-    assert answer["result_error"]["u"]["error"] == "QUERY_LIMIT_EXCEEDED"
+    assert answer["result_error"]["u"]["error"] == code
     assert "c" in answer["result"]
-    assert len(await portal.result("user.get")) == 6  # directly it answers
+    assert len(await portal.result("user.get")) == 6  # directly it answers: three active, three dismissed
 
 
 async def test_a_batch_may_leave_result_total_empty_for_list_methods_too(
@@ -716,12 +710,8 @@ async def test_an_answer_is_made_within_the_latency_and_sent_when_the_latency_is
     assert (await portal.result("tasks.task.counters.get", body))["expired"]["counter"] == 7
 
 
-async def test_requests_that_arrive_together_are_each_answered_their_latency_after_arriving(
-        start: Callable[..., Awaitable[Portal]], monkeypatch: pytest.MonkeyPatch) -> None:
-    # one process makes the answers of concurrent requests one after another; a portal makes them on many
-    # servers at once, so making the first answer must not delay when the last one is sent
-    portal = await start(users=5, latency=1.0)
-    making = 0.2  # seconds each answer takes to make, the event loop blocked meanwhile
+def _answers_take(making: float, portal: Portal, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each counters answer of `portal` takes `making` seconds to make, its event loop blocked meanwhile."""
     counters = portal.sim.counters
 
     def slow_counters(user_id: int, group_id: int, kind: str) -> dict[str, int]:
@@ -729,13 +719,27 @@ async def test_requests_that_arrive_together_are_each_answered_their_latency_aft
         return counters(user_id, group_id, kind)
 
     monkeypatch.setattr(portal.sim, "counters", slow_counters)
+
+
+def _counters_post(url: httpx.URL, user_id: int) -> bytes:
+    """One counters request as raw HTTP/1.1, written by hand so the test decides when its bytes leave."""
+    body = f'{{"userId": {user_id}, "groupId": 0, "type": "view_all"}}'.encode()
+    return (f"POST {url.raw_path.decode()} HTTP/1.1\r\nHost: {url.host}\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+
+
+async def test_requests_that_arrive_together_are_each_answered_their_latency_after_arriving(
+        start: Callable[..., Awaitable[Portal]], monkeypatch: pytest.MonkeyPatch) -> None:
+    # one process makes the answers of concurrent requests one after another; a portal makes them on many
+    # servers at once, so making the first answer must not delay when the last one is sent
+    portal = await start(users=5, latency=1.0)
+    making = 0.2
+    _answers_take(making, portal, monkeypatch)
     url = httpx.URL(portal.webhook + "tasks.task.counters.get")
     streams = [await asyncio.open_connection(url.host, url.port) for _ in range(4)]
     began = time.monotonic()
     for user_id, (_, writer) in enumerate(streams, start=1):  # all four written before the server reads any
-        body = f'{{"userId": {user_id}, "groupId": 0, "type": "view_all"}}'.encode()
-        writer.write(f"POST {url.raw_path.decode()} HTTP/1.1\r\nHost: {url.host}\r\nConnection: close\r\n"
-                     f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        writer.write(_counters_post(url, user_id))
 
     async def answered(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> float:
         answer = await reader.read()
@@ -759,11 +763,9 @@ def _two_posts_apart(url: httpx.URL, apart: float) -> list[tuple[float, float, b
         for user_id in (1, 2):
             if sockets:
                 time.sleep(apart)
-            body = f'{{"userId": {user_id}, "groupId": 0, "type": "view_all"}}'.encode()
             sock = socket.create_connection((url.host, url.port or 80))
             sockets.append((sock, time.monotonic()))  # before the write: the server may read it at once
-            sock.sendall(f"POST {url.raw_path.decode()} HTTP/1.1\r\nHost: {url.host}\r\nConnection: close\r\n"
-                         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+            sock.sendall(_counters_post(url, user_id))
         answers = []
         for sock, written in sockets:
             chunks = []
@@ -781,14 +783,8 @@ async def test_a_request_that_arrives_while_an_answer_is_made_is_answered_its_la
     # a portal reads requests while it makes answers: this one process must not take a request to have
     # arrived only once it has made the answer it was busy with when the request came in
     portal = await start(users=5, latency=1.0)
-    making = 0.3  # seconds each answer takes to make, the event loop blocked meanwhile
-    counters = portal.sim.counters
-
-    def slow_counters(user_id: int, group_id: int, kind: str) -> dict[str, int]:
-        time.sleep(making)
-        return counters(user_id, group_id, kind)
-
-    monkeypatch.setattr(portal.sim, "counters", slow_counters)
+    making = 0.3
+    _answers_take(making, portal, monkeypatch)
     url = httpx.URL(portal.webhook + "tasks.task.counters.get")
     took = []
     for written, answered, answer in await asyncio.to_thread(_two_posts_apart, url, 0.05):

@@ -107,7 +107,7 @@ async def test_a_cycle_cancelled_at_any_step_leaves_no_coroutine_unawaited(porta
     import warnings
 
     server = await portal_factory(users=60)
-    server.sim.refused_in_batch = frozenset() if users_inside_batch else frozenset({"user.get"})
+    server.sim.batch_command_errors = {} if users_inside_batch else {"user.get": "ACCESS_DENIED"}
     source = make_source(server)
     await source.collect()  # the next cycles are pipelined
     with warnings.catch_warnings(record=True) as caught:
@@ -251,7 +251,7 @@ async def test_an_unchanged_portals_next_snapshot_shares_the_last_ones_values(po
 
 
 async def test_user_get_refused_inside_batch_lists_directly_alongside_the_wave(portal_factory, make_source):
-    server = await portal_factory(users=60, refused_in_batch=frozenset({"user.get"}))
+    server = await portal_factory(users=60, batch_command_errors={"user.get": "ACCESS_DENIED"})
     sim = server.sim
     source = make_source(server)
     for _ in range(3):

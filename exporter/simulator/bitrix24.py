@@ -125,8 +125,6 @@ class _Portal:
             raise MethodError(404, "ERROR_METHOD_NOT_FOUND", "Method not found!")
         if sim.scopes.isdisjoint(scopes):
             raise MethodError(sim.status_for_scope_error, "insufficient_scope", SCOPE_DENIED)
-        if in_batch and method in sim.refused_in_batch:
-            raise MethodError(403, "ACCESS_DENIED", "Method is not allowed in batch")
         if in_batch and method in sim.batch_command_errors:
             raise MethodError(400, sim.batch_command_errors[method], "Simulated command error")
         if method == "user.get":

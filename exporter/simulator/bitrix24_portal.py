@@ -66,8 +66,8 @@ class PortalSimulator:
     operating_limit: float = 480.0
     fault: str | None = None  # one of FAULTS, switched on and off by tests
     fault_retry_after: float = 30.0
-    refused_in_batch: frozenset[str] = frozenset()  # methods a portal or proxy refuses inside batch
-    # method -> the error code each of its commands inside a batch answers (a passing QUERY_LIMIT_EXCEEDED...)
+    # method -> the error code each of its commands inside a batch answers: a passing QUERY_LIMIT_EXCEEDED, or
+    # ACCESS_DENIED from a portal or proxy that refuses the method inside batch
     batch_command_errors: dict[str, str] = field(default_factory=dict)
     batch_totals: bool = True  # False: `result_total` is [] in every batch answer, list methods' too
     command_errors: dict[int, str] = field(default_factory=dict)  # user_id -> error code for its commands
