@@ -120,7 +120,7 @@ def _is_inactive(record: Mapping[str, Any]) -> bool:
 def _is_not_employee(record: Mapping[str, Any]) -> bool:
     """USER_TYPE says extranet (or email, bot...); a record without it (no intranet module) counts as one."""
     kind = record.get("USER_TYPE")
-    return isinstance(kind, str) and kind.strip() != "" and kind.strip().lower() != "employee"
+    return isinstance(kind, str) and kind.strip().lower() not in ("", "employee")
 
 
 @dataclass(slots=True)

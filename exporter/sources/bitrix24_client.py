@@ -178,7 +178,7 @@ class Bitrix24Client:
                     if not tries.after_rate_limit():
                         raise
                     continue
-                if code in RATE_LIMIT_CODES or exc.reason == "rate_limited":
+                if exc.reason == "rate_limited":  # QUERY_LIMIT_EXCEEDED and friends, or a proxy's own 429
                     self._bucket.saturate()
                     if not tries.after_rate_limit():
                         raise
@@ -207,7 +207,7 @@ class Bitrix24Client:
             # commands blocked inside a batch: pause their method until the window resets. Blocked commands
             # have no `result_time`: the reset time is in the other commands' blocks and in the batch's own
             # (docs/api-notes.md#b24-operation-time-limit)
-            resets = [_reset_in({"time": block}) for block in (*result.times.values(), result.call_time)]
+            resets = [_reset_in(block) for block in (*result.times.values(), result.call_time)]
             self._pause(pause_key, max((r for r in resets if r is not None), default=None))
         return result
 
@@ -224,7 +224,7 @@ class Bitrix24Client:
             code, description = error
             code = code or f"http_{status}"  # an empty code with only a description is still an error
             reason = failure_reason(code, status)
-            retry_after = _reset_in(body) if code.upper() == OPERATION_LIMIT else None
+            retry_after = _reset_in(body.get("time")) if code.upper() == OPERATION_LIMIT else None
             retryable = reason != "auth" and (status >= 500 or reason == "rate_limited")
             raise refused(self._telemetry, method, ApiError(
                 code, description, status=status, retryable=retryable, retry_after=retry_after, reason=reason))
@@ -298,9 +298,8 @@ def failure_reason(code: str, status: int) -> ApiFailureReason:
     return "api_error"
 
 
-def _reset_in(body: Any) -> float | None:
-    """Seconds until `time.operating_reset_at`, when the answer carries it."""
-    block = body.get("time") if isinstance(body, dict) else None
+def _reset_in(block: Any) -> float | None:
+    """Seconds until a `time` block's `operating_reset_at`, when it carries one."""
     reset_at = block.get("operating_reset_at") if isinstance(block, dict) else None
     if isinstance(reset_at, int | float) and not isinstance(reset_at, bool):
         return max(0.0, float(reset_at) - time.time())
