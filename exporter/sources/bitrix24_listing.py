@@ -13,9 +13,8 @@ from exporter.config import Bitrix24Config
 from exporter.errors import ApiError
 from exporter.snapshot import PortalUser
 from exporter.sources.bitrix24_answers import Listed, distinct_users, read_records
-from exporter.sources.bitrix24_client import BatchResult, Bitrix24Client, chunk, command
-from exporter.sources.bitrix24_pages import PagedList, read_batch
-from exporter.sources.concurrency import all_or_none
+from exporter.sources.bitrix24_client import BatchResult, Bitrix24Client, command
+from exporter.sources.bitrix24_pages import PagedList, read_batches
 
 # active employees: no dismissed users, and no extranet users (partners, clients), whom user.get shows a
 # webhook only when they share a workgroup with its owner (docs/api-notes.md#b24-user-get-active)
@@ -80,16 +79,14 @@ class UserListing:
 
     async def _named(self, ids: tuple[int, ...]) -> list[PortalUser]:
         """Names from user.get by ID; a failed lookup leaves the name empty."""
-        merged = BatchResult()
         try:
-            for result in await all_or_none(read_batch(self._client, call, call.commands, self._read_named,
-                                                       "user.get") for call in chunk(_name_commands(ids))):
-                merged.results.update(result.results)
+            answers = await read_batches(self._client, _name_commands(ids), self._read_named, "user.get")
         except ApiError as exc:
             if exc.reason == "auth":
                 raise
             log.warning("bitrix24_user_names_failed", portal=self._config.name, code=exc.code)
-        return self._names_from(merged, ids)
+            answers = BatchResult()
+        return self._names_from(answers, ids)
 
     @staticmethod
     def _names_from(answers: BatchResult, ids: tuple[int, ...]) -> list[PortalUser]:

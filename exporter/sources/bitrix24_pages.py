@@ -56,6 +56,19 @@ async def read_batch(client: Bitrix24Client, call: BatchCall, keys: Iterable[str
     return result
 
 
+async def read_batches(client: Bitrix24Client, commands: Mapping[str, str], read: Callable[[Any], Any],
+                       pause_key: str) -> BatchResult:
+    """Every command, 50 to a batch, the batches at once (the client's slots and bucket pace them), each
+    answer read by `read` on arrival; the results, errors and totals merged. One failed batch fails them all."""
+    merged = BatchResult()
+    for result in await all_or_none(read_batch(client, call, call.commands, read, pause_key)
+                                    for call in chunk(commands)):
+        merged.results.update(result.results)
+        merged.errors.update(result.errors)
+        merged.totals.update(result.totals)
+    return merged
+
+
 @dataclass(slots=True)
 class PagedList(Generic[T]):
     """One list method of one portal, read page by page with `read` applied to each page on arrival (a
@@ -136,12 +149,11 @@ class PagedList(Generic[T]):
         if self.in_batch:
             wanted = {f"p{start}": command(self.method, {**self.params, "start": start}) for start in starts}
             try:
-                for result in await all_or_none(read_batch(self.client, call, call.commands, self.on_arrival,
-                                                           self.method) for call in chunk(wanted)):
-                    answered.update(result.results)
-                    refusal = _refusal(result.errors, result.errors)
-                    if refusal is not None:
-                        self._refused(refusal)
+                answers = await read_batches(self.client, wanted, self.on_arrival, self.method)
+                answered = answers.results
+                refusal = _refusal(answers.errors, answers.errors)
+                if refusal is not None:
+                    self._refused(refusal)
             except ApiError as exc:
                 if exc.reason == "auth":
                     raise

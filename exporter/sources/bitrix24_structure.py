@@ -25,12 +25,10 @@ from exporter.sources.bitrix24_client import (
     RETRYABLE_COMMAND_CODES,
     BatchResult,
     Bitrix24Client,
-    chunk,
     command,
     failure_reason,
 )
-from exporter.sources.bitrix24_pages import PagedList, as_is
-from exporter.sources.concurrency import all_or_none
+from exporter.sources.bitrix24_pages import PagedList, as_is, read_batches
 
 COUNTERS_METHOD = "tasks.task.counters.get"  # the counters commands of a cycle, and the probe of a group
 # sonet_group.user.get roles (docs/api-notes.md#org-sonet-group-user-get); invited (Z) and banned (T) never count
@@ -277,11 +275,7 @@ class StructureReader:
 
     async def _commands(self, commands: Mapping[str, str], pause_key: str = "sonet_group.user.get") -> BatchResult:
         """Every command, 50 to a batch; the answers merged."""
-        merged = BatchResult()
-        for result in await all_or_none(self._client.batch(call, pause_key=pause_key) for call in chunk(commands)):
-            merged.results.update(result.results)
-            merged.errors.update(result.errors)
-        return merged
+        return await read_batches(self._client, commands, as_is, pause_key)
 
     def _turn_off(self, feature: str, scope: str, code: str) -> None:
         if feature not in self._off:
