@@ -33,11 +33,12 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import yaml
@@ -52,6 +53,7 @@ CONFIG = ROOT / "prometheus" / "prometheus.yml"
 BEGIN, END = "<!-- dashboard_query.py: begin -->", "<!-- dashboard_query.py: end -->"
 TARGET_MS = 200.0
 TICKS = os.sysconf("SC_CLK_TCK")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,14 +163,24 @@ class Prometheus:
 
     def _port(self, timeout: float) -> int:
         """The port of Prometheus' `msg="Listening on" address=127.0.0.1:PORT` log line."""
+        port = self._until(lambda: prometheus_port(self.log.read_text(encoding="utf-8", errors="replace")),
+                           lambda port: port is not None, timeout, 0.1,
+                           lambda _: f"prometheus did not say where it listens within {timeout:g} s")
+        assert port is not None
+        return port
+
+    def _until(self, read: Callable[[], T], done: Callable[[T], bool], timeout: float, step: float,
+               stuck: Callable[[T], str]) -> T:
+        """`read()` every `step` seconds until `done` with what it read; a BenchError (`stuck` of the last
+        reading) after `timeout`, or with Prometheus' log as soon as it exits."""
         deadline = time.monotonic() + timeout
-        while (port := prometheus_port(self.log.read_text(encoding="utf-8", errors="replace"))) is None:
+        while not done(value := read()):
             if self.process.poll() is not None:
                 raise BenchError(f"prometheus exited: {self.log.read_text()[-2000:]}")
             if time.monotonic() > deadline:
-                raise BenchError(f"prometheus did not say where it listens within {timeout:g} s")
-            time.sleep(0.1)
-        return port
+                raise BenchError(stuck(value))
+            time.sleep(step)
+        return value
 
     def value(self, expr: str) -> float | None:
         """The single value of an instant query, None when it returns nothing (or Prometheus is not up yet)."""
@@ -179,13 +191,9 @@ class Prometheus:
         return float(result[0]["value"][1]) if result else None
 
     def wait_for(self, expr: str, at_least: float, timeout: float) -> float:
-        deadline = time.monotonic() + timeout
-        while (value := self.value(expr)) is None or value < at_least:
-            if self.process.poll() is not None:
-                raise BenchError(f"prometheus exited: {self.log.read_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                raise BenchError(f"{expr} stayed at {value} (< {at_least}) for {timeout:g} s")
-            time.sleep(0.5)
+        value = self._until(lambda: self.value(expr), lambda value: value is not None and value >= at_least,
+                            timeout, 0.5, lambda value: f"{expr} stayed at {value} (< {at_least}) for {timeout:g} s")
+        assert value is not None
         return value
 
     def labels(self, expr: str, label: str) -> list[str]:
